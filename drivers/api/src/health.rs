@@ -1,0 +1,107 @@
+//! Device health: the one rule every driver follows for ONLINE/OFFLINE.
+//!
+//! A device goes ONLINE on its first good exchange and OFFLINE after `offline_after`
+//! consecutive failures, keeping the last failure's reason. Only *transitions* produce a
+//! status event (and a log line in the driver), so a device that stays dead does not flood
+//! the queue or the journal.
+
+use crate::{now_ms, DeviceStatus};
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    child: String,
+    offline_after: u32,
+    online: Option<bool>,
+    streak: u32,
+    reason: String,
+}
+
+impl Health {
+    pub fn new(child: impl Into<String>, offline_after: u32) -> Self {
+        Self {
+            child: child.into(),
+            offline_after: offline_after.max(1),
+            online: None,
+            streak: 0,
+            reason: String::new(),
+        }
+    }
+
+    /// `Some(true)` online, `Some(false)` offline, `None` not yet decided.
+    pub fn online(&self) -> Option<bool> {
+        self.online
+    }
+
+    /// Consecutive failures so far.
+    pub fn streak(&self) -> u32 {
+        self.streak
+    }
+
+    /// The last failure reason (empty when none yet).
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// A good exchange. Returns the status to publish if this is a transition.
+    pub fn success(&mut self) -> Option<DeviceStatus> {
+        self.streak = 0;
+        if self.online == Some(true) {
+            return None;
+        }
+        self.online = Some(true);
+        Some(DeviceStatus {
+            child: self.child.clone(),
+            online: true,
+            reason: String::new(),
+            ts_ms: now_ms(),
+        })
+    }
+
+    /// A failed exchange with its reason. Returns the status to publish on the transition.
+    pub fn failure(&mut self, reason: impl Into<String>) -> Option<DeviceStatus> {
+        self.streak = self.streak.saturating_add(1);
+        self.reason = reason.into();
+        if self.online == Some(false) || self.streak < self.offline_after {
+            return None;
+        }
+        self.online = Some(false);
+        Some(DeviceStatus {
+            child: self.child.clone(),
+            online: false,
+            reason: self.reason.clone(),
+            ts_ms: now_ms(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_only() {
+        let mut h = Health::new("m1", 3);
+        assert!(h.failure("timeout").is_none());
+        assert!(h.failure("timeout").is_none());
+        let s = h
+            .failure("connection refused")
+            .expect("third failure goes OFFLINE");
+        assert!(!s.online);
+        assert_eq!(s.reason, "connection refused");
+        assert!(
+            h.failure("timeout").is_none(),
+            "already OFFLINE: no second status"
+        );
+        let s = h.success().expect("first success goes ONLINE");
+        assert!(s.online);
+        assert!(h.success().is_none());
+        assert!(h.failure("x").is_none(), "streak restarts after a success");
+    }
+
+    #[test]
+    fn first_success_is_a_transition() {
+        let mut h = Health::new("m1", 1);
+        assert!(h.success().is_some());
+        assert!(h.failure("t").is_some());
+    }
+}

@@ -1,0 +1,200 @@
+//! The driver contract: the only thing a fieldgate driver and the daemon share.
+//!
+//! A driver owns one *bus* (a TCP endpoint, a serial port, a BLE adapter, a child process) and
+//! every child device on it. The daemon builds it from configuration and runs it as one task
+//! with a [`DriverContext`]: the driver pushes [`Event`]s (readings and status changes) into a
+//! bounded channel — so a slow store applies back-pressure instead of growing memory — and
+//! answers each [`CommandRequest`] it receives with a [`CommandOutcome`] before the request's
+//! deadline. Nothing in here knows about MQTT, SQLite or any platform.
+
+mod health;
+mod schedule;
+
+pub use health::Health;
+pub use schedule::Schedule;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// A typed value read from (or to be written to) a device point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Text(String),
+}
+
+impl Value {
+    /// The value as JSON, the form every platform dialect starts from.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Int(i) => serde_json::Value::from(*i),
+            Value::UInt(u) => serde_json::Value::from(*u),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::Text(s) => serde_json::Value::String(s.clone()),
+        }
+    }
+}
+
+/// One sample of one service of one child: the unit the queue stores and the uplink sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The child's node id (stable, chosen in the config).
+    pub child: String,
+    /// The platform service (group of properties) this sample belongs to.
+    pub service: String,
+    /// Property name → value, in a stable order.
+    pub properties: BTreeMap<String, Value>,
+    /// When the sample was taken, milliseconds since the Unix epoch (UTC).
+    pub ts_ms: u64,
+}
+
+/// A change of a child's health as its driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub child: String,
+    pub online: bool,
+    /// Why (for OFFLINE: timeout, connection refused, exception code …); for the operator.
+    pub reason: String,
+    pub ts_ms: u64,
+}
+
+/// What a driver produces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Report(Report),
+    Status(DeviceStatus),
+}
+
+/// A request from the platform, already resolved to one child and checked against its profile
+/// by the router: the driver only executes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Write these properties of this service.
+    SetProperties {
+        child: String,
+        service: String,
+        properties: BTreeMap<String, Value>,
+    },
+    /// Read the current values of one service (or all services when `service` is `None`).
+    GetProperties {
+        child: String,
+        service: Option<String>,
+    },
+    /// A named command declared in the child's profile.
+    Invoke {
+        child: String,
+        service: String,
+        name: String,
+        params: BTreeMap<String, Value>,
+    },
+}
+
+impl Command {
+    pub fn child(&self) -> &str {
+        match self {
+            Command::SetProperties { child, .. }
+            | Command::GetProperties { child, .. }
+            | Command::Invoke { child, .. } => child,
+        }
+    }
+}
+
+/// The answer to a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandOutcome {
+    /// Done; the values read back or returned, per service.
+    Done(BTreeMap<String, BTreeMap<String, Value>>),
+    /// Refused or failed, with a stable machine code and a message for humans.
+    Failed { code: ErrorCode, message: String },
+}
+
+/// Why a command failed. Dialects map these to their platform's result codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    UnknownChild,
+    UnknownPoint,
+    NotWritable,
+    BadValue,
+    Offline,
+    Timeout,
+    DeviceError,
+    Unsupported,
+    Busy,
+}
+
+/// A command travelling to a driver, with where to put the answer and when it stops mattering.
+#[derive(Debug)]
+pub struct CommandRequest {
+    pub command: Command,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<CommandOutcome>,
+}
+
+/// Everything a running driver gets from the daemon.
+#[derive(Debug)]
+pub struct DriverContext {
+    /// Where readings and status changes go. Bounded: `send().await` waits when the store lags.
+    pub events: mpsc::Sender<Event>,
+    /// Commands for this bus's children.
+    pub commands: mpsc::Receiver<CommandRequest>,
+    /// Becomes `true` when the driver must stop (shutdown or reload).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A driver failure the supervisor can act on (restart with backoff, report).
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("driver configuration: {0}")]
+    Config(String),
+    #[error("driver I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the daemon side of the driver channels is gone")]
+    ChannelClosed,
+}
+
+/// The future a driver runs as.
+pub type DriverFuture = Pin<Box<dyn Future<Output = Result<(), DriverError>> + Send>>;
+
+/// A driver instance for one bus.
+pub trait Driver: Send {
+    /// The bus name from the config, for logs and status.
+    fn bus(&self) -> &str;
+    /// Run until `ctx.shutdown` turns true. Must not return early on device errors: those
+    /// become OFFLINE statuses; an `Err` means the bus itself cannot run.
+    fn run(self: Box<Self>, ctx: DriverContext) -> DriverFuture;
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_json_forms() {
+        assert_eq!(Value::Int(-3).to_json(), serde_json::json!(-3));
+        assert_eq!(Value::Float(1.5).to_json(), serde_json::json!(1.5));
+        assert_eq!(Value::Float(f64::NAN).to_json(), serde_json::Value::Null);
+        assert_eq!(Value::Bool(true).to_json(), serde_json::json!(true));
+        assert_eq!(Value::Text("a".into()).to_json(), serde_json::json!("a"));
+    }
+}

@@ -1,0 +1,638 @@
+//! The Modbus bus task: one per configured bus, polling every device on it.
+//!
+//! Devices are polled one request at a time (a bus is a shared line, and many TCP gateways
+//! serialise anyway) on their own fixed-rate schedules. Every request runs under the bus
+//! timeout — tokio-modbus has none of its own — and after a timeout or I/O error the
+//! connection is dropped and rebuilt, so a late reply can never be taken as the answer to the
+//! next request. Connecting backs off exponentially; a failing device is polled less often
+//! (up to `max_backoff`) so a dead meter does not eat its neighbours' time. Health follows
+//! [`fieldgate_driver::Health`]: one status event and one log line per transition.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fieldgate_driver::{
+    now_ms, Command, CommandOutcome, CommandRequest, Driver, DriverContext, DriverError,
+    DriverFuture, ErrorCode, Event, Health, Report, Schedule, Value,
+};
+use tokio_modbus::client::{Client, Context, Reader, Writer};
+use tokio_modbus::slave::{Slave, SlaveContext};
+use tracing::{debug, info, warn};
+
+use crate::codec::{decode_registers, encode_registers};
+use crate::plan::{plan, ReadBlock};
+use crate::point::{PointSpec, Table};
+
+/// Transport-level settings of one bus.
+#[derive(Debug, Clone)]
+pub struct BusSpec {
+    pub name: String,
+    /// `host:port` of the Modbus TCP server or gateway.
+    pub endpoint: String,
+    pub timeout: Duration,
+    pub offline_after: u32,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// Longest a failing device waits between polls.
+    pub max_backoff: Duration,
+}
+
+/// One child device on the bus.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    pub node_id: String,
+    pub unit: u8,
+    pub poll: Duration,
+    pub points: Arc<[PointSpec]>,
+    pub max_gap: u16,
+}
+
+/// The driver for one Modbus TCP bus.
+pub struct ModbusTcpDriver {
+    bus: BusSpec,
+    devices: Vec<DeviceSpec>,
+}
+
+impl ModbusTcpDriver {
+    pub fn new(bus: BusSpec, devices: Vec<DeviceSpec>) -> Self {
+        Self { bus, devices }
+    }
+}
+
+impl Driver for ModbusTcpDriver {
+    fn bus(&self) -> &str {
+        &self.bus.name
+    }
+
+    fn run(self: Box<Self>, ctx: DriverContext) -> DriverFuture {
+        Box::pin(async move { BusTask::new(self.bus, self.devices).run(ctx).await })
+    }
+}
+
+/// Why one exchange failed, in words an engineer at the cabinet recognises.
+#[derive(Debug, Clone, PartialEq)]
+enum Failure {
+    /// The device answered with a Modbus exception: the link is fine.
+    Exception(String),
+    /// The link is broken or out of step: drop the connection.
+    Link(String),
+}
+
+impl Failure {
+    fn reason(&self) -> &str {
+        match self {
+            Failure::Exception(r) | Failure::Link(r) => r,
+        }
+    }
+}
+
+struct DeviceState {
+    spec: DeviceSpec,
+    blocks: Vec<ReadBlock>,
+    schedule: Schedule,
+    health: Health,
+    /// Points whose last decode failed, to log each once per episode.
+    bad_points: BTreeSet<usize>,
+    overrun_episode: bool,
+}
+
+struct BusTask {
+    bus: BusSpec,
+    devices: Vec<DeviceState>,
+    conn: Option<Context>,
+    next_connect: Instant,
+    connect_backoff: Duration,
+    connect_error: Option<String>,
+}
+
+impl BusTask {
+    fn new(bus: BusSpec, specs: Vec<DeviceSpec>) -> Self {
+        let start = Instant::now();
+        let n = specs.len().max(1) as u32;
+        let devices = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                // Spread first polls over the first period so devices do not all fire at once.
+                let first = start + spec.poll / n * i as u32;
+                DeviceState {
+                    blocks: plan(&spec.points, spec.max_gap),
+                    schedule: Schedule::new(spec.poll, first),
+                    health: Health::new(spec.node_id.clone(), bus.offline_after),
+                    bad_points: BTreeSet::new(),
+                    overrun_episode: false,
+                    spec,
+                }
+            })
+            .collect();
+        Self {
+            connect_backoff: bus.reconnect_min,
+            bus,
+            devices,
+            conn: None,
+            next_connect: start,
+            connect_error: None,
+        }
+    }
+
+    async fn run(mut self, mut ctx: DriverContext) -> Result<(), DriverError> {
+        info!(bus = %self.bus.name, endpoint = %self.bus.endpoint, devices = self.devices.len(), "modbus bus started");
+        if self.devices.is_empty() {
+            // Nothing to poll: still answer commands until told to stop.
+            return self.idle(ctx).await;
+        }
+        loop {
+            let (idx, due) = self
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (i, d.schedule.due()))
+                .min_by_key(|&(_, due)| due)
+                .unwrap_or((0, Instant::now()));
+            tokio::select! {
+                biased;
+                changed = ctx.shutdown.changed() => {
+                    if changed.is_err() || *ctx.shutdown.borrow() {
+                        break;
+                    }
+                }
+                Some(req) = ctx.commands.recv() => self.command(req).await,
+                _ = tokio::time::sleep_until(due.into()) => {
+                    self.poll(idx, &ctx).await?;
+                }
+            }
+        }
+        if let Some(mut c) = self.conn.take() {
+            let _ = c.disconnect().await;
+        }
+        info!(bus = %self.bus.name, "modbus bus stopped");
+        Ok(())
+    }
+
+    async fn idle(self, mut ctx: DriverContext) -> Result<(), DriverError> {
+        loop {
+            tokio::select! {
+                changed = ctx.shutdown.changed() => {
+                    if changed.is_err() || *ctx.shutdown.borrow() { return Ok(()); }
+                }
+                Some(req) = ctx.commands.recv() => {
+                    let _ = req.reply.send(CommandOutcome::Failed { code: ErrorCode::UnknownChild, message: "no devices on this bus".into() });
+                }
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<&mut Context, Failure> {
+        if self.conn.is_none() {
+            let now = Instant::now();
+            if now < self.next_connect {
+                let why = self
+                    .connect_error
+                    .clone()
+                    .unwrap_or_else(|| "not connected".into());
+                return Err(Failure::Link(why));
+            }
+            let attempt = async {
+                let addr: SocketAddr = match tokio::net::lookup_host(&self.bus.endpoint)
+                    .await?
+                    .next()
+                {
+                    Some(a) => a,
+                    None => return Err(std::io::Error::other("endpoint resolves to no address")),
+                };
+                tokio_modbus::client::tcp::connect(addr).await
+            };
+            match tokio::time::timeout(self.bus.timeout, attempt).await {
+                Ok(Ok(ctx)) => {
+                    debug!(bus = %self.bus.name, "connected");
+                    self.conn = Some(ctx);
+                    self.connect_backoff = self.bus.reconnect_min;
+                    self.connect_error = None;
+                }
+                Ok(Err(e)) => {
+                    return Err(self.connect_failed(format!("connect: {}", io_reason(&e))))
+                }
+                Err(_) => {
+                    return Err(self
+                        .connect_failed(format!("connect: timeout after {:?}", self.bus.timeout)))
+                }
+            }
+        }
+        match self.conn.as_mut() {
+            Some(c) => Ok(c),
+            None => Err(Failure::Link("not connected".into())),
+        }
+    }
+
+    fn connect_failed(&mut self, why: String) -> Failure {
+        self.next_connect = Instant::now() + jitter(self.connect_backoff);
+        self.connect_backoff = (self.connect_backoff * 2).min(self.bus.reconnect_max);
+        if self.connect_error.as_deref() != Some(why.as_str()) {
+            warn!(bus = %self.bus.name, endpoint = %self.bus.endpoint, reason = %why, "modbus connection failed");
+        }
+        self.connect_error = Some(why.clone());
+        Failure::Link(why)
+    }
+
+    /// Read one block from one unit under the bus timeout.
+    async fn read(&mut self, unit: u8, b: &ReadBlock) -> Result<Raw, Failure> {
+        let timeout = self.bus.timeout;
+        let conn = self.connect().await?;
+        conn.set_slave(Slave(unit));
+        let res = match b.table {
+            Table::Coil => tokio::time::timeout(timeout, conn.read_coils(b.start, b.count))
+                .await
+                .map(|r| r.map(|r| r.map(Raw::Bits))),
+            Table::Discrete => {
+                tokio::time::timeout(timeout, conn.read_discrete_inputs(b.start, b.count))
+                    .await
+                    .map(|r| r.map(|r| r.map(Raw::Bits)))
+            }
+            Table::Input => {
+                tokio::time::timeout(timeout, conn.read_input_registers(b.start, b.count))
+                    .await
+                    .map(|r| r.map(|r| r.map(Raw::Words)))
+            }
+            Table::Holding => {
+                tokio::time::timeout(timeout, conn.read_holding_registers(b.start, b.count))
+                    .await
+                    .map(|r| r.map(|r| r.map(Raw::Words)))
+            }
+        };
+        let failure = match res {
+            Ok(Ok(Ok(raw))) => {
+                if raw.len() < usize::from(b.count) {
+                    Failure::Link(format!(
+                        "short response: {} of {} items",
+                        raw.len(),
+                        b.count
+                    ))
+                } else {
+                    return Ok(raw);
+                }
+            }
+            Ok(Ok(Err(exc))) => {
+                return Err(Failure::Exception(format!(
+                    "exception {} ({:#04x})",
+                    exc_name(exc),
+                    u8::from(exc)
+                )))
+            }
+            Ok(Err(tokio_modbus::Error::Transport(e))) => Failure::Link(io_reason(&e)),
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => Failure::Link(format!("protocol: {e}")),
+            Err(_) => Failure::Link(format!("timeout after {timeout:?}")),
+        };
+        // Out of step or broken: a late reply must never be read as the next answer.
+        self.conn = None;
+        Err(failure)
+    }
+
+    async fn poll(&mut self, idx: usize, ctx: &DriverContext) -> Result<(), DriverError> {
+        let started = now_ms();
+        let unit = self.devices[idx].spec.unit;
+        let blocks = self.devices[idx].blocks.clone();
+        let mut values: Vec<(usize, Value)> = Vec::new();
+        let mut failure = None;
+        for b in &blocks {
+            match self.read(unit, b).await {
+                Ok(raw) => self.decode_block(idx, b, &raw, &mut values),
+                Err(f) => {
+                    failure = Some(f);
+                    break;
+                }
+            }
+        }
+
+        let bus = self.bus.name.clone();
+        let max_backoff = self.bus.max_backoff;
+        let dev = &mut self.devices[idx];
+        let transition = match &failure {
+            None => dev.health.success(),
+            Some(f) => dev.health.failure(f.reason()),
+        };
+        if failure.is_none() {
+            let mut by_service: BTreeMap<&str, BTreeMap<String, Value>> = BTreeMap::new();
+            for (i, v) in values {
+                let p = &dev.spec.points[i];
+                by_service
+                    .entry(p.service.as_str())
+                    .or_default()
+                    .insert(p.property.clone(), v);
+            }
+            for (service, properties) in by_service {
+                let r = Report {
+                    child: dev.spec.node_id.clone(),
+                    service: service.to_string(),
+                    properties,
+                    ts_ms: started,
+                };
+                ctx.events
+                    .send(Event::Report(r))
+                    .await
+                    .map_err(|_| DriverError::ChannelClosed)?;
+            }
+        }
+        if let Some(st) = transition {
+            if st.online {
+                info!(bus = %bus, device = %st.child, unit, "device ONLINE");
+            } else {
+                warn!(bus = %bus, device = %st.child, unit, reason = %st.reason, failures = dev.health.streak(), "device OFFLINE");
+            }
+            ctx.events
+                .send(Event::Status(st))
+                .await
+                .map_err(|_| DriverError::ChannelClosed)?;
+        }
+
+        let now = Instant::now();
+        let missed = dev.schedule.advance(now);
+        if missed > 0 && !dev.overrun_episode {
+            warn!(bus = %bus, device = %dev.spec.node_id, missed, total = dev.schedule.overruns(), period = ?dev.schedule.period(), "poll overrun: slots skipped");
+        }
+        dev.overrun_episode = missed > 0;
+        if dev.health.online() == Some(false) {
+            // Poll a dead device less often: period × 2^(failures past the threshold), capped.
+            let extra = dev
+                .health
+                .streak()
+                .saturating_sub(self.bus.offline_after)
+                .min(16);
+            let wait = (dev.schedule.period() * 2u32.saturating_pow(extra))
+                .min(max_backoff.max(dev.schedule.period()));
+            dev.schedule.defer_until(now + wait);
+        }
+        Ok(())
+    }
+
+    fn decode_block(
+        &mut self,
+        idx: usize,
+        b: &ReadBlock,
+        raw: &Raw,
+        out: &mut Vec<(usize, Value)>,
+    ) {
+        let dev = &mut self.devices[idx];
+        for &pi in &b.points {
+            let p = &dev.spec.points[pi];
+            let off = usize::from(p.address - b.start);
+            let decoded = match raw {
+                Raw::Bits(bits) => bits.get(off).map(|&v| Ok(Value::Bool(v))),
+                Raw::Words(w) => w
+                    .get(off..off + usize::from(p.width()))
+                    .map(|regs| decode_registers(p, regs)),
+            };
+            match decoded {
+                Some(Ok(v)) => {
+                    if dev.bad_points.remove(&pi) {
+                        info!(bus = %self.bus.name, device = %dev.spec.node_id, point = %p.property, "point decodes again");
+                    }
+                    out.push((pi, v));
+                }
+                Some(Err(e)) => {
+                    if dev.bad_points.insert(pi) {
+                        warn!(bus = %self.bus.name, device = %dev.spec.node_id, point = %p.property, error = %e, "point value rejected; left out of reports");
+                    }
+                }
+                None => {
+                    if dev.bad_points.insert(pi) {
+                        warn!(bus = %self.bus.name, device = %dev.spec.node_id, point = %p.property, "response too short for point");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, req: CommandRequest) {
+        let outcome =
+            match tokio::time::timeout_at(req.deadline.into(), self.execute(&req.command)).await {
+                Ok(o) => o,
+                Err(_) => CommandOutcome::Failed {
+                    code: ErrorCode::Timeout,
+                    message: "the device did not answer before the command deadline".into(),
+                },
+            };
+        if req.reply.send(outcome).is_err() {
+            debug!(bus = %self.bus.name, "command answer arrived after the caller gave up");
+        }
+    }
+
+    async fn execute(&mut self, cmd: &Command) -> CommandOutcome {
+        let Some(idx) = self
+            .devices
+            .iter()
+            .position(|d| d.spec.node_id == cmd.child())
+        else {
+            return fail(
+                ErrorCode::UnknownChild,
+                format!("no device `{}` on bus `{}`", cmd.child(), self.bus.name),
+            );
+        };
+        if self.devices[idx].health.online() == Some(false) {
+            return fail(
+                ErrorCode::Offline,
+                format!("device is OFFLINE: {}", self.devices[idx].health.reason()),
+            );
+        }
+        match cmd {
+            Command::SetProperties {
+                service,
+                properties,
+                ..
+            } => {
+                for (name, v) in properties {
+                    if let Err(o) = self.write_point(idx, service, name, v).await {
+                        return o;
+                    }
+                }
+                self.read_service(idx, service, properties.keys().cloned().collect())
+                    .await
+            }
+            Command::GetProperties { service, .. } => {
+                let names = self.devices[idx]
+                    .spec
+                    .points
+                    .iter()
+                    .filter(|p| service.as_ref().is_none_or(|s| &p.service == s))
+                    .map(|p| p.property.clone())
+                    .collect::<BTreeSet<_>>();
+                let svc = service.clone().unwrap_or_default();
+                self.read_service(idx, &svc, names).await
+            }
+            Command::Invoke { name, .. } => fail(
+                ErrorCode::Unsupported,
+                format!("command `{name}` is not declared for this device"),
+            ),
+        }
+    }
+
+    async fn write_point(
+        &mut self,
+        idx: usize,
+        service: &str,
+        name: &str,
+        v: &Value,
+    ) -> Result<(), CommandOutcome> {
+        let unit = self.devices[idx].spec.unit;
+        let Some(p) = self.devices[idx]
+            .spec
+            .points
+            .iter()
+            .find(|p| p.service == service && p.property == name)
+            .cloned()
+        else {
+            return Err(fail(
+                ErrorCode::UnknownPoint,
+                format!("no point `{service}.{name}`"),
+            ));
+        };
+        if !p.writable {
+            return Err(fail(
+                ErrorCode::NotWritable,
+                format!("point `{service}.{name}` is read-only"),
+            ));
+        }
+        let timeout = self.bus.timeout;
+        let conn = self
+            .connect()
+            .await
+            .map_err(|f| fail(ErrorCode::DeviceError, f.reason().to_string()))?;
+        conn.set_slave(Slave(unit));
+        let res = match (p.table, v) {
+            (Table::Coil, Value::Bool(b)) => {
+                tokio::time::timeout(timeout, conn.write_single_coil(p.address, *b)).await
+            }
+            (Table::Holding, _) => {
+                let words = encode_registers(&p, v)
+                    .map_err(|e| fail(ErrorCode::BadValue, e.to_string()))?;
+                if words.len() == 1 {
+                    tokio::time::timeout(timeout, conn.write_single_register(p.address, words[0]))
+                        .await
+                } else {
+                    tokio::time::timeout(timeout, conn.write_multiple_registers(p.address, &words))
+                        .await
+                }
+            }
+            _ => {
+                return Err(fail(
+                    ErrorCode::BadValue,
+                    format!("value {v:?} does not fit point `{name}`"),
+                ))
+            }
+        };
+        match res {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(exc))) => Err(fail(
+                ErrorCode::DeviceError,
+                format!("exception {}", exc_name(exc)),
+            )),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(fail(ErrorCode::DeviceError, e.to_string()))
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(fail(
+                    ErrorCode::Timeout,
+                    format!("write timed out after {timeout:?}"),
+                ))
+            }
+        }
+    }
+
+    /// Read the named points of one service now (for read-back and property get).
+    async fn read_service(
+        &mut self,
+        idx: usize,
+        service: &str,
+        names: BTreeSet<String>,
+    ) -> CommandOutcome {
+        let spec = &self.devices[idx].spec;
+        let wanted: Vec<PointSpec> = spec
+            .points
+            .iter()
+            .filter(|p| (service.is_empty() || p.service == service) && names.contains(&p.property))
+            .cloned()
+            .collect();
+        let unit = spec.unit;
+        let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+        for b in plan(&wanted, spec.max_gap) {
+            let raw = match self.read(unit, &b).await {
+                Ok(r) => r,
+                Err(f) => return fail(ErrorCode::DeviceError, f.reason().to_string()),
+            };
+            for &pi in &b.points {
+                let p = &wanted[pi];
+                let off = usize::from(p.address - b.start);
+                let v = match &raw {
+                    Raw::Bits(bits) => bits.get(off).map(|&v| Ok(Value::Bool(v))),
+                    Raw::Words(w) => w
+                        .get(off..off + usize::from(p.width()))
+                        .map(|r| decode_registers(p, r)),
+                };
+                if let Some(Ok(v)) = v {
+                    out.entry(p.service.clone())
+                        .or_default()
+                        .insert(p.property.clone(), v);
+                }
+            }
+        }
+        CommandOutcome::Done(out)
+    }
+}
+
+fn fail(code: ErrorCode, message: String) -> CommandOutcome {
+    CommandOutcome::Failed { code, message }
+}
+
+enum Raw {
+    Bits(Vec<bool>),
+    Words(Vec<u16>),
+}
+
+impl Raw {
+    fn len(&self) -> usize {
+        match self {
+            Raw::Bits(b) => b.len(),
+            Raw::Words(w) => w.len(),
+        }
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connection refused".into(),
+        ConnectionReset => "connection reset".into(),
+        BrokenPipe | UnexpectedEof => "connection closed by peer".into(),
+        TimedOut => "timeout".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn exc_name(e: tokio_modbus::ExceptionCode) -> String {
+    use tokio_modbus::ExceptionCode::*;
+    match e {
+        IllegalFunction => "illegal function".into(),
+        IllegalDataAddress => "illegal data address".into(),
+        IllegalDataValue => "illegal data value".into(),
+        ServerDeviceFailure => "server device failure".into(),
+        Acknowledge => "acknowledge".into(),
+        ServerDeviceBusy => "server device busy".into(),
+        MemoryParityError => "memory parity error".into(),
+        GatewayPathUnavailable => "gateway path unavailable".into(),
+        GatewayTargetDevice => "gateway target device failed to respond".into(),
+        Custom(c) => format!("custom {c}"),
+    }
+}
+
+/// ±20 % jitter so a fleet of gateways does not reconnect in lock-step.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    let factor = 0.8 + 0.4 * (f64::from(nanos % 1000) / 1000.0);
+    d.mul_f64(factor)
+}

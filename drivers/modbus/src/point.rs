@@ -1,0 +1,335 @@
+//! The point model: where a value lives on a Modbus device and how its bits become a typed value.
+//!
+//! A point names its table and 0-based protocol address (`holding:0` is the first holding
+//! register, often documented as 40001), its data type, byte and word order, and the scale and
+//! offset applied after decoding. Parsing and validation live here so that the daemon's config
+//! checker and the driver agree on one definition; both return plain messages that the config
+//! layer decorates with file, line and column.
+
+use std::fmt;
+
+/// The four Modbus data tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Coil,
+    Discrete,
+    Input,
+    Holding,
+}
+
+impl Table {
+    pub fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::Discrete)
+    }
+    /// The most items one read request may ask for in this table.
+    pub fn max_read(self) -> u16 {
+        if self.is_bits() {
+            2000
+        } else {
+            125
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Coil => "coil",
+            Table::Discrete => "discrete",
+            Table::Input => "input",
+            Table::Holding => "holding",
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parse `table:address`, e.g. `holding:0`, `input:30`, `coil:3`, `discrete:7`.
+pub fn parse_location(s: &str) -> Result<(Table, u16), String> {
+    let (t, a) = s.split_once(':').ok_or_else(|| {
+        format!("address `{s}` must be `table:number`, e.g. `holding:0` (tables: coil, discrete, input, holding)")
+    })?;
+    let table = match t.trim() {
+        "coil" | "coils" => Table::Coil,
+        "discrete" | "discrete_input" => Table::Discrete,
+        "input" | "input_register" => Table::Input,
+        "holding" | "holding_register" => Table::Holding,
+        other => {
+            return Err(format!(
+                "unknown Modbus table `{other}` (expected coil, discrete, input or holding)"
+            ))
+        }
+    };
+    let a = a.trim();
+    let addr: u32 = a
+        .parse()
+        .map_err(|_| format!("address `{a}` is not a whole number"))?;
+    let addr = u16::try_from(addr).map_err(|_| {
+        format!("address {addr} is out of range (0..=65535, 0-based protocol address)")
+    })?;
+    Ok((table, addr))
+}
+
+/// How the raw bits are interpreted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataType {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    /// ASCII/UTF-8 text in `len` registers (two bytes each), NULs and trailing spaces trimmed.
+    String {
+        len: u16,
+    },
+}
+
+impl DataType {
+    pub fn parse(s: &str, len: Option<u16>) -> Result<Self, String> {
+        Ok(match s {
+            "bool" | "bit" => DataType::Bool,
+            "u16" => DataType::U16,
+            "i16" => DataType::I16,
+            "u32" => DataType::U32,
+            "i32" => DataType::I32,
+            "u64" => DataType::U64,
+            "i64" => DataType::I64,
+            "f32" => DataType::F32,
+            "f64" => DataType::F64,
+            "string" => match len {
+                Some(len) if (1..=125).contains(&len) => DataType::String { len },
+                Some(len) => return Err(format!("string length {len} registers is out of range (1..=125)")),
+                None => return Err("type `string` needs `length` (in registers)".into()),
+            },
+            other => {
+                return Err(format!(
+                    "unknown type `{other}` (expected bool, u16, i16, u32, i32, u64, i64, f32, f64 or string)"
+                ))
+            }
+        })
+    }
+
+    /// Registers (or bits, for `Bool` in a bit table) the value occupies.
+    pub fn width(self) -> u16 {
+        match self {
+            DataType::Bool | DataType::U16 | DataType::I16 => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+            DataType::U64 | DataType::I64 | DataType::F64 => 4,
+            DataType::String { len } => len,
+        }
+    }
+
+    pub fn is_numeric(self) -> bool {
+        !matches!(self, DataType::Bool | DataType::String { .. })
+    }
+}
+
+/// Byte order inside one 16-bit register, and word order across registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    #[default]
+    Big,
+    Little,
+}
+
+impl Order {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "big" => Ok(Order::Big),
+            "little" => Ok(Order::Little),
+            other => Err(format!("unknown order `{other}` (expected big or little)")),
+        }
+    }
+}
+
+/// One configured point of a device profile, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointSpec {
+    pub service: String,
+    pub property: String,
+    pub table: Table,
+    pub address: u16,
+    pub dtype: DataType,
+    /// For `Bool` in a register table: which bit (0 = least significant).
+    pub bit: Option<u8>,
+    pub byte_order: Order,
+    pub word_order: Order,
+    pub scale: Option<f64>,
+    pub offset: Option<f64>,
+    pub writable: bool,
+    /// Allowed range for writes, in engineering units.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl PointSpec {
+    /// Items (registers or bits) this point occupies in its table.
+    pub fn width(&self) -> u16 {
+        if self.table.is_bits() {
+            1
+        } else {
+            self.dtype.width()
+        }
+    }
+
+    /// The last address this point touches.
+    pub fn end(&self) -> u32 {
+        u32::from(self.address) + u32::from(self.width()) - 1
+    }
+
+    /// Check that the type fits the table, the value fits the address space, and the
+    /// options make sense together. Returns every problem found.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.table.is_bits() && self.dtype != DataType::Bool {
+            errs.push(format!(
+                "a {} holds single bits: type must be `bool`, not `{}`",
+                self.table,
+                type_name(self.dtype)
+            ));
+        }
+        if self.end() > 65535 {
+            errs.push(format!(
+                "{} registers starting at {} run past the last address 65535",
+                self.width(),
+                self.address
+            ));
+        }
+        match (self.dtype, self.bit, self.table.is_bits()) {
+            (DataType::Bool, None, false) => {
+                errs.push("a `bool` in a register table needs `bit` (0..=15)".into())
+            }
+            (DataType::Bool, Some(b), false) if b > 15 => {
+                errs.push(format!("bit {b} is out of range (0..=15)"))
+            }
+            (DataType::Bool, Some(_), true) => {
+                errs.push(format!("`bit` does not apply to a {}", self.table))
+            }
+            (t, Some(_), _) if t != DataType::Bool => {
+                errs.push("`bit` only applies to type `bool`".into())
+            }
+            _ => {}
+        }
+        if (self.scale.is_some() || self.offset.is_some()) && !self.dtype.is_numeric() {
+            errs.push(format!(
+                "`scale`/`offset` need a numeric type, not `{}`",
+                type_name(self.dtype)
+            ));
+        }
+        if self.scale == Some(0.0) {
+            errs.push("`scale` must not be 0 (writes divide by it)".into());
+        }
+        if self.writable && self.table.is_bits() && self.table != Table::Coil {
+            errs.push(
+                "discrete inputs are read-only; only coils and holding registers can be writable"
+                    .into(),
+            );
+        }
+        if self.writable && self.table == Table::Input {
+            errs.push(
+                "input registers are read-only; only coils and holding registers can be writable"
+                    .into(),
+            );
+        }
+        if let (Some(lo), Some(hi)) = (self.min, self.max) {
+            if lo > hi {
+                errs.push(format!("`min` {lo} is greater than `max` {hi}"));
+            }
+        }
+        errs
+    }
+}
+
+pub fn type_name(t: DataType) -> &'static str {
+    match t {
+        DataType::Bool => "bool",
+        DataType::U16 => "u16",
+        DataType::I16 => "i16",
+        DataType::U32 => "u32",
+        DataType::I32 => "i32",
+        DataType::U64 => "u64",
+        DataType::I64 => "i64",
+        DataType::F32 => "f32",
+        DataType::F64 => "f64",
+        DataType::String { .. } => "string",
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn point(loc: &str, ty: &str) -> PointSpec {
+    let (table, address) = parse_location(loc).unwrap_or_else(|e| panic!("{e}"));
+    PointSpec {
+        service: "s".into(),
+        property: format!("{loc}/{ty}"),
+        table,
+        address,
+        dtype: DataType::parse(ty, Some(4)).unwrap_or_else(|e| panic!("{e}")),
+        bit: None,
+        byte_order: Order::Big,
+        word_order: Order::Big,
+        scale: None,
+        offset: None,
+        writable: false,
+        min: None,
+        max: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_and_reject() {
+        assert_eq!(parse_location("holding:0"), Ok((Table::Holding, 0)));
+        assert_eq!(parse_location("coil:65535"), Ok((Table::Coil, 65535)));
+        assert!(parse_location("holding:65536")
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(parse_location("holding")
+            .unwrap_err()
+            .contains("table:number"));
+        assert!(parse_location("register:1")
+            .unwrap_err()
+            .contains("unknown Modbus table"));
+        assert!(parse_location("input:-1")
+            .unwrap_err()
+            .contains("not a whole number"));
+    }
+
+    #[test]
+    fn validation_catches_misfits() {
+        let p = point("coil:1", "f32");
+        assert!(p.validate()[0].contains("single bits"));
+        let p = point("holding:65534", "u32");
+        assert!(p.validate().is_empty());
+        let p = point("holding:65535", "u32");
+        assert!(p.validate()[0].contains("past the last address"));
+        let p = point("holding:0", "bool");
+        assert!(p.validate()[0].contains("needs `bit`"));
+        let mut p = point("input:0", "u16");
+        p.writable = true;
+        assert!(p.validate()[0].contains("read-only"));
+        let mut p = point("holding:0", "string");
+        p.scale = Some(2.0);
+        assert!(p.validate()[0].contains("numeric"));
+    }
+
+    #[test]
+    fn string_needs_length() {
+        assert!(DataType::parse("string", None).is_err());
+        assert!(DataType::parse("string", Some(200)).is_err());
+        assert_eq!(
+            DataType::parse("string", Some(8)),
+            Ok(DataType::String { len: 8 })
+        );
+        assert!(DataType::parse("float", None)
+            .unwrap_err()
+            .contains("unknown type"));
+    }
+}

@@ -1,0 +1,38 @@
+//! The command line: `run` (the service), `check` (validate a config), and their options.
+//! Parsing only; what each subcommand does lives with the rest of the binary edge in `main.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_PATH;
+
+/// Exit code for a bad configuration (sysexits EX_CONFIG): systemd must not restart-loop on it.
+pub const EX_CONFIG: i32 = 78;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fieldgate",
+    version,
+    about = "Edge gateway: field devices to an IoT platform over MQTT, with a durable store-and-forward queue"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the gateway (what the systemd service starts).
+    Run {
+        /// Configuration file.
+        #[arg(short, long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print every problem with its line and column.
+    Check {
+        /// Configuration file.
+        #[arg(short, long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}

@@ -1,0 +1,83 @@
+//! Human durations in the config: `"500ms"`, `"1s"`, `"2m"`, `"1h"`, `"7d"`, or a combination
+//! such as `"1m30s"`. A bare number is refused: a gateway config is read by people in a hurry,
+//! and `timeout = 5` is ambiguous.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{de, Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty duration".into());
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = s;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if digits == 0 {
+                return Err(format!(
+                    "`{s}` is not a duration (use e.g. 500ms, 1s, 2m, 1h, 7d)"
+                ));
+            }
+            let n: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("`{s}`: number too large"))?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let d = match unit {
+                "ms" => Duration::from_millis(n),
+                "s" => Duration::from_secs(n),
+                "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
+                "h" => Duration::from_secs(n.saturating_mul(3600)),
+                "d" => Duration::from_secs(n.saturating_mul(86400)),
+                "" => return Err(format!("`{s}` needs a unit (ms, s, m, h, d)")),
+                u => return Err(format!("unknown unit `{u}` in `{s}` (use ms, s, m, h, d)")),
+            };
+            total = total.saturating_add(d);
+        }
+        Ok(total)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"500ms\", \"1s\", \"2m\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
+                Dur::parse(s).map(Dur).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        assert_eq!(Dur::parse("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(Dur::parse("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(Dur::parse("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(Dur::parse("5").unwrap_err().contains("needs a unit"));
+        assert!(Dur::parse("fast").unwrap_err().contains("not a duration"));
+        assert!(Dur::parse("3 weeks").unwrap_err().contains("unknown unit"));
+    }
+}

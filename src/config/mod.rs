@@ -1,0 +1,853 @@
+//! Configuration: one TOML file, read into typed settings with every problem reported at once.
+//!
+//! The file is parsed with spans, then each table — and each bus, profile point and device on
+//! its own — is deserialised separately, so one mistake does not hide the next. After the shape
+//! is right, cross-checks run (duplicate node ids, a device naming a missing bus or profile, a
+//! point that does not fit its table). Every problem becomes a [`Diagnostic`] with line, column
+//! and key path; `fieldgate check` prints them all and `run` refuses to start (exit 78).
+
+mod duration;
+mod schema;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fieldgate_modbus::point::{parse_location, DataType, Order, PointSpec};
+use serde::de::DeserializeOwned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+pub use duration::Dur;
+use schema::*;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    /// Key path, e.g. `device[2].bus`.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file.display(),
+                d.line,
+                d.column,
+                d.path,
+                d.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A secret that never shows up in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: Gateway,
+    pub platform: Platform,
+    pub store: Store,
+    pub buses: Vec<Bus>,
+    pub devices: Vec<Device>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub name: String,
+    pub log_level: String,
+    pub runtime_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Iotda,
+}
+
+#[derive(Debug, Clone)]
+pub struct Platform {
+    pub dialect: Dialect,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+    pub device_id: String,
+    pub secret: SecretSource,
+    pub check_timestamp: bool,
+    pub keepalive: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// Unacknowledged publishes handed to the MQTT client at once.
+    pub inflight: u16,
+    /// Largest MQTT packet fieldgate sends, in bytes.
+    pub max_packet: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    Inline(Secret),
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// Read the secret (from the file, trimmed, each time: rotating it needs no restart).
+    pub fn load(&self) -> std::io::Result<Secret> {
+        match self {
+            SecretSource::Inline(s) => Ok(s.clone()),
+            SecretSource::File(p) => Ok(Secret(std::fs::read_to_string(p)?.trim().to_string())),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub path: PathBuf,
+    pub commit_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum BusKind {
+    ModbusTcp { endpoint: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Bus {
+    pub name: String,
+    pub kind: BusKind,
+    pub timeout: Duration,
+    pub offline_after: u32,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub node_id: String,
+    pub name: String,
+    pub bus: String,
+    pub unit: u8,
+    pub poll: Duration,
+    pub product_id: String,
+    pub profile: String,
+    pub points: Arc<[PointSpec]>,
+    pub max_gap: u16,
+}
+
+pub const DEFAULT_PATH: &str = "/etc/fieldgate/fieldgate.toml";
+
+/// Load and validate a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        diagnostics: vec![Diagnostic {
+            line: 1,
+            column: 1,
+            path: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    parse(&src, path)
+}
+
+/// Validate config text; `file` is only used in messages.
+pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
+    let mut cx = Checker {
+        src,
+        diags: Vec::new(),
+    };
+    let cfg = cx.check();
+    match cfg {
+        Some(c) if cx.diags.is_empty() => Ok(c),
+        _ => {
+            cx.diags.sort_by_key(|d| (d.line, d.column));
+            Err(ConfigError {
+                file: file.to_path_buf(),
+                diagnostics: cx.diags,
+            })
+        }
+    }
+}
+
+struct Checker<'a> {
+    src: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+type Sv<'i> = Spanned<DeValue<'i>>;
+
+const TOP_KEYS: &[&str] = &["gateway", "platform", "store", "bus", "profile", "device"];
+
+impl<'a> Checker<'a> {
+    fn pos(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.src.len());
+        let before = &self.src[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+        (line, col)
+    }
+
+    fn err(
+        &mut self,
+        span: Option<Range<usize>>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let (line, column) = span.map_or((1, 1), |s| self.pos(s.start));
+        self.diags.push(Diagnostic {
+            line,
+            column,
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn de<T: DeserializeOwned>(&mut self, v: &Sv<'_>, path: &str) -> Option<T> {
+        match T::deserialize(ValueDeserializer::from(v.clone())) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let span = e.span().or_else(|| Some(v.span()));
+                self.err(span, path, e.message().to_string());
+                None
+            }
+        }
+    }
+
+    fn array<'v, 'i>(&mut self, v: &'v Sv<'i>, path: &str) -> Vec<&'v Sv<'i>> {
+        match v.get_ref() {
+            DeValue::Array(a) => a.iter().collect(),
+            other => {
+                self.err(
+                    Some(v.span()),
+                    path,
+                    format!(
+                        "expected an array of tables (`[[{path}]]`), found {}",
+                        other.type_str()
+                    ),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn check(&mut self) -> Option<Config> {
+        let (root, syntax) = DeTable::parse_recoverable(self.src);
+        for e in &syntax {
+            self.err(e.span(), "(syntax)", e.message().to_string());
+        }
+        if !syntax.is_empty() {
+            return None;
+        }
+        let root = root.into_inner();
+        let mut sections: BTreeMap<&str, &Sv<'_>> = BTreeMap::new();
+        for (k, v) in root.iter() {
+            let key: &str = k.get_ref();
+            match TOP_KEYS.iter().find(|t| **t == key) {
+                Some(t) => {
+                    sections.insert(t, v);
+                }
+                None => self.err(
+                    Some(k.span()),
+                    key,
+                    format!(
+                        "unknown section `{key}` (expected one of: {})",
+                        TOP_KEYS.join(", ")
+                    ),
+                ),
+            }
+        }
+
+        let gateway: RawGateway = match sections.get("gateway") {
+            Some(v) => self.de(v, "gateway").unwrap_or_default(),
+            None => RawGateway::default(),
+        };
+        let platform: Option<RawPlatform> = match sections.get("platform") {
+            Some(v) => self.de(v, "platform"),
+            None => {
+                self.err(
+                    None,
+                    "platform",
+                    "missing section `[platform]` (where to send data)",
+                );
+                None
+            }
+        };
+        let store: RawStore = match sections.get("store") {
+            Some(v) => self.de(v, "store").unwrap_or_default(),
+            None => RawStore::default(),
+        };
+        let mut declared = Declared::default();
+        let buses = self.buses(sections.get("bus").copied(), &mut declared.buses);
+        let profiles = self.profiles(sections.get("profile").copied(), &mut declared.profiles);
+        let devices = self.devices(
+            sections.get("device").copied(),
+            &buses,
+            &profiles,
+            &declared,
+        );
+
+        let gateway = self.gateway(gateway);
+        let platform = platform.and_then(|p| self.platform(p));
+        let store = self.store(store);
+        Some(Config {
+            gateway,
+            platform: platform?,
+            store,
+            buses: buses.into_values().collect(),
+            devices,
+        })
+    }
+
+    fn gateway(&mut self, g: RawGateway) -> Gateway {
+        let log_level = match g.log_level {
+            Some(l) => {
+                let ok =
+                    ["error", "warn", "info", "debug", "trace"].contains(&l.get_ref().as_str());
+                if !ok {
+                    self.err(
+                        Some(l.span()),
+                        "gateway.log_level",
+                        format!(
+                            "unknown level `{}` (error, warn, info, debug, trace)",
+                            l.get_ref()
+                        ),
+                    );
+                }
+                l.into_inner()
+            }
+            None => "info".into(),
+        };
+        Gateway {
+            name: g.name.unwrap_or_else(|| "fieldgate".into()),
+            log_level,
+            runtime_dir: PathBuf::from(g.runtime_dir.unwrap_or_else(|| "/run/fieldgate".into())),
+        }
+    }
+
+    fn platform(&mut self, p: RawPlatform) -> Option<Platform> {
+        let dialect = match p.dialect.get_ref().as_str() {
+            "iotda" => Some(Dialect::Iotda),
+            other => {
+                self.err(
+                    Some(p.dialect.span()),
+                    "platform.dialect",
+                    format!("unknown dialect `{other}` (supported: iotda)"),
+                );
+                None
+            }
+        };
+        if p.host.get_ref().trim().is_empty() {
+            self.err(
+                Some(p.host.span()),
+                "platform.host",
+                "host must not be empty",
+            );
+        }
+        if p.device_id.get_ref().trim().is_empty() {
+            self.err(
+                Some(p.device_id.span()),
+                "platform.device_id",
+                "device_id must not be empty",
+            );
+        }
+        let secret = match (p.secret, p.secret_file) {
+            (Some(s), None) => Some(SecretSource::Inline(Secret(s.into_inner()))),
+            (None, Some(f)) => Some(SecretSource::File(PathBuf::from(f.into_inner()))),
+            (Some(_), Some(f)) => {
+                self.err(
+                    Some(f.span()),
+                    "platform.secret_file",
+                    "give either `secret` or `secret_file`, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.err(Some(p.device_id.span()), "platform", "missing `secret_file` (or `secret`): the device secret used to sign the MQTT password");
+                None
+            }
+        };
+        let port = p.port.unwrap_or(8883);
+        let keepalive = match p.keepalive {
+            Some(k) if !(30..=1200).contains(&k.get_ref().0.as_secs()) => {
+                self.err(
+                    Some(k.span()),
+                    "platform.keepalive",
+                    "keepalive must be between 30s and 1200s (IoTDA refuses others)",
+                );
+                None
+            }
+            Some(k) => Some(k.into_inner().0),
+            None => Some(Duration::from_secs(120)),
+        };
+        let inflight = match p.inflight {
+            Some(i) if *i.get_ref() == 0 || *i.get_ref() > 1000 => {
+                self.err(
+                    Some(i.span()),
+                    "platform.inflight",
+                    "inflight must be between 1 and 1000",
+                );
+                None
+            }
+            Some(i) => Some(i.into_inner()),
+            None => Some(32),
+        };
+        let max_packet = match p.max_packet {
+            Some(m) if *m.get_ref() < 4096 => {
+                self.err(
+                    Some(m.span()),
+                    "platform.max_packet",
+                    "max_packet must be at least 4096 bytes",
+                );
+                None
+            }
+            Some(m) => Some(m.into_inner() as usize),
+            None => Some(256 * 1024),
+        };
+        let reconnect_min = p.reconnect_min.map_or(Duration::from_secs(1), |d| d.0);
+        let reconnect_max = p
+            .reconnect_max
+            .map_or(Duration::from_secs(30), |d| d.0)
+            .max(reconnect_min);
+        Some(Platform {
+            dialect: dialect?,
+            host: p.host.into_inner(),
+            tls: p.tls.unwrap_or(port != 1883),
+            port,
+            ca_file: p.ca_file.map(PathBuf::from),
+            device_id: p.device_id.into_inner(),
+            secret: secret?,
+            check_timestamp: p.check_timestamp.unwrap_or(false),
+            keepalive: keepalive?,
+            reconnect_min,
+            reconnect_max,
+            inflight: inflight?,
+            max_packet: max_packet?,
+        })
+    }
+
+    fn store(&mut self, s: RawStore) -> Store {
+        let commit_interval = match s.commit_interval {
+            Some(c) if c.get_ref().0 > Duration::from_secs(10) => {
+                self.err(
+                    Some(c.span()),
+                    "store.commit_interval",
+                    "commit_interval above 10s risks too much data on power loss",
+                );
+                c.into_inner().0
+            }
+            Some(c) => c.into_inner().0,
+            None => Duration::from_millis(50),
+        };
+        Store {
+            path: PathBuf::from(
+                s.path
+                    .unwrap_or_else(|| "/var/lib/fieldgate/fieldgate.db".into()),
+            ),
+            commit_interval,
+        }
+    }
+
+    fn buses(
+        &mut self,
+        v: Option<&Sv<'_>>,
+        declared: &mut BTreeSet<String>,
+    ) -> BTreeMap<String, Bus> {
+        let mut out = BTreeMap::new();
+        let Some(v) = v else { return out };
+        for (i, item) in self.array(v, "bus").into_iter().enumerate() {
+            let path = format!("bus[{i}]");
+            let Some(b): Option<RawBus> = self.de(item, &path) else {
+                continue;
+            };
+            let name = b.name.get_ref().clone();
+            if !declared.insert(name.clone()) {
+                self.err(
+                    Some(b.name.span()),
+                    format!("{path}.name"),
+                    format!("duplicate bus name `{name}`"),
+                );
+                continue;
+            }
+            let kind = match b.driver.get_ref().as_str() {
+                "modbus-tcp" => match &b.endpoint {
+                    Some(e) if valid_endpoint(e.get_ref()) => Some(BusKind::ModbusTcp {
+                        endpoint: e.get_ref().clone(),
+                    }),
+                    Some(e) => {
+                        self.err(
+                            Some(e.span()),
+                            format!("{path}.endpoint"),
+                            format!("endpoint `{}` must be `host:port`", e.get_ref()),
+                        );
+                        None
+                    }
+                    None => {
+                        self.err(
+                            Some(b.driver.span()),
+                            format!("{path}.endpoint"),
+                            "a modbus-tcp bus needs `endpoint = \"host:port\"`",
+                        );
+                        None
+                    }
+                },
+                other => {
+                    self.err(
+                        Some(b.driver.span()),
+                        format!("{path}.driver"),
+                        format!("unknown driver `{other}` (supported: modbus-tcp)"),
+                    );
+                    None
+                }
+            };
+            let timeout = b
+                .timeout
+                .map_or(Duration::from_secs(1), |t| t.into_inner().0);
+            if timeout.is_zero() {
+                self.err(
+                    None,
+                    format!("{path}.timeout"),
+                    "timeout must be greater than 0",
+                );
+            }
+            let offline_after = match b.offline_after {
+                Some(n) if *n.get_ref() == 0 => {
+                    self.err(
+                        Some(n.span()),
+                        format!("{path}.offline_after"),
+                        "offline_after must be at least 1",
+                    );
+                    1
+                }
+                Some(n) => n.into_inner(),
+                None => 3,
+            };
+            let reconnect_min = b.reconnect_min.map_or(Duration::from_millis(500), |d| d.0);
+            if let Some(kind) = kind {
+                out.insert(
+                    name.clone(),
+                    Bus {
+                        name,
+                        kind,
+                        timeout,
+                        offline_after,
+                        reconnect_min,
+                        reconnect_max: b
+                            .reconnect_max
+                            .map_or(Duration::from_secs(30), |d| d.0)
+                            .max(reconnect_min),
+                        max_backoff: b.max_backoff.map_or(Duration::from_secs(60), |d| d.0),
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    fn profiles(
+        &mut self,
+        v: Option<&Sv<'_>>,
+        declared: &mut BTreeSet<String>,
+    ) -> BTreeMap<String, Profile> {
+        let mut out = BTreeMap::new();
+        let Some(v) = v else { return out };
+        let DeValue::Table(t) = v.get_ref() else {
+            self.err(
+                Some(v.span()),
+                "profile",
+                "expected `[profile.NAME]` tables",
+            );
+            return out;
+        };
+        for (name, pv) in t.iter() {
+            let name: &str = name.get_ref();
+            declared.insert(name.to_string());
+            let path = format!("profile.{name}");
+            let DeValue::Table(pt) = pv.get_ref() else {
+                self.err(Some(pv.span()), &path, "expected a table");
+                continue;
+            };
+            let mut head = pt.clone();
+            let points = head.remove("point");
+            let head_v = Spanned::new(pv.span(), DeValue::Table(head));
+            let Some(raw): Option<RawProfile> = self.de(&head_v, &path) else {
+                continue;
+            };
+            let service = raw.service.clone().unwrap_or_else(|| "data".into());
+            let mut specs = Vec::new();
+            let mut seen = BTreeSet::new();
+            match &points {
+                Some(pts) => {
+                    for (i, pv) in self
+                        .array(pts, &format!("{path}.point"))
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let ppath = format!("{path}.point[{i}]");
+                        let Some(rp): Option<RawPoint> = self.de(pv, &ppath) else {
+                            continue;
+                        };
+                        if let Some(spec) = self.point(rp, &service, &ppath, &mut seen) {
+                            specs.push(spec);
+                        }
+                    }
+                }
+                None => self.err(
+                    Some(pv.span()),
+                    &path,
+                    "a profile needs at least one `[[profile.NAME.point]]`",
+                ),
+            }
+            out.insert(
+                name.to_string(),
+                Profile {
+                    product_id: raw.product_id.unwrap_or_else(|| name.to_string()),
+                    max_gap: raw.max_gap.map_or(8, |g| g.into_inner()),
+                    points: specs.into(),
+                },
+            );
+        }
+        out
+    }
+
+    fn point(
+        &mut self,
+        rp: RawPoint,
+        default_service: &str,
+        path: &str,
+        seen: &mut BTreeSet<(String, String)>,
+    ) -> Option<PointSpec> {
+        let service = rp.service.unwrap_or_else(|| default_service.to_string());
+        let property = rp.property.get_ref().clone();
+        if property.is_empty() {
+            self.err(
+                Some(rp.property.span()),
+                format!("{path}.property"),
+                "property must not be empty",
+            );
+        }
+        if !seen.insert((service.clone(), property.clone())) {
+            self.err(
+                Some(rp.property.span()),
+                format!("{path}.property"),
+                format!("duplicate property `{service}.{property}` in this profile"),
+            );
+        }
+        let loc = match parse_location(rp.address.get_ref()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                self.err(Some(rp.address.span()), format!("{path}.address"), e);
+                None
+            }
+        };
+        let default_type = match loc {
+            Some((t, _)) if t.is_bits() => "bool",
+            _ => "u16",
+        };
+        let (type_str, type_span) = match &rp.dtype {
+            Some(t) => (t.get_ref().as_str(), Some(t.span())),
+            None => (default_type, Some(rp.address.span())),
+        };
+        let dtype = match DataType::parse(type_str, rp.length) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.err(type_span, format!("{path}.type"), e);
+                None
+            }
+        };
+        let mut order = |o: &Option<Spanned<String>>, key: &str| match o {
+            Some(s) => match Order::parse(s.get_ref()) {
+                Ok(o) => o,
+                Err(e) => {
+                    self.err(Some(s.span()), format!("{path}.{key}"), e);
+                    Order::Big
+                }
+            },
+            None => Order::Big,
+        };
+        let byte_order = order(&rp.byte_order, "byte_order");
+        let word_order = order(&rp.word_order, "word_order");
+        let ((table, address), dtype) = (loc?, dtype?);
+        let spec = PointSpec {
+            service,
+            property,
+            table,
+            address,
+            dtype,
+            bit: rp.bit,
+            byte_order,
+            word_order,
+            scale: rp.scale,
+            offset: rp.offset,
+            writable: rp.writable.unwrap_or(false),
+            min: rp.min,
+            max: rp.max,
+        };
+        let problems = spec.validate();
+        for p in &problems {
+            self.err(
+                Some(rp.address.span()),
+                format!("{path}.address"),
+                p.clone(),
+            );
+        }
+        problems.is_empty().then_some(spec)
+    }
+
+    fn devices(
+        &mut self,
+        v: Option<&Sv<'_>>,
+        buses: &BTreeMap<String, Bus>,
+        profiles: &BTreeMap<String, Profile>,
+        declared: &Declared,
+    ) -> Vec<Device> {
+        let mut out = Vec::new();
+        let Some(v) = v else { return out };
+        let mut ids = BTreeSet::new();
+        for (i, item) in self.array(v, "device").into_iter().enumerate() {
+            let path = format!("device[{i}]");
+            let Some(d): Option<RawDevice> = self.de(item, &path) else {
+                continue;
+            };
+            let node_id = d.node_id.get_ref().clone();
+            if !valid_node_id(&node_id) {
+                self.err(Some(d.node_id.span()), format!("{path}.node_id"), format!("node_id `{node_id}` must be 1–64 characters of letters, digits, `-`, `_`, `.`"));
+            }
+            if !ids.insert(node_id.clone()) {
+                self.err(
+                    Some(d.node_id.span()),
+                    format!("{path}.node_id"),
+                    format!("duplicate node_id `{node_id}`"),
+                );
+            }
+            let bus = buses.get(d.bus.get_ref());
+            if !declared.buses.contains(d.bus.get_ref()) {
+                let known: Vec<&str> = declared.buses.iter().map(String::as_str).collect();
+                self.err(
+                    Some(d.bus.span()),
+                    format!("{path}.bus"),
+                    format!(
+                        "no bus named `{}` (defined: {})",
+                        d.bus.get_ref(),
+                        list(&known)
+                    ),
+                );
+            }
+            let profile = profiles.get(d.profile.get_ref());
+            if !declared.profiles.contains(d.profile.get_ref()) {
+                let known: Vec<&str> = declared.profiles.iter().map(String::as_str).collect();
+                self.err(
+                    Some(d.profile.span()),
+                    format!("{path}.profile"),
+                    format!(
+                        "no profile named `{}` (defined: {})",
+                        d.profile.get_ref(),
+                        list(&known)
+                    ),
+                );
+            }
+            let poll = match d.poll {
+                Some(p) if p.get_ref().0 < Duration::from_millis(10) => {
+                    self.err(
+                        Some(p.span()),
+                        format!("{path}.poll"),
+                        "poll must be at least 10ms",
+                    );
+                    continue;
+                }
+                Some(p) => p.into_inner().0,
+                None => Duration::from_secs(10),
+            };
+            let unit = d.unit.unwrap_or(1);
+            if let (Some(_), Some(p)) = (bus, profile) {
+                out.push(Device {
+                    name: d.name.unwrap_or_else(|| node_id.clone()),
+                    node_id,
+                    bus: d.bus.into_inner(),
+                    unit,
+                    poll,
+                    product_id: d.product_id.unwrap_or_else(|| p.product_id.clone()),
+                    profile: d.profile.into_inner(),
+                    points: p.points.clone(),
+                    max_gap: p.max_gap,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Names defined in the file, valid or not: a bus with a bad key is still "defined", so its
+/// devices do not get a second, misleading "no bus named" error.
+#[derive(Default)]
+struct Declared {
+    buses: BTreeSet<String>,
+    profiles: BTreeSet<String>,
+}
+
+struct Profile {
+    product_id: String,
+    max_gap: u16,
+    points: Arc<[PointSpec]>,
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn valid_endpoint(e: &str) -> bool {
+    match e.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests;

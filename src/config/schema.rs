@@ -1,0 +1,143 @@
+//! The TOML schema as serde sees it: one struct per table, every key documented in
+//! `config/example.toml`. Unknown keys are errors (`deny_unknown_fields`) so a typo never
+//! silently falls back to a default. Fields that later checks must point at are `Spanned`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::duration::Dur;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub log_level: Option<Spanned<String>>,
+    /// Where the control socket lives.
+    #[serde(default)]
+    pub runtime_dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlatform {
+    pub dialect: Spanned<String>,
+    pub host: Spanned<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: Option<bool>,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    pub device_id: Spanned<String>,
+    #[serde(default)]
+    pub secret: Option<Spanned<String>>,
+    #[serde(default)]
+    pub secret_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub check_timestamp: Option<bool>,
+    #[serde(default)]
+    pub keepalive: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub reconnect_min: Option<Dur>,
+    #[serde(default)]
+    pub reconnect_max: Option<Dur>,
+    #[serde(default)]
+    pub inflight: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub max_packet: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub commit_interval: Option<Spanned<Dur>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBus {
+    pub name: Spanned<String>,
+    pub driver: Spanned<String>,
+    #[serde(default)]
+    pub endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub offline_after: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub reconnect_min: Option<Dur>,
+    #[serde(default)]
+    pub reconnect_max: Option<Dur>,
+    #[serde(default)]
+    pub max_backoff: Option<Dur>,
+}
+
+/// A profile without its points (they are read one by one, so each gets its own errors).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    #[serde(default)]
+    pub product_id: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub max_gap: Option<Spanned<u16>>,
+    /// Informational only (for people reading the file).
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoint {
+    pub property: Spanned<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    pub address: Spanned<String>,
+    #[serde(rename = "type", default)]
+    pub dtype: Option<Spanned<String>>,
+    #[serde(default)]
+    pub length: Option<u16>,
+    #[serde(default)]
+    pub bit: Option<u8>,
+    #[serde(default)]
+    pub byte_order: Option<Spanned<String>>,
+    #[serde(default)]
+    pub word_order: Option<Spanned<String>>,
+    #[serde(default)]
+    pub scale: Option<f64>,
+    #[serde(default)]
+    pub offset: Option<f64>,
+    /// Engineering unit, informational (the platform's product model owns units).
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub writable: Option<bool>,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    pub node_id: Spanned<String>,
+    pub bus: Spanned<String>,
+    pub profile: Spanned<String>,
+    #[serde(default)]
+    pub unit: Option<u8>,
+    #[serde(default)]
+    pub poll: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub product_id: Option<String>,
+}

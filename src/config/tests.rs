@@ -1,0 +1,314 @@
+use super::*;
+
+const GOOD: &str = r#"
+[gateway]
+name = "cabinet-7"
+
+[platform]
+dialect = "iotda"
+host = "127.0.0.1"
+port = 1883
+device_id = "gw_1"
+secret = "s3cret"
+
+[store]
+path = "/tmp/fg.db"
+
+[[bus]]
+name = "plant"
+driver = "modbus-tcp"
+endpoint = "127.0.0.1:502"
+
+[profile.meter]
+product_id = "prod"
+service = "energy"
+
+[[profile.meter.point]]
+property = "voltage"
+address = "input:0"
+type = "u16"
+scale = 0.1
+
+[[device]]
+node_id = "m1"
+bus = "plant"
+profile = "meter"
+unit = 1
+poll = "1s"
+"#;
+
+fn errors(src: &str) -> Vec<Diagnostic> {
+    match parse(src, Path::new("t.toml")) {
+        Ok(_) => panic!("config was accepted:\n{src}"),
+        Err(e) => e.diagnostics,
+    }
+}
+
+/// Replace `from` (which must occur in GOOD) with `to` and return the one diagnostic.
+fn one(from: &str, to: &str) -> Diagnostic {
+    assert!(GOOD.contains(from), "corpus base lacks {from:?}");
+    let src = GOOD.replacen(from, to, 1);
+    let d = errors(&src);
+    assert_eq!(d.len(), 1, "expected exactly one problem, got {d:#?}");
+    d.into_iter().next().unwrap_or_else(|| unreachable!())
+}
+
+fn line_of(src: &str, needle: &str) -> usize {
+    src.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or(0)
+}
+
+#[test]
+fn good_config_parses_with_defaults() {
+    let c = parse(GOOD, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.platform.port, 1883);
+    assert!(!c.platform.tls, "port 1883 defaults to plain MQTT");
+    assert_eq!(c.platform.keepalive, Duration::from_secs(120));
+    assert_eq!(c.devices[0].product_id, "prod");
+    assert_eq!(c.devices[0].points[0].service, "energy");
+    assert_eq!(c.buses[0].offline_after, 3);
+    assert_eq!(c.store.commit_interval, Duration::from_millis(50));
+}
+
+#[test]
+fn secrets_do_not_debug_print() {
+    let c = parse(GOOD, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("s3cret"), "{dbg}");
+}
+
+#[test]
+fn corpus_each_mistake_gets_a_precise_message() {
+    // (replace, with, expected path, expected words in the message, text on the reported line)
+    let cases: &[(&str, &str, &str, &str, &str)] = &[
+        (
+            "unit = 1\n",
+            "unit = 300\n",
+            "device[0]",
+            "expected u8",
+            "unit = 300",
+        ),
+        (
+            "unit = 1\n",
+            "unit = \"one\"\n",
+            "device[0]",
+            "invalid type",
+            "unit = \"one\"",
+        ),
+        (
+            "poll = \"1s\"",
+            "poll = \"fast\"",
+            "device[0]",
+            "not a duration",
+            "poll = \"fast\"",
+        ),
+        (
+            "poll = \"1s\"",
+            "pol = \"1s\"",
+            "device[0]",
+            "unknown field `pol`",
+            "pol = \"1s\"",
+        ),
+        (
+            "bus = \"plant\"",
+            "bus = \"plnt\"",
+            "device[0].bus",
+            "no bus named `plnt` (defined: plant)",
+            "bus = \"plnt\"",
+        ),
+        (
+            "profile = \"meter\"",
+            "profile = \"metr\"",
+            "device[0].profile",
+            "no profile named `metr`",
+            "profile = \"metr\"",
+        ),
+        (
+            "address = \"input:0\"",
+            "address = \"input:70000\"",
+            "profile.meter.point[0].address",
+            "out of range",
+            "input:70000",
+        ),
+        (
+            "address = \"input:0\"",
+            "address = \"coil:3\"",
+            "profile.meter.point[0].address",
+            "single bits",
+            "coil:3",
+        ),
+        (
+            "type = \"u16\"",
+            "type = \"u16\"\nlength = 1\nbit = 3",
+            "profile.meter.point[0].address",
+            "`bit` only applies",
+            "address",
+        ),
+        (
+            "address = \"input:0\"\ntype = \"u16\"",
+            "address = \"input:65535\"\ntype = \"f32\"",
+            "profile.meter.point[0].address",
+            "past the last address",
+            "input:65535",
+        ),
+        (
+            "type = \"u16\"",
+            "type = \"float\"",
+            "profile.meter.point[0].type",
+            "unknown type `float`",
+            "type = \"float\"",
+        ),
+        (
+            "address = \"input:0\"",
+            "address = \"register0\"",
+            "profile.meter.point[0].address",
+            "table:number",
+            "register0",
+        ),
+        (
+            "dialect = \"iotda\"",
+            "dialect = \"iot-da\"",
+            "platform.dialect",
+            "unknown dialect",
+            "iot-da",
+        ),
+        (
+            "endpoint = \"127.0.0.1:502\"",
+            "endpoint = \"127.0.0.1\"",
+            "bus[0].endpoint",
+            "host:port",
+            "endpoint",
+        ),
+        (
+            "driver = \"modbus-tcp\"",
+            "driver = \"modbus-udp\"",
+            "bus[0].driver",
+            "unknown driver",
+            "modbus-udp",
+        ),
+        (
+            "secret = \"s3cret\"",
+            "",
+            "platform",
+            "missing `secret_file`",
+            "device_id",
+        ),
+        (
+            "secret = \"s3cret\"",
+            "secret = \"a\"\nsecret_file = \"/x\"",
+            "platform.secret_file",
+            "not both",
+            "secret_file",
+        ),
+        (
+            "device_id = \"gw_1\"\n",
+            "",
+            "platform",
+            "missing field `device_id`",
+            "[platform]",
+        ),
+        ("[store]", "[stor]", "stor", "unknown section", "[stor]"),
+        (
+            "host = \"127.0.0.1\"",
+            "host = \"127.0.0.1\"\nkeepalive = \"5s\"",
+            "platform.keepalive",
+            "between 30s and 1200s",
+            "keepalive",
+        ),
+        (
+            "poll = \"1s\"",
+            "poll = \"1ms\"",
+            "device[0].poll",
+            "at least 10ms",
+            "poll",
+        ),
+        (
+            "[gateway]",
+            "[gateway]\nlog_level = \"loud\"",
+            "gateway.log_level",
+            "unknown level",
+            "log_level",
+        ),
+        (
+            "node_id = \"m1\"",
+            "node_id = \"m 1\"",
+            "device[0].node_id",
+            "must be 1–64 characters",
+            "node_id",
+        ),
+    ];
+    for (from, to, path, words, on_line) in cases {
+        let d = one(from, to);
+        let src = GOOD.replacen(from, to, 1);
+        assert_eq!(&d.path, path, "case {to:?}: {d:?}");
+        assert!(
+            d.message.contains(words),
+            "case {to:?}: message {:?} lacks {words:?}",
+            d.message
+        );
+        assert_eq!(
+            d.line,
+            line_of(&src, on_line),
+            "case {to:?}: wrong line in {d:?}"
+        );
+        assert!(d.column >= 1);
+    }
+}
+
+#[test]
+fn duplicates_are_reported_at_the_second_occurrence() {
+    let src =
+        format!("{GOOD}\n[[device]]\nnode_id = \"m1\"\nbus = \"plant\"\nprofile = \"meter\"\n");
+    let d = errors(&src);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].message.contains("duplicate node_id `m1`"));
+    assert_eq!(d[0].line, src.lines().count() - 2);
+
+    let src =
+        format!("{GOOD}\n[[bus]]\nname = \"plant\"\ndriver = \"modbus-tcp\"\nendpoint = \"h:1\"\n");
+    assert!(errors(&src)[0].message.contains("duplicate bus name"));
+
+    let src = GOOD.replace(
+        "scale = 0.1",
+        "scale = 0.1\n[[profile.meter.point]]\nproperty = \"voltage\"\naddress = \"input:1\"",
+    );
+    assert!(errors(&src)[0]
+        .message
+        .contains("duplicate property `energy.voltage`"));
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let src = GOOD
+        .replace("unit = 1\n", "unit = 300\n")
+        .replace("dialect = \"iotda\"", "dialect = \"nope\"")
+        .replace("address = \"input:0\"", "address = \"coil:1\"");
+    let d = errors(&src);
+    assert_eq!(d.len(), 3, "{d:#?}");
+    // sorted by position in the file
+    assert!(d.windows(2).all(|w| w[0].line <= w[1].line));
+}
+
+#[test]
+fn syntax_errors_have_positions() {
+    let d = errors("[platform\nhost = 1\n");
+    assert_eq!(d[0].path, "(syntax)");
+    assert_eq!(d[0].line, 1);
+}
+
+#[test]
+fn display_is_file_line_column() {
+    let e = parse(
+        &GOOD.replace("unit = 1\n", "unit = 300\n"),
+        Path::new("/etc/fg.toml"),
+    )
+    .err();
+    let text = e.map(|e| e.to_string()).unwrap_or_default();
+    let line = line_of(GOOD, "unit = 1");
+    assert!(
+        text.starts_with(&format!("/etc/fg.toml:{line}:8: device[0]: ")),
+        "{text}"
+    );
+}

@@ -1,0 +1,14 @@
+//! fieldgate: an edge gateway daemon. Field devices are read by drivers, every reading is kept
+//! in a durable queue, and one MQTT session delivers them to an IoT platform on behalf of the
+//! gateway and all of its child devices. See `DESIGN.md` in the shared folder for the map.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod metrics;
+pub mod queue;
+pub mod registry;
+pub mod router;
+pub mod store;
+pub mod supervisor;
+pub mod uplink;

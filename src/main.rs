@@ -1,0 +1,48 @@
+//! The `fieldgate` binary: parse the command line, set up logging, hand over to the library.
+//! This is the only place that uses `anyhow` and decides exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use fieldgate::cli::{Cli, Cmd, EX_CONFIG};
+use fieldgate::config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} buses, {} devices, platform {}:{})",
+                    config.display(),
+                    c.buses.len(),
+                    c.devices.len(),
+                    c.platform.host,
+                    c.platform.port
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("{}: {} problem(s)", config.display(), e.diagnostics.len());
+                ExitCode::from(EX_CONFIG as u8)
+            }
+        },
+        Cmd::Run { config } => match fieldgate::daemon::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(fieldgate::daemon::RunError::Config(e)) => {
+                eprintln!("{e}");
+                eprintln!(
+                    "refusing to start: {} problem(s) in {}",
+                    e.diagnostics.len(),
+                    config.display()
+                );
+                ExitCode::from(EX_CONFIG as u8)
+            }
+            Err(e) => {
+                eprintln!("fieldgate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

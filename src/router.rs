@@ -1,0 +1,379 @@
+//! Command routing: platform request → checks → the owning bus task → answer.
+//!
+//! The router resolves the platform's device id to a configured child, refuses anything the
+//! child's profile does not allow (unknown point, read-only point, wrong type, out of range)
+//! before the bus is touched, hands the command to the bus task with a deadline, and turns the
+//! outcome into the dialect's response. Every refusal is answered with a specific code and
+//! logged with the request id. A late driver answer is dropped with a log line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fieldgate_driver::{now_ms, Command, CommandOutcome, CommandRequest, ErrorCode, Value};
+use fieldgate_modbus::{DataType, PointSpec, Table};
+use serde_json::{Map, Value as Json};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::registry::Registry;
+use crate::uplink::dialect::iotda::{self, Inbound, Topics};
+
+/// A response ready to publish.
+#[derive(Debug)]
+pub struct Reply {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// A platform request in dialect-neutral form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Command {
+        request_id: String,
+        device_id: Option<String>,
+        service: Option<String>,
+        name: String,
+    },
+    Set {
+        request_id: String,
+        device_id: Option<String>,
+        services: Vec<(String, Map<String, Json>)>,
+    },
+    Get {
+        request_id: String,
+        device_id: Option<String>,
+        service: Option<String>,
+    },
+}
+
+impl Request {
+    pub fn from_iotda(m: Inbound) -> Option<Request> {
+        Some(match m {
+            Inbound::Command {
+                request_id,
+                object_device_id,
+                service_id,
+                command_name,
+                ..
+            } => Request::Command {
+                request_id,
+                device_id: object_device_id,
+                service: service_id,
+                name: command_name,
+            },
+            Inbound::PropertySet {
+                request_id,
+                object_device_id,
+                services,
+            } => Request::Set {
+                request_id,
+                device_id: object_device_id,
+                services,
+            },
+            Inbound::PropertyGet {
+                request_id,
+                object_device_id,
+                service_id,
+            } => Request::Get {
+                request_id,
+                device_id: object_device_id,
+                service: service_id,
+            },
+            _ => return None,
+        })
+    }
+
+    fn request_id(&self) -> &str {
+        match self {
+            Request::Command { request_id, .. }
+            | Request::Set { request_id, .. }
+            | Request::Get { request_id, .. } => request_id,
+        }
+    }
+}
+
+struct Target {
+    bus: mpsc::Sender<CommandRequest>,
+    points: Arc<[PointSpec]>,
+}
+
+/// Routes requests to bus tasks.
+#[derive(Clone)]
+pub struct Router {
+    targets: Arc<HashMap<String, Target>>,
+    deadline: Duration,
+}
+
+impl Router {
+    /// `children`: node id → (its bus's command sender, its profile's points).
+    pub fn new(
+        children: Vec<(String, mpsc::Sender<CommandRequest>, Arc<[PointSpec]>)>,
+        deadline: Duration,
+    ) -> Self {
+        let targets = children
+            .into_iter()
+            .map(|(n, bus, points)| (n, Target { bus, points }))
+            .collect();
+        Router {
+            targets: Arc::new(targets),
+            deadline,
+        }
+    }
+
+    /// Answer a request that could not be parsed.
+    pub fn refuse(
+        &self,
+        topics: &Topics,
+        topic: &str,
+        request_id: &str,
+        why: &str,
+        reply: &mpsc::Sender<Reply>,
+    ) {
+        let outcome = CommandOutcome::Failed {
+            code: ErrorCode::BadValue,
+            message: format!("malformed request: {why}"),
+        };
+        let (t, payload) = if topic.contains("/properties/set/") {
+            (
+                topics.set_response(request_id),
+                iotda::set_response(&outcome),
+            )
+        } else if topic.contains("/properties/get/") {
+            (
+                topics.get_response(request_id),
+                iotda::get_response(&outcome, now_ms()),
+            )
+        } else {
+            (
+                topics.command_response(request_id),
+                iotda::command_response(&outcome),
+            )
+        };
+        let _ = reply.try_send(Reply { topic: t, payload });
+    }
+
+    pub fn dispatch(
+        &self,
+        topics: &Topics,
+        req: Request,
+        registry: &Mutex<Registry>,
+        reply: &mpsc::Sender<Reply>,
+    ) {
+        let rid = req.request_id().to_string();
+        let respond = {
+            let topics_c = (
+                topics.command_response(&rid),
+                topics.set_response(&rid),
+                topics.get_response(&rid),
+            );
+            let kind = match &req {
+                Request::Command { .. } => 0,
+                Request::Set { .. } => 1,
+                Request::Get { .. } => 2,
+            };
+            move |o: &CommandOutcome| match kind {
+                0 => Reply {
+                    topic: topics_c.0.clone(),
+                    payload: iotda::command_response(o),
+                },
+                1 => Reply {
+                    topic: topics_c.1.clone(),
+                    payload: iotda::set_response(o),
+                },
+                _ => Reply {
+                    topic: topics_c.2.clone(),
+                    payload: iotda::get_response(o, now_ms()),
+                },
+            }
+        };
+        let checked = self.check(&req, registry);
+        let (target, command) = match checked {
+            Ok(x) => x,
+            Err((code, message)) => {
+                warn!(request_id = %rid, code = ?code, reason = %message, "platform request refused");
+                let _ = reply.try_send(respond(&CommandOutcome::Failed { code, message }));
+                return;
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + self.deadline;
+        let child = command.child().to_string();
+        if target
+            .bus
+            .try_send(CommandRequest {
+                command,
+                deadline,
+                reply: tx,
+            })
+            .is_err()
+        {
+            let o = CommandOutcome::Failed {
+                code: ErrorCode::Busy,
+                message: "the device's bus is busy with other commands".into(),
+            };
+            warn!(request_id = %rid, child = %child, "command refused: bus queue full");
+            let _ = reply.try_send(respond(&o));
+            return;
+        }
+        let reply = reply.clone();
+        let limit = self.deadline + Duration::from_millis(200);
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(limit, rx).await {
+                Ok(Ok(o)) => o,
+                Ok(Err(_)) => CommandOutcome::Failed {
+                    code: ErrorCode::DeviceError,
+                    message: "the bus task stopped".into(),
+                },
+                Err(_) => CommandOutcome::Failed {
+                    code: ErrorCode::Timeout,
+                    message: "no answer before the deadline".into(),
+                },
+            };
+            match &outcome {
+                CommandOutcome::Done(_) => {
+                    info!(request_id = %rid, child = %child, "platform request done")
+                }
+                CommandOutcome::Failed { code, message } => {
+                    warn!(request_id = %rid, child = %child, code = ?code, reason = %message, "platform request failed")
+                }
+            }
+            let _ = reply.send(respond(&outcome)).await;
+        });
+    }
+
+    fn check(
+        &self,
+        req: &Request,
+        registry: &Mutex<Registry>,
+    ) -> Result<(&Target, Command), (ErrorCode, String)> {
+        let device_id = match req {
+            Request::Command { device_id, .. }
+            | Request::Set { device_id, .. }
+            | Request::Get { device_id, .. } => device_id,
+        };
+        let Some(device_id) = device_id else {
+            return Err((
+                ErrorCode::Unsupported,
+                "requests for the gateway itself are not supported".into(),
+            ));
+        };
+        let node = registry
+            .lock()
+            .ok()
+            .and_then(|r| r.node_of(device_id).map(str::to_string))
+            .ok_or_else(|| {
+                (
+                    ErrorCode::UnknownChild,
+                    format!("no child with device id `{device_id}`"),
+                )
+            })?;
+        let target = self.targets.get(&node).ok_or_else(|| {
+            (
+                ErrorCode::UnknownChild,
+                format!("child `{node}` has no bus"),
+            )
+        })?;
+        let cmd = match req {
+            Request::Command { name, .. } => {
+                return Err((
+                    ErrorCode::Unsupported,
+                    format!("command `{name}` is not declared in the child's profile"),
+                ))
+            }
+            Request::Get { service, .. } => {
+                if let Some(s) = service {
+                    if !target.points.iter().any(|p| &p.service == s) {
+                        return Err((ErrorCode::UnknownPoint, format!("no service `{s}`")));
+                    }
+                }
+                Command::GetProperties {
+                    child: node,
+                    service: service.clone(),
+                }
+            }
+            Request::Set { services, .. } => {
+                let [(service, props)] = services.as_slice() else {
+                    return Err((
+                        ErrorCode::Unsupported,
+                        "set exactly one service per request".into(),
+                    ));
+                };
+                if props.is_empty() {
+                    return Err((ErrorCode::BadValue, "no properties to set".into()));
+                }
+                let mut properties = BTreeMap::new();
+                for (name, v) in props {
+                    let p = target
+                        .points
+                        .iter()
+                        .find(|p| &p.service == service && &p.property == name)
+                        .ok_or_else(|| {
+                            (
+                                ErrorCode::UnknownPoint,
+                                format!("no point `{service}.{name}`"),
+                            )
+                        })?;
+                    properties.insert(name.clone(), check_value(p, v)?);
+                }
+                Command::SetProperties {
+                    child: node,
+                    service: service.clone(),
+                    properties,
+                }
+            }
+        };
+        Ok((target, cmd))
+    }
+}
+
+/// Check a platform value against a point before anything touches the bus.
+pub fn check_value(p: &PointSpec, v: &Json) -> Result<Value, (ErrorCode, String)> {
+    let name = &p.property;
+    if !p.writable {
+        return Err((
+            ErrorCode::NotWritable,
+            format!("point `{name}` is read-only"),
+        ));
+    }
+    let bad = |why: String| (ErrorCode::BadValue, format!("`{name}`: {why}"));
+    if p.table == Table::Coil || p.dtype == DataType::Bool {
+        return match v {
+            Json::Bool(b) => Ok(Value::Bool(*b)),
+            Json::Number(n) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => {
+                Ok(Value::Bool(n.as_u64() == Some(1)))
+            }
+            _ => Err(bad(format!("expected true/false, got {v}"))),
+        };
+    }
+    if let DataType::String { len } = p.dtype {
+        return match v {
+            Json::String(s) if s.len() <= usize::from(len) * 2 => Ok(Value::Text(s.clone())),
+            Json::String(_) => Err(bad(format!(
+                "text longer than {} bytes",
+                usize::from(len) * 2
+            ))),
+            _ => Err(bad(format!("expected text, got {v}"))),
+        };
+    }
+    let x = match v {
+        Json::Number(n) => n.as_f64().ok_or_else(|| bad("not a number".into()))?,
+        _ => return Err(bad(format!("expected a number, got {v}"))),
+    };
+    if !x.is_finite() {
+        return Err(bad("not a finite number".into()));
+    }
+    if p.min.is_some_and(|m| x < m) || p.max.is_some_and(|m| x > m) {
+        return Err(bad(format!(
+            "{x} is outside the allowed range {}..={}",
+            fmt_opt(p.min),
+            fmt_opt(p.max)
+        )));
+    }
+    // The type's own range (after inverse scaling) is checked by the codec, before the write.
+    Ok(Value::Float(x))
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_default()
+}

@@ -1,0 +1,394 @@
+//! The one embedded database file: the queue and the registry, in SQLite (WAL mode).
+//!
+//! A single thread owns the connection — the one writer — and serves requests from a bounded
+//! channel, so async tasks never block on disk. Appends arrive already batched by the queue's
+//! group commit and are written in one transaction. If the file cannot be opened or fails its
+//! integrity check at start, it is moved aside (`*.corrupt-<unix time>`), logged loudly, and a
+//! fresh store is created: a gateway keeps collecting rather than crash-looping.
+
+use std::path::{Path, PathBuf};
+use std::thread;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the store thread has stopped")]
+    Closed,
+}
+
+/// One queued record as stored: sequence number, kind, child, and the encoded body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub seq: u64,
+    pub kind: u8,
+    pub child: String,
+    pub body: Vec<u8>,
+}
+
+/// A record to append (seq is assigned by the store).
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    pub kind: u8,
+    pub child: String,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub records: u64,
+    pub bytes: u64,
+    pub oldest_seq: Option<u64>,
+}
+
+enum Req {
+    Append(Vec<NewRow>, oneshot::Sender<Result<u64, StoreError>>),
+    Scan(u64, usize, oneshot::Sender<Result<Vec<Row>, StoreError>>),
+    Delete(Vec<u64>, oneshot::Sender<Result<(), StoreError>>),
+    Depth(oneshot::Sender<Result<Depth, StoreError>>),
+    GetMeta(String, oneshot::Sender<Result<Option<String>, StoreError>>),
+    SetMeta(String, String, oneshot::Sender<Result<(), StoreError>>),
+    DeviceIds(oneshot::Sender<Result<Vec<(String, String)>, StoreError>>),
+    SetDeviceId(
+        String,
+        Option<String>,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
+}
+
+/// A cheap, cloneable handle to the store thread.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Req>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind  INTEGER NOT NULL,
+    child TEXT NOT NULL,
+    body  BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS registry (
+    node_id   TEXT PRIMARY KEY,
+    device_id TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    // auto_vacuum must be chosen before the first table exists; it lets a drained queue give
+    // its pages back (incremental_vacuum) instead of keeping the file at its high-water mark.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if ok != "ok" {
+        return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(format!("quick_check: {ok}")),
+        )));
+    }
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Open the store at `path`, or move a broken file aside and start fresh.
+fn open_or_recover(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    match open_conn(path) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+            error!(path = %path.display(), moved_to = %aside.display(), error = %e,
+                "STORE UNREADABLE: moving it aside and starting with an empty store; its records are not sent");
+            std::fs::rename(path, &aside).map_err(|source| StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            for ext in ["-wal", "-shm"] {
+                let side = PathBuf::from(format!("{}{ext}", path.display()));
+                if side.exists() {
+                    let _ = std::fs::rename(&side, format!("{}{ext}", aside.display()));
+                }
+            }
+            open_conn(path)
+        }
+    }
+}
+
+impl Store {
+    /// Open (or recover) the store and start its thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = open_or_recover(path)?;
+        info!(path = %path.display(), "store open");
+        let (tx, rx) = mpsc::channel(256);
+        thread::Builder::new()
+            .name("fieldgate-store".into())
+            .spawn(move || serve(conn, rx))
+            .map_err(|source| StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Store { tx })
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Req,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Append rows in one transaction; returns the last sequence number assigned.
+    pub async fn append(&self, rows: Vec<NewRow>) -> Result<u64, StoreError> {
+        self.call(|tx| Req::Append(rows, tx)).await
+    }
+
+    /// Up to `limit` rows with `seq > after`, oldest first.
+    pub async fn scan(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+        self.call(|tx| Req::Scan(after, limit, tx)).await
+    }
+
+    pub async fn delete(&self, seqs: Vec<u64>) -> Result<(), StoreError> {
+        self.call(|tx| Req::Delete(seqs, tx)).await
+    }
+
+    pub async fn depth(&self) -> Result<Depth, StoreError> {
+        self.call(Req::Depth).await
+    }
+
+    pub async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_string();
+        self.call(|tx| Req::GetMeta(key, tx)).await
+    }
+
+    pub async fn set_meta(&self, key: &str, value: String) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.call(|tx| Req::SetMeta(key, value, tx)).await
+    }
+
+    /// Every persisted node id → platform device id.
+    pub async fn device_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.call(Req::DeviceIds).await
+    }
+
+    pub async fn set_device_id(
+        &self,
+        node_id: &str,
+        device_id: Option<String>,
+    ) -> Result<(), StoreError> {
+        let node = node_id.to_string();
+        self.call(|tx| Req::SetDeviceId(node, device_id, tx)).await
+    }
+}
+
+fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Req>) {
+    let mut deletes_since_vacuum = 0usize;
+    while let Some(req) = rx.blocking_recv() {
+        match req {
+            Req::Append(rows, tx) => {
+                let _ = tx.send(append(&mut conn, &rows));
+            }
+            Req::Scan(after, limit, tx) => {
+                let _ = tx.send(scan(&conn, after, limit));
+            }
+            Req::Delete(seqs, tx) => {
+                deletes_since_vacuum += seqs.len();
+                let r = delete(&mut conn, &seqs);
+                if deletes_since_vacuum >= 10_000 {
+                    deletes_since_vacuum = 0;
+                    let _ = conn.execute_batch("PRAGMA incremental_vacuum(1000)");
+                }
+                let _ = tx.send(r);
+            }
+            Req::Depth(tx) => {
+                let _ = tx.send(depth(&conn));
+            }
+            Req::GetMeta(k, tx) => {
+                let r = conn
+                    .query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+                    .optional()
+                    .map_err(StoreError::from);
+                let _ = tx.send(r);
+            }
+            Req::SetMeta(k, v, tx) => {
+                let r = conn
+                    .execute("INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [k, v])
+                    .map(|_| ())
+                    .map_err(StoreError::from);
+                let _ = tx.send(r);
+            }
+            Req::DeviceIds(tx) => {
+                let _ = tx.send(device_ids(&conn));
+            }
+            Req::SetDeviceId(node, dev, tx) => {
+                let r = conn
+                    .execute(
+                        "INSERT INTO registry(node_id, device_id) VALUES(?1, ?2) ON CONFLICT(node_id) DO UPDATE SET device_id = excluded.device_id",
+                        params![node, dev],
+                    )
+                    .map(|_| ())
+                    .map_err(StoreError::from);
+                let _ = tx.send(r);
+            }
+        }
+    }
+    // All handles dropped: checkpoint so the next start opens a compact file.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
+fn append(conn: &mut Connection, rows: &[NewRow]) -> Result<u64, StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt =
+            tx.prepare_cached("INSERT INTO queue(kind, child, body) VALUES(?1, ?2, ?3)")?;
+        for r in rows {
+            stmt.execute(params![r.kind, r.child, r.body])?;
+        }
+    }
+    let last = tx.last_insert_rowid() as u64;
+    tx.commit()?;
+    Ok(last)
+}
+
+fn scan(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, kind, child, body FROM queue WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![after as i64, limit as i64], |r| {
+            Ok(Row {
+                seq: r.get::<_, i64>(0)? as u64,
+                kind: r.get(1)?,
+                child: r.get(2)?,
+                body: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn delete(conn: &mut Connection, seqs: &[u64]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached("DELETE FROM queue WHERE seq = ?1")?;
+        for s in seqs {
+            stmt.execute([*s as i64])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn depth(conn: &Connection) -> Result<Depth, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(seq) FROM queue",
+        [],
+        |r| {
+            Ok(Depth {
+                records: r.get::<_, i64>(0)? as u64,
+                bytes: r.get::<_, i64>(1)? as u64,
+                oldest_seq: r.get::<_, Option<i64>>(2)?.map(|s| s as u64),
+            })
+        },
+    )?)
+}
+
+fn device_ids(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT node_id, device_id FROM registry WHERE device_id IS NOT NULL")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(child: &str, n: u8) -> NewRow {
+        NewRow {
+            kind: 1,
+            child: child.into(),
+            body: vec![n; 10],
+        }
+    }
+
+    #[tokio::test]
+    async fn append_scan_delete_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("q.db");
+        {
+            let s = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            let last = s
+                .append(vec![row("a", 1), row("b", 2), row("a", 3)])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(last, 3);
+            s.delete(vec![2]).await.unwrap_or_else(|e| panic!("{e}"));
+            s.set_device_id("a", Some("prod_a".into()))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let s = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let rows = s.scan(0, 10).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(rows[1].body, vec![3; 10]);
+        assert_eq!(s.scan(1, 10).await.unwrap_or_default().len(), 1);
+        assert_eq!(
+            s.device_ids().await.unwrap_or_default(),
+            vec![("a".to_string(), "prod_a".to_string())]
+        );
+        let d = s.depth().await.unwrap_or_default();
+        assert_eq!((d.records, d.bytes, d.oldest_seq), (2, 20, Some(1)));
+        // sequence numbers never go back, even after the newest row was deleted
+        s.delete(vec![3]).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.append(vec![row("c", 4)]).await.unwrap_or(0), 4);
+    }
+
+    #[tokio::test]
+    async fn a_garbage_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("q.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap_or_else(|e| panic!("{e}"));
+        let s = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.append(vec![row("a", 1)]).await.unwrap_or(0), 1);
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+    }
+}

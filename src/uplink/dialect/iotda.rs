@@ -1,0 +1,543 @@
+//! Huawei Cloud IoTDA, gateway side (PROTOCOLS.md §1).
+//!
+//! The gateway connects as itself (client id `{device_id}_0_{0|1}_{YYYYMMDDHH}`, password the
+//! HMAC-SHA256 of the device secret keyed by that UTC hour) and speaks for its children inside
+//! payloads: `$sub_device_manager` events on `sys/events/up|down` for add/delete/status,
+//! batched property reports on `sys/gateway/sub_devices/properties/report`, and commands on
+//! `sys/commands/request_id={id}`. Everything here is a pure function of its inputs.
+
+use std::collections::BTreeMap;
+
+use fieldgate_driver::{CommandOutcome, ErrorCode, Report, Value};
+use serde::Deserialize;
+use serde_json::{json, Map, Value as Json};
+
+use super::utc;
+
+/// IoTDA's documented limits.
+pub const MAX_REPORT_DEVICES: usize = 100;
+pub const MAX_STATUS_DEVICES: usize = 100;
+pub const MAX_ADD_DEVICES: usize = 50;
+/// The C SDK's limit of services per device in one report.
+pub const MAX_SERVICES_PER_DEVICE: usize = 10;
+/// Inbound payloads larger than this are refused before parsing.
+pub const MAX_INBOUND: usize = 64 * 1024;
+
+/// `YYYYMMDDHH` of a Unix time in ms, UTC.
+pub fn hour_stamp(ts_ms: u64) -> String {
+    let (y, mo, d, h, ..) = utc(ts_ms);
+    format!("{y:04}{mo:02}{d:02}{h:02}")
+}
+
+/// `yyyyMMdd'T'HHmmss'Z'`, the documented `event_time`.
+pub fn event_time(ts_ms: u64) -> String {
+    let (y, mo, d, h, mi, s, _) = utc(ts_ms);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+}
+
+pub fn client_id(device_id: &str, check_timestamp: bool, hour: &str) -> String {
+    format!("{device_id}_0_{}_{hour}", u8::from(check_timestamp))
+}
+
+/// Lowercase hex HMAC-SHA256 with key = the hour stamp, message = the secret.
+pub fn password(secret: &str, hour: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, hour.as_bytes());
+    let tag = ring::hmac::sign(&key, secret.as_bytes());
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub struct Topics {
+    pub events_up: String,
+    pub report: String,
+    pub own_report: String,
+    pub subscriptions: Vec<String>,
+    prefix: String,
+}
+
+impl Topics {
+    pub fn new(gw: &str) -> Self {
+        let prefix = format!("$oc/devices/{gw}/sys");
+        Topics {
+            events_up: format!("{prefix}/events/up"),
+            report: format!("{prefix}/gateway/sub_devices/properties/report"),
+            own_report: format!("{prefix}/properties/report"),
+            subscriptions: vec![
+                format!("{prefix}/events/down"),
+                format!("{prefix}/commands/#"),
+                format!("{prefix}/properties/set/#"),
+                format!("{prefix}/properties/get/#"),
+                format!("{prefix}/messages/down"),
+            ],
+            prefix,
+        }
+    }
+
+    pub fn command_response(&self, request_id: &str) -> String {
+        format!("{}/commands/response/request_id={request_id}", self.prefix)
+    }
+    pub fn set_response(&self, request_id: &str) -> String {
+        format!(
+            "{}/properties/set/response/request_id={request_id}",
+            self.prefix
+        )
+    }
+    pub fn get_response(&self, request_id: &str) -> String {
+        format!(
+            "{}/properties/get/response/request_id={request_id}",
+            self.prefix
+        )
+    }
+}
+
+fn props_json(p: &BTreeMap<String, Value>) -> Json {
+    Json::Object(p.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+}
+
+/// Builds one batched property report, keeping per-device order and IoTDA's limits.
+#[derive(Default)]
+pub struct ReportBatch {
+    devices: Vec<(String, Vec<Json>)>,
+    bytes: usize,
+}
+
+impl ReportBatch {
+    /// Try to add one report for `device_id`; false when it does not fit (then send this batch).
+    pub fn push(&mut self, device_id: &str, r: &Report, max_bytes: usize) -> bool {
+        let svc = json!({
+            "service_id": r.service,
+            "properties": props_json(&r.properties),
+            "event_time": event_time(r.ts_ms),
+        });
+        let size = svc.to_string().len() + 1;
+        let pos = self.devices.iter().position(|(d, _)| d == device_id);
+        let extra = size
+            + if pos.is_none() {
+                device_id.len() + 40
+            } else {
+                0
+            };
+        if !self.devices.is_empty() && self.bytes + extra + 16 > max_bytes {
+            return false;
+        }
+        match pos {
+            Some(i) if self.devices[i].1.len() < MAX_SERVICES_PER_DEVICE => {
+                self.devices[i].1.push(svc)
+            }
+            Some(_) => return false,
+            None if self.devices.len() < MAX_REPORT_DEVICES => {
+                self.devices.push((device_id.to_string(), vec![svc]))
+            }
+            None => return false,
+        }
+        self.bytes += extra;
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let devices: Vec<Json> = self
+            .devices
+            .iter()
+            .map(|(d, services)| json!({"device_id": d, "services": services}))
+            .collect();
+        json!({ "devices": devices }).to_string().into_bytes()
+    }
+}
+
+fn sub_device_event(event_type: &str, paras: Json, event_id: Option<&str>, ts_ms: u64) -> Vec<u8> {
+    let mut svc = Map::new();
+    svc.insert("service_id".into(), json!("$sub_device_manager"));
+    svc.insert("event_type".into(), json!(event_type));
+    svc.insert("event_time".into(), json!(event_time(ts_ms)));
+    if let Some(id) = event_id {
+        svc.insert("event_id".into(), json!(id));
+    }
+    svc.insert("paras".into(), paras);
+    json!({ "services": [Json::Object(svc)] })
+        .to_string()
+        .into_bytes()
+}
+
+/// `sub_device_update_status` for up to [`MAX_STATUS_DEVICES`] children.
+pub fn encode_statuses(statuses: &[(String, bool)], ts_ms: u64) -> Vec<u8> {
+    let list: Vec<Json> = statuses
+        .iter()
+        .map(|(d, online)| json!({"device_id": d, "status": if *online { "ONLINE" } else { "OFFLINE" }}))
+        .collect();
+    sub_device_event(
+        "sub_device_update_status",
+        json!({ "device_statuses": list }),
+        None,
+        ts_ms,
+    )
+}
+
+/// A child to add on the platform.
+pub struct NewChild<'a> {
+    pub node_id: &'a str,
+    pub product_id: &'a str,
+    pub name: &'a str,
+}
+
+/// `add_sub_device_request` for up to [`MAX_ADD_DEVICES`] children.
+pub fn encode_add(children: &[NewChild<'_>], event_id: &str, ts_ms: u64) -> Vec<u8> {
+    let list: Vec<Json> = children
+        .iter()
+        .map(|c| json!({"node_id": c.node_id, "product_id": c.product_id, "name": c.name}))
+        .collect();
+    sub_device_event(
+        "add_sub_device_request",
+        json!({ "devices": list }),
+        Some(event_id),
+        ts_ms,
+    )
+}
+
+/// `sub_device_sync_request` with the last stored notify version.
+pub fn encode_sync(version: i64, ts_ms: u64) -> Vec<u8> {
+    sub_device_event(
+        "sub_device_sync_request",
+        json!({ "version": version }),
+        None,
+        ts_ms,
+    )
+}
+
+/// What the platform sent, understood.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// Children the platform now knows, node id → device id (add response or add notify).
+    Added {
+        devices: Vec<(String, String)>,
+        failed: Vec<Failed>,
+        version: Option<i64>,
+    },
+    /// Children the platform deleted (delete notify), by device id.
+    Deleted {
+        device_ids: Vec<String>,
+        version: Option<i64>,
+    },
+    /// Status update answer; only failures matter to us.
+    StatusResult { failed: Vec<Failed> },
+    /// A command for a child (or the gateway when `object_device_id` is absent).
+    Command {
+        request_id: String,
+        object_device_id: Option<String>,
+        service_id: Option<String>,
+        command_name: String,
+        paras: Json,
+    },
+    PropertySet {
+        request_id: String,
+        object_device_id: Option<String>,
+        services: Vec<(String, Map<String, Json>)>,
+    },
+    PropertyGet {
+        request_id: String,
+        object_device_id: Option<String>,
+        service_id: Option<String>,
+    },
+    /// Understood but nothing to do (e.g. an event type we do not use).
+    Ignored(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failed {
+    pub id: String,
+    pub error_code: String,
+    pub error_msg: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum InboundError {
+    #[error("payload of {0} bytes exceeds the {MAX_INBOUND}-byte limit")]
+    TooLarge(usize),
+    #[error("unexpected topic `{0}`")]
+    Topic(String),
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    #[error("missing or invalid field `{0}`")]
+    Field(&'static str),
+}
+
+/// The request id of a request topic, if it has one (so even a malformed request is answered).
+pub fn request_id(topic: &str) -> Option<&str> {
+    topic
+        .rsplit_once("/request_id=")
+        .map(|(_, id)| id)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+#[derive(Deserialize)]
+struct EventsDown {
+    services: Vec<EventSvc>,
+}
+
+#[derive(Deserialize)]
+struct EventSvc {
+    #[serde(default)]
+    service_id: Option<String>,
+    event_type: String,
+    #[serde(default)]
+    paras: Json,
+}
+
+fn failed_list(v: &Json, id_key: &str) -> Vec<Failed> {
+    let s = |x: &Json, k: &str| -> String {
+        match x.get(k) {
+            Some(Json::String(s)) => s.clone(),
+            Some(other) if !other.is_null() => other.to_string(),
+            _ => String::new(),
+        }
+    };
+    v.get("failed_devices")
+        .and_then(Json::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|f| Failed {
+                    id: s(f, id_key),
+                    error_code: s(f, "error_code"),
+                    error_msg: s(f, "error_msg"),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn added(list: Option<&Json>) -> Result<Vec<(String, String)>, InboundError> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    let arr = list.as_array().ok_or(InboundError::Field("devices"))?;
+    arr.iter()
+        .map(|d| {
+            let node = d
+                .get("node_id")
+                .and_then(Json::as_str)
+                .ok_or(InboundError::Field("node_id"))?;
+            let dev = d
+                .get("device_id")
+                .and_then(Json::as_str)
+                .ok_or(InboundError::Field("device_id"))?;
+            Ok((node.to_string(), dev.to_string()))
+        })
+        .collect()
+}
+
+/// Parse one inbound message on one of our subscriptions.
+pub fn parse(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Inbound, InboundError> {
+    if payload.len() > MAX_INBOUND {
+        return Err(InboundError::TooLarge(payload.len()));
+    }
+    let rest = topic
+        .strip_prefix(topics.prefix.as_str())
+        .ok_or_else(|| InboundError::Topic(topic.into()))?;
+    let body: Json =
+        serde_json::from_slice(payload).map_err(|e| InboundError::Json(e.to_string()))?;
+    if !body.is_object() {
+        return Err(InboundError::Json("expected a JSON object".into()));
+    }
+    let obj_dev = || {
+        body.get("object_device_id")
+            .and_then(Json::as_str)
+            .map(str::to_string)
+    };
+    if rest == "/events/down" {
+        let ev: EventsDown =
+            serde_json::from_value(body.clone()).map_err(|e| InboundError::Json(e.to_string()))?;
+        let Some(svc) = ev.services.into_iter().next() else {
+            return Err(InboundError::Field("services"));
+        };
+        if svc
+            .service_id
+            .as_deref()
+            .is_some_and(|s| s != "$sub_device_manager")
+        {
+            return Ok(Inbound::Ignored(format!(
+                "service {}",
+                svc.service_id.unwrap_or_default()
+            )));
+        }
+        let p = &svc.paras;
+        let version = p.get("version").and_then(Json::as_i64);
+        return match svc.event_type.as_str() {
+            "add_sub_device_response" => Ok(Inbound::Added {
+                devices: added(p.get("successful_devices"))?,
+                failed: failed_list(p, "node_id"),
+                version: None,
+            }),
+            "add_sub_device_notify" => Ok(Inbound::Added {
+                devices: added(p.get("devices"))?,
+                failed: Vec::new(),
+                version,
+            }),
+            "delete_sub_device_notify" => {
+                let arr = p
+                    .get("devices")
+                    .and_then(Json::as_array)
+                    .ok_or(InboundError::Field("devices"))?;
+                let ids = arr
+                    .iter()
+                    .filter_map(|d| {
+                        d.get("device_id")
+                            .and_then(Json::as_str)
+                            .map(str::to_string)
+                    })
+                    .collect();
+                Ok(Inbound::Deleted {
+                    device_ids: ids,
+                    version,
+                })
+            }
+            "sub_device_update_status_response" => Ok(Inbound::StatusResult {
+                failed: failed_list(p, "device_id"),
+            }),
+            other => Ok(Inbound::Ignored(format!("event {other}"))),
+        };
+    }
+    let rid = || {
+        request_id(topic)
+            .map(str::to_string)
+            .ok_or(InboundError::Field("request_id"))
+    };
+    if rest.starts_with("/commands/request_id=") {
+        let name = body
+            .get("command_name")
+            .and_then(Json::as_str)
+            .ok_or(InboundError::Field("command_name"))?;
+        return Ok(Inbound::Command {
+            request_id: rid()?,
+            object_device_id: obj_dev(),
+            service_id: body
+                .get("service_id")
+                .and_then(Json::as_str)
+                .map(str::to_string),
+            command_name: name.to_string(),
+            paras: body.get("paras").cloned().unwrap_or(Json::Null),
+        });
+    }
+    if rest.starts_with("/properties/set/request_id=") {
+        let arr = body
+            .get("services")
+            .and_then(Json::as_array)
+            .ok_or(InboundError::Field("services"))?;
+        let mut services = Vec::new();
+        for s in arr {
+            let id = s
+                .get("service_id")
+                .and_then(Json::as_str)
+                .ok_or(InboundError::Field("service_id"))?;
+            let props = s
+                .get("properties")
+                .and_then(Json::as_object)
+                .ok_or(InboundError::Field("properties"))?;
+            services.push((id.to_string(), props.clone()));
+        }
+        return Ok(Inbound::PropertySet {
+            request_id: rid()?,
+            object_device_id: obj_dev(),
+            services,
+        });
+    }
+    if rest.starts_with("/properties/get/request_id=") {
+        return Ok(Inbound::PropertyGet {
+            request_id: rid()?,
+            object_device_id: obj_dev(),
+            service_id: body
+                .get("service_id")
+                .and_then(Json::as_str)
+                .map(str::to_string),
+        });
+    }
+    if rest == "/messages/down" {
+        return Ok(Inbound::Ignored("message down".into()));
+    }
+    Err(InboundError::Topic(topic.into()))
+}
+
+/// IoTDA `result_code` for a failure (0 is success; the platform treats any other as failure).
+pub fn result_code(code: ErrorCode) -> i64 {
+    match code {
+        ErrorCode::UnknownChild => 1,
+        ErrorCode::UnknownPoint => 2,
+        ErrorCode::NotWritable => 3,
+        ErrorCode::BadValue => 4,
+        ErrorCode::Offline => 5,
+        ErrorCode::Timeout => 6,
+        ErrorCode::DeviceError => 7,
+        ErrorCode::Unsupported => 8,
+        ErrorCode::Busy => 9,
+    }
+}
+
+fn code_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::UnknownChild => "unknown_child",
+        ErrorCode::UnknownPoint => "unknown_point",
+        ErrorCode::NotWritable => "not_writable",
+        ErrorCode::BadValue => "bad_value",
+        ErrorCode::Offline => "offline",
+        ErrorCode::Timeout => "timeout",
+        ErrorCode::DeviceError => "device_error",
+        ErrorCode::Unsupported => "unsupported",
+        ErrorCode::Busy => "busy",
+    }
+}
+
+fn flatten(out: &BTreeMap<String, BTreeMap<String, Value>>) -> Json {
+    let mut m = Map::new();
+    for props in out.values() {
+        for (k, v) in props {
+            m.insert(k.clone(), v.to_json());
+        }
+    }
+    Json::Object(m)
+}
+
+/// Body of `commands/response`.
+pub fn command_response(o: &CommandOutcome) -> Vec<u8> {
+    match o {
+        CommandOutcome::Done(out) => {
+            json!({"result_code": 0, "response_name": "COMMAND_RESPONSE", "paras": flatten(out)})
+        }
+        CommandOutcome::Failed { code, message } => json!({
+            "result_code": result_code(*code),
+            "response_name": "COMMAND_RESPONSE",
+            "paras": {"error": code_name(*code), "message": message},
+        }),
+    }
+    .to_string()
+    .into_bytes()
+}
+
+/// Body of `properties/set/response`.
+pub fn set_response(o: &CommandOutcome) -> Vec<u8> {
+    match o {
+        CommandOutcome::Done(_) => json!({"result_code": 0, "result_desc": "success"}),
+        CommandOutcome::Failed { code, message } => json!({"result_code": result_code(*code), "result_desc": format!("{}: {message}", code_name(*code))}),
+    }
+    .to_string()
+    .into_bytes()
+}
+
+/// Body of `properties/get/response`.
+pub fn get_response(o: &CommandOutcome, ts_ms: u64) -> Vec<u8> {
+    match o {
+        CommandOutcome::Done(out) => {
+            let services: Vec<Json> = out
+                .iter()
+                .map(|(s, p)| json!({"service_id": s, "properties": props_json(p), "event_time": event_time(ts_ms)}))
+                .collect();
+            json!({ "services": services })
+        }
+        CommandOutcome::Failed { code, message } => json!({"result_code": result_code(*code), "result_desc": format!("{}: {message}", code_name(*code))}),
+    }
+    .to_string()
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests;

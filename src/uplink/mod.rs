@@ -1,0 +1,589 @@
+//! The uplink: the one MQTT session to the platform, and delivery of the queue over it.
+//!
+//! Each connection attempt builds a fresh rumqttc client (IoTDA's client id and password embed
+//! the current UTC hour, so they are rebuilt every time) and backs off exponentially with
+//! jitter between attempts. The queue, not the client, is the truth: rumqttc's `publish()` only
+//! queues a request and forgets unacknowledged publishes of a clean session, so the uplink
+//! matches each `Outgoing::Publish(pkid)` to the records it carried (publishes leave in request
+//! order), deletes records only on the matching PUBACK, keeps at most `inflight` data publishes
+//! outstanding, and after any reconnect starts again from the oldest unacknowledged record.
+//! Duplicates are possible after a reconnect; loss is not.
+
+pub mod dialect;
+mod tls;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fieldgate_driver::now_ms;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, Transport};
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Platform;
+use crate::metrics::Metrics;
+use crate::queue::Record;
+use crate::registry::Registry;
+use crate::router::{Reply, Request, Router};
+use crate::store::{Store, StoreError};
+use dialect::iotda::{self, Inbound, Topics};
+
+/// How many rows one store scan returns.
+const SCAN: usize = 512;
+/// How often unanswered add requests are repeated.
+const ADD_RETRY: Duration = Duration::from_secs(30);
+
+/// Everything the uplink needs, built by the daemon.
+pub struct Uplink {
+    pub platform: Platform,
+    pub store: Store,
+    pub registry: Arc<Mutex<Registry>>,
+    pub metrics: Arc<Metrics>,
+    pub router: Router,
+    /// Woken by the queue after each commit.
+    pub wake: Arc<Notify>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+enum End {
+    Shutdown,
+    Lost { error: String, was_connected: bool },
+}
+
+/// Per-connection delivery state. Dropped with the connection: what was in flight is simply
+/// still in the store and is sent again by the next session.
+#[derive(Default)]
+struct Session {
+    connected: bool,
+    /// Records carried by each publish request, in the order the requests were made.
+    fifo: VecDeque<Vec<u64>>,
+    /// Records carried by each publish the client has numbered, by packet id.
+    by_pkid: HashMap<u16, Vec<u64>>,
+    inflight: BTreeSet<u64>,
+    /// Data publishes not yet acknowledged.
+    outstanding: usize,
+    /// Highest sequence number examined; rows at or below it are in flight, acked, or waiting
+    /// for their child to be confirmed (then the cursor is reset).
+    cursor: u64,
+    event_seq: u64,
+}
+
+impl Uplink {
+    pub async fn run(mut self) {
+        let topics = Topics::new(&self.platform.device_id);
+        let mut backoff = self.platform.reconnect_min;
+        let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(64);
+        loop {
+            if *self.shutdown.borrow() {
+                break;
+            }
+            let (client, eventloop) = match self.client() {
+                Ok(c) => c,
+                Err(e) => {
+                    error!(error = %e, "cannot build the MQTT session; retrying");
+                    if self.pause(backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(self.platform.reconnect_max);
+                    continue;
+                }
+            };
+            match self
+                .session(&topics, client, eventloop, &reply_tx, &mut reply_rx)
+                .await
+            {
+                End::Shutdown => break,
+                End::Lost {
+                    error,
+                    was_connected,
+                } => {
+                    self.metrics
+                        .uplink_connected
+                        .store(false, Ordering::Relaxed);
+                    if was_connected {
+                        warn!(error = %error, "platform connection lost");
+                        backoff = self.platform.reconnect_min;
+                    } else {
+                        warn!(error = %error, retry_in = ?backoff, "cannot connect to the platform");
+                    }
+                    if let Ok(mut e) = self.metrics.uplink_error.lock() {
+                        *e = error;
+                    }
+                }
+            }
+            if self.pause(jitter(backoff)).await {
+                break;
+            }
+            backoff = (backoff * 2).min(self.platform.reconnect_max);
+        }
+        self.metrics
+            .uplink_connected
+            .store(false, Ordering::Relaxed);
+        info!("uplink stopped");
+    }
+
+    /// Sleep, unless shutdown comes first (then true).
+    async fn pause(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => *self.shutdown.borrow(),
+            _ = self.shutdown.changed() => true,
+        }
+    }
+
+    fn client(&self) -> Result<(AsyncClient, EventLoop), String> {
+        let p = &self.platform;
+        let hour = iotda::hour_stamp(now_ms());
+        let secret = p
+            .secret
+            .load()
+            .map_err(|e| format!("cannot read the device secret: {e}"))?;
+        let mut o = MqttOptions::new(
+            iotda::client_id(&p.device_id, p.check_timestamp, &hour),
+            p.host.clone(),
+            p.port,
+        );
+        o.set_credentials(p.device_id.clone(), iotda::password(secret.expose(), &hour));
+        o.set_keep_alive(p.keepalive);
+        o.set_clean_session(true);
+        o.set_inflight(p.inflight.saturating_add(32));
+        o.set_max_packet_size(iotda::MAX_INBOUND * 4, p.max_packet);
+        if p.tls {
+            o.set_transport(Transport::tls_with_config(tls::config(
+                p.ca_file.as_deref(),
+            )?));
+        }
+        Ok(AsyncClient::new(o, usize::from(p.inflight) + 128))
+    }
+
+    async fn session(
+        &mut self,
+        topics: &Topics,
+        client: AsyncClient,
+        mut ev: EventLoop,
+        reply_tx: &mpsc::Sender<Reply>,
+        reply_rx: &mut mpsc::Receiver<Reply>,
+    ) -> End {
+        let mut s = Session::default();
+        let mut adds = tokio::time::interval(ADD_RETRY);
+        adds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let step: Result<(), String> = tokio::select! {
+                _ = self.shutdown.changed() => {
+                    self.close(&client, &mut ev, &mut s).await;
+                    return End::Shutdown;
+                }
+                polled = ev.poll() => match polled {
+                    Ok(event) => self.on_event(topics, &client, &mut s, event, reply_tx).await,
+                    Err(e) => return End::Lost { error: e.to_string(), was_connected: s.connected },
+                },
+                _ = self.wake.notified(), if s.connected => self.fill(topics, &client, &mut s).await,
+                Some(reply) = reply_rx.recv(), if s.connected => {
+                    publish(&client, &mut s, reply.topic, reply.payload, Vec::new())
+                }
+                _ = adds.tick(), if s.connected => self.request_adds(topics, &client, &mut s),
+            };
+            if let Err(error) = step {
+                return End::Lost {
+                    error,
+                    was_connected: s.connected,
+                };
+            }
+        }
+    }
+
+    async fn on_event(
+        &mut self,
+        topics: &Topics,
+        client: &AsyncClient,
+        s: &mut Session,
+        event: Event,
+        reply_tx: &mpsc::Sender<Reply>,
+    ) -> Result<(), String> {
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                s.connected = true;
+                self.metrics.uplink_connected.store(true, Ordering::Relaxed);
+                self.metrics.connects.fetch_add(1, Ordering::Relaxed);
+                info!(host = %self.platform.host, port = self.platform.port, device_id = %self.platform.device_id, "platform connected");
+                for t in &topics.subscriptions {
+                    client
+                        .try_subscribe(t.clone(), QoS::AtLeastOnce)
+                        .map_err(|e| e.to_string())?;
+                }
+                let version = self
+                    .store
+                    .get_meta("iotda.version")
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                publish(
+                    client,
+                    s,
+                    topics.events_up.clone(),
+                    iotda::encode_sync(version, now_ms()),
+                    Vec::new(),
+                )?;
+                self.request_adds(topics, client, s)?;
+                self.replay_statuses(topics, client, s)?;
+                self.fill(topics, client, s).await
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                match s.fifo.pop_front() {
+                    Some(seqs) => {
+                        s.by_pkid.insert(pkid, seqs);
+                    }
+                    None => warn!(
+                        pkid,
+                        "publish numbered by the client that fieldgate did not request"
+                    ),
+                }
+                Ok(())
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                let Some(seqs) = s.by_pkid.remove(&ack.pkid) else {
+                    return Ok(());
+                };
+                if seqs.is_empty() {
+                    return Ok(());
+                }
+                s.outstanding = s.outstanding.saturating_sub(1);
+                for q in &seqs {
+                    s.inflight.remove(q);
+                }
+                self.metrics
+                    .delivered
+                    .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                self.store.delete(seqs).await.map_err(|e| e.to_string())?;
+                self.fill(topics, client, s).await
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                self.inbound(topics, s, &p.topic, &p.payload, reply_tx)
+                    .await;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Hand the client as many queued records as the window allows.
+    async fn fill(
+        &mut self,
+        topics: &Topics,
+        client: &AsyncClient,
+        s: &mut Session,
+    ) -> Result<(), String> {
+        let window = usize::from(self.platform.inflight);
+        while s.outstanding < window {
+            let rows = self
+                .store
+                .scan(s.cursor, SCAN)
+                .await
+                .map_err(|e: StoreError| e.to_string())?;
+            let Some(last) = rows.last().map(|r| r.seq) else {
+                break;
+            };
+            let full_scan = rows.len() == SCAN;
+            let mut drop_seqs = Vec::new();
+            let mut sendable: Vec<(u64, String, Record)> = Vec::new();
+            {
+                let reg = self
+                    .registry
+                    .lock()
+                    .map_err(|_| "registry lock poisoned".to_string())?;
+                for row in rows {
+                    if s.inflight.contains(&row.seq) {
+                        continue;
+                    }
+                    match Record::decode(&row) {
+                        Err(e) => {
+                            warn!(seq = row.seq, child = %row.child, error = %e, "dropping unreadable queue record");
+                            self.metrics.dropped_corrupt.fetch_add(1, Ordering::Relaxed);
+                            drop_seqs.push(row.seq);
+                        }
+                        Ok(rec) if !reg.contains(rec.child()) => {
+                            warn!(seq = row.seq, child = %rec.child(), "dropping queued record of a child no longer configured");
+                            self.metrics.dropped_orphan.fetch_add(1, Ordering::Relaxed);
+                            drop_seqs.push(row.seq);
+                        }
+                        Ok(rec) => {
+                            // A child not yet confirmed by the platform waits; its order holds.
+                            if let Some(dev) = reg.device_id(rec.child()) {
+                                sendable.push((row.seq, dev.to_string(), rec));
+                            }
+                        }
+                    }
+                }
+            }
+            if !drop_seqs.is_empty() {
+                self.store
+                    .delete(drop_seqs)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            // Pack consecutive records of one kind into messages, in order.
+            let mut i = 0;
+            let mut consumed_to = last;
+            while i < sendable.len() {
+                if s.outstanding >= window {
+                    consumed_to = sendable[i].0 - 1;
+                    break;
+                }
+                let (topic, payload, seqs) = match &sendable[i].2 {
+                    Record::Report(_) => {
+                        let mut batch = iotda::ReportBatch::default();
+                        let mut seqs = Vec::new();
+                        while let Some((seq, dev, Record::Report(r))) = sendable.get(i) {
+                            if !batch.push(dev, r, self.platform.max_packet.saturating_sub(512)) {
+                                break;
+                            }
+                            seqs.push(*seq);
+                            i += 1;
+                        }
+                        (topics.report.clone(), batch.encode(), seqs)
+                    }
+                    Record::Status(_) => {
+                        let mut list = Vec::new();
+                        let mut seqs = Vec::new();
+                        while let Some((seq, dev, Record::Status(st))) = sendable.get(i) {
+                            if list.len() >= iotda::MAX_STATUS_DEVICES {
+                                break;
+                            }
+                            list.push((dev.clone(), st.online));
+                            seqs.push(*seq);
+                            i += 1;
+                        }
+                        (
+                            topics.events_up.clone(),
+                            iotda::encode_statuses(&list, now_ms()),
+                            seqs,
+                        )
+                    }
+                };
+                s.inflight.extend(seqs.iter().copied());
+                s.outstanding += 1;
+                publish(client, s, topic, payload, seqs)?;
+            }
+            s.cursor = s.cursor.max(consumed_to);
+            if !full_scan || s.outstanding >= window {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn request_adds(
+        &mut self,
+        topics: &Topics,
+        client: &AsyncClient,
+        s: &mut Session,
+    ) -> Result<(), String> {
+        let pending: Vec<(String, String, String)> = match self.registry.lock() {
+            Ok(reg) => reg
+                .unconfirmed()
+                .iter()
+                .map(|c| (c.node_id.clone(), c.product_id.clone(), c.name.clone()))
+                .collect(),
+            Err(_) => return Err("registry lock poisoned".into()),
+        };
+        for chunk in pending.chunks(iotda::MAX_ADD_DEVICES) {
+            let children: Vec<iotda::NewChild<'_>> = chunk
+                .iter()
+                .map(|(n, p, name)| iotda::NewChild {
+                    node_id: n,
+                    product_id: p,
+                    name,
+                })
+                .collect();
+            s.event_seq += 1;
+            let event_id = format!("fg-add-{}-{}", now_ms(), s.event_seq);
+            info!(children = chunk.len(), event_id = %event_id, "asking the platform to add children");
+            publish(
+                client,
+                s,
+                topics.events_up.clone(),
+                iotda::encode_add(&children, &event_id, now_ms()),
+                Vec::new(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// After a connect: tell the platform the current status of every confirmed child.
+    fn replay_statuses(
+        &mut self,
+        topics: &Topics,
+        client: &AsyncClient,
+        s: &mut Session,
+    ) -> Result<(), String> {
+        let list: Vec<(String, bool)> = match self.registry.lock() {
+            Ok(reg) => reg
+                .children()
+                .filter_map(|c| Some((c.device_id.clone()?, c.online?)))
+                .collect(),
+            Err(_) => return Err("registry lock poisoned".into()),
+        };
+        for chunk in list.chunks(iotda::MAX_STATUS_DEVICES) {
+            publish(
+                client,
+                s,
+                topics.events_up.clone(),
+                iotda::encode_statuses(chunk, now_ms()),
+                Vec::new(),
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn inbound(
+        &mut self,
+        topics: &Topics,
+        s: &mut Session,
+        topic: &str,
+        payload: &[u8],
+        reply_tx: &mpsc::Sender<Reply>,
+    ) {
+        let msg = match iotda::parse(topics, topic, payload) {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics
+                    .inbound_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(topic = %topic, bytes = payload.len(), error = %e, "ignoring malformed platform message");
+                // A request we cannot read is still answered, so the platform does not wait.
+                if let Some(rid) = iotda::request_id(topic) {
+                    self.router
+                        .refuse(topics, topic, rid, &e.to_string(), reply_tx);
+                }
+                return;
+            }
+        };
+        match msg {
+            Inbound::Added {
+                devices,
+                failed,
+                version,
+            } => {
+                let mut learned = Vec::new();
+                if let Ok(mut reg) = self.registry.lock() {
+                    for (node, dev) in &devices {
+                        if reg.device_id(node) == Some(dev.as_str()) {
+                            continue;
+                        }
+                        if reg.confirm(node, dev) {
+                            learned.push((node.clone(), dev.clone()));
+                        } else {
+                            warn!(node_id = %node, device_id = %dev, "platform reports a child that is not in the config");
+                        }
+                    }
+                }
+                for (node, dev) in &learned {
+                    info!(node_id = %node, device_id = %dev, "child confirmed by the platform");
+                    if let Err(e) = self.store.set_device_id(node, Some(dev.clone())).await {
+                        error!(node_id = %node, error = %e, "cannot persist the platform device id");
+                    }
+                }
+                for f in failed {
+                    error!(node_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, "platform refused to add child");
+                }
+                if let Some(v) = version {
+                    let _ = self.store.set_meta("iotda.version", v.to_string()).await;
+                }
+                if !learned.is_empty() {
+                    // Their queued records (skipped until now) can go, and so can their status.
+                    s.cursor = 0;
+                    self.wake.notify_one();
+                }
+            }
+            Inbound::Deleted {
+                device_ids,
+                version,
+            } => {
+                for d in device_ids {
+                    let node = self
+                        .registry
+                        .lock()
+                        .ok()
+                        .and_then(|r| r.node_of(&d).map(str::to_string));
+                    warn!(device_id = %d, node_id = ?node, "platform deleted a child; it stays configured here");
+                }
+                if let Some(v) = version {
+                    let _ = self.store.set_meta("iotda.version", v.to_string()).await;
+                }
+            }
+            Inbound::StatusResult { failed } => {
+                for f in failed {
+                    warn!(device_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, "platform refused a status update");
+                }
+            }
+            Inbound::Ignored(what) => {
+                debug!(topic = %topic, what = %what, "platform message ignored")
+            }
+            req @ (Inbound::Command { .. }
+            | Inbound::PropertySet { .. }
+            | Inbound::PropertyGet { .. }) => {
+                let request = Request::from_iotda(req);
+                if let Some(request) = request {
+                    self.router
+                        .dispatch(topics, request, &self.registry, reply_tx);
+                }
+            }
+        }
+    }
+
+    /// Graceful stop: stop feeding, give outstanding publishes a moment to be acknowledged
+    /// (so they are not sent twice after the restart), then disconnect cleanly.
+    async fn close(&mut self, client: &AsyncClient, ev: &mut EventLoop, s: &mut Session) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while s.connected && s.outstanding > 0 {
+            match tokio::time::timeout_at(deadline, ev.poll()).await {
+                Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                    if let Some(seqs) = s.fifo.pop_front() {
+                        s.by_pkid.insert(pkid, seqs);
+                    }
+                }
+                Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                    if let Some(seqs) = s.by_pkid.remove(&ack.pkid) {
+                        if !seqs.is_empty() {
+                            s.outstanding = s.outstanding.saturating_sub(1);
+                            let _ = self.store.delete(seqs).await;
+                        }
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        if s.connected {
+            let _ = client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_millis(500), ev.poll()).await;
+        }
+    }
+}
+
+/// Queue one QoS 1 publish and remember which records it carries.
+fn publish(
+    client: &AsyncClient,
+    s: &mut Session,
+    topic: String,
+    payload: Vec<u8>,
+    seqs: Vec<u64>,
+) -> Result<(), String> {
+    client
+        .try_publish(topic, QoS::AtLeastOnce, false, payload)
+        .map_err(|e| format!("MQTT client request queue: {e}"))?;
+    s.fifo.push_back(seqs);
+    Ok(())
+}
+
+/// ±25 % jitter so a fleet does not reconnect in lock-step after a broker restart.
+fn jitter(d: Duration) -> Duration {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    d.mul_f64(0.75 + 0.5 * f64::from(n % 1000) / 1000.0)
+}
