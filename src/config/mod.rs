@@ -239,15 +239,31 @@ impl<'a> Checker<'a> {
         });
     }
 
+    /// Deserialise one table, reporting every bad key in it: after an error that points at a
+    /// key (wrong type, unknown key, bad value), that key is removed and the rest is tried
+    /// again, so later keys and the cross-checks still get looked at. The result is only used
+    /// for further checks; any error already makes the whole config invalid.
     fn de<T: DeserializeOwned>(&mut self, v: &Sv<'_>, path: &str) -> Option<T> {
-        match T::deserialize(ValueDeserializer::from(v.clone())) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let span = e.span().or_else(|| Some(v.span()));
-                self.err(span, path, e.message().to_string());
-                None
-            }
+        let mut v = v.clone();
+        for _ in 0..32 {
+            let e = match T::deserialize(ValueDeserializer::from(v.clone())) {
+                Ok(t) => return Some(t),
+                Err(e) => e,
+            };
+            let span = e.span().or_else(|| Some(v.span()));
+            self.err(span.clone(), path, e.message().to_string());
+            let (Some(at), DeValue::Table(t)) = (span.map(|s| s.start), v.get_ref()) else {
+                return None;
+            };
+            let culprit = t.iter().find(|(k, val)| {
+                k.span().contains(&at) || val.span().contains(&at) || k.span().start == at
+            });
+            let key = culprit.map(|(k, _)| k.clone())?;
+            let mut t = t.clone();
+            t.remove(&key);
+            v = Spanned::new(v.span(), DeValue::Table(t));
         }
+        None
     }
 
     fn array<'v, 'i>(&mut self, v: &'v Sv<'i>, path: &str) -> Vec<&'v Sv<'i>> {

@@ -312,3 +312,22 @@ fn display_is_file_line_column() {
         "{text}"
     );
 }
+
+#[test]
+fn several_bad_keys_in_one_table_are_all_reported() {
+    let src = GOOD
+        .replace("unit = 1\n", "unit = 300\ncolour = \"red\"\n")
+        .replace("poll = \"1s\"", "poll = \"soon\"");
+    let d = errors(&src);
+    let msgs: Vec<&str> = d.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(d.len(), 3, "{msgs:?}");
+    assert!(msgs.iter().any(|m| m.contains("expected u8")), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("unknown field `colour`")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("not a duration")),
+        "{msgs:?}"
+    );
+}

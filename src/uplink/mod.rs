@@ -102,11 +102,19 @@ impl Uplink {
                     self.metrics
                         .uplink_connected
                         .store(false, Ordering::Relaxed);
+                    let repeated = self
+                        .metrics
+                        .uplink_error
+                        .lock()
+                        .map(|e| *e == error)
+                        .unwrap_or(false);
                     if was_connected {
                         warn!(error = %error, "platform connection lost");
                         backoff = self.platform.reconnect_min;
+                    } else if repeated {
+                        debug!(error = %error, retry_in = ?backoff, "still cannot connect to the platform");
                     } else {
-                        warn!(error = %error, retry_in = ?backoff, "cannot connect to the platform");
+                        warn!(error = %error, retry_in = ?backoff, "cannot connect to the platform (retrying with backoff; further identical failures are logged at debug)");
                     }
                     if let Ok(mut e) = self.metrics.uplink_error.lock() {
                         *e = error;
@@ -166,7 +174,7 @@ impl Uplink {
         reply_rx: &mut mpsc::Receiver<Reply>,
     ) -> End {
         let mut s = Session::default();
-        let mut adds = tokio::time::interval(ADD_RETRY);
+        let mut adds = tokio::time::interval_at(tokio::time::Instant::now() + ADD_RETRY, ADD_RETRY);
         adds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step: Result<(), String> = tokio::select! {

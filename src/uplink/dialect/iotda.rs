@@ -263,8 +263,18 @@ pub enum InboundError {
     Field(&'static str),
 }
 
-/// The request id of a request topic, if it has one (so even a malformed request is answered).
+/// Our own responses live under the request subscriptions (`commands/#` matches
+/// `commands/response/…`) and MQTT 3.1.1 echoes them back to us.
+fn is_response(topic: &str) -> bool {
+    topic.contains("/response/request_id=")
+}
+
+/// The request id of a *request* topic, if it has one (so even a malformed request is
+/// answered). Never for a response topic: answering our own echoed response would loop.
 pub fn request_id(topic: &str) -> Option<&str> {
+    if is_response(topic) {
+        return None;
+    }
     topic
         .rsplit_once("/request_id=")
         .map(|(_, id)| id)
@@ -335,6 +345,9 @@ pub fn parse(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Inbound, In
     let rest = topic
         .strip_prefix(topics.prefix.as_str())
         .ok_or_else(|| InboundError::Topic(topic.into()))?;
+    if is_response(rest) {
+        return Ok(Inbound::Ignored("echo of our own response".into()));
+    }
     let body: Json =
         serde_json::from_slice(payload).map_err(|e| InboundError::Json(e.to_string()))?;
     if !body.is_object() {

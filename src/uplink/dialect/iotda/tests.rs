@@ -219,3 +219,19 @@ fn responses() {
         r#"{"result_code":3,"result_desc":"not_writable: read-only"}"#
     );
 }
+
+#[test]
+fn our_own_echoed_responses_are_ignored_and_never_answered() {
+    let t = topics();
+    for topic in [
+        "$oc/devices/gw_1/sys/commands/response/request_id=bad1",
+        "$oc/devices/gw_1/sys/properties/set/response/request_id=9",
+        "$oc/devices/gw_1/sys/properties/get/response/request_id=9",
+    ] {
+        assert!(
+            matches!(parse(&t, topic, b"{not json"), Ok(Inbound::Ignored(_))),
+            "{topic}"
+        );
+        assert_eq!(request_id(topic), None, "{topic}");
+    }
+}

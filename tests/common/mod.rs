@@ -1,0 +1,493 @@
+//! Real peers for integration tests: a mosquitto broker on a free loopback port, in-process
+//! Modbus TCP servers (tokio-modbus) that can be killed and brought back, a test platform that
+//! answers like Huawei IoTDA, and the `fieldgate` binary as a child process with its log lines
+//! captured. Everything binds to 127.0.0.1 and is stopped on drop.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value as Json};
+use tokio_modbus::prelude::*;
+use tokio_modbus::server::tcp::Server;
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Wait until `f` is true or panic with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+/// A mosquitto broker we started, with persistence so queued QoS 1 messages for the test
+/// platform's session survive a restart.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> Self {
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        m.launch();
+        m
+    }
+
+    fn launch(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        let body = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nlog_type error\n",
+            self.port,
+            self.dir.display()
+        );
+        std::fs::write(&conf, body).unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start mosquitto (apt-get install mosquitto): {e}"));
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(Duration::from_secs(10), "mosquitto listening", || {
+            port_open(port)
+        });
+    }
+
+    /// Stop with SIGTERM (mosquitto saves its persistence file) and wait for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_kill(c.id(), 15);
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+// ---------------------------------------------------------------------------------------------
+/// Register and coil contents of a simulated device, shared with the test.
+#[derive(Default)]
+pub struct SimState {
+    pub holding: Mutex<HashMap<(u8, u16), u16>>,
+    pub input: Mutex<HashMap<(u8, u16), u16>>,
+    pub coils: Mutex<HashMap<(u8, u16), bool>>,
+    /// Holding address whose u32 value (this and the next register) counts reads, per unit.
+    pub counter_at: Option<u16>,
+    pub counters: Mutex<HashMap<u8, u32>>,
+    /// Write requests seen, as (unit, address).
+    pub writes: Mutex<Vec<(u8, u16)>>,
+}
+
+#[derive(Clone)]
+struct SimService(Arc<SimState>);
+
+impl tokio_modbus::server::Service for SimService {
+    type Request = SlaveRequest<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        std::future::ready(self.handle(req.slave, req.request))
+    }
+}
+
+impl SimService {
+    fn handle(&self, unit: u8, req: Request<'static>) -> Result<Response, ExceptionCode> {
+        let s = &self.0;
+        match req {
+            Request::ReadHoldingRegisters(addr, cnt) => {
+                let mut h = s.holding.lock().map_err(poisoned)?;
+                if let Some(at) = s.counter_at {
+                    if (addr..addr.saturating_add(cnt)).contains(&at) {
+                        let mut c = s.counters.lock().map_err(poisoned)?;
+                        let n = c.entry(unit).or_insert(0);
+                        *n += 1;
+                        h.insert((unit, at), (*n >> 16) as u16);
+                        h.insert((unit, at + 1), (*n & 0xffff) as u16);
+                    }
+                }
+                Ok(Response::ReadHoldingRegisters(
+                    (0..cnt)
+                        .map(|i| *h.get(&(unit, addr + i)).unwrap_or(&0))
+                        .collect(),
+                ))
+            }
+            Request::ReadInputRegisters(addr, cnt) => {
+                let r = s.input.lock().map_err(poisoned)?;
+                Ok(Response::ReadInputRegisters(
+                    (0..cnt)
+                        .map(|i| *r.get(&(unit, addr + i)).unwrap_or(&0))
+                        .collect(),
+                ))
+            }
+            Request::ReadCoils(addr, cnt) => {
+                let c = s.coils.lock().map_err(poisoned)?;
+                Ok(Response::ReadCoils(
+                    (0..cnt)
+                        .map(|i| *c.get(&(unit, addr + i)).unwrap_or(&false))
+                        .collect(),
+                ))
+            }
+            Request::WriteSingleCoil(addr, v) => {
+                s.writes.lock().map_err(poisoned)?.push((unit, addr));
+                s.coils.lock().map_err(poisoned)?.insert((unit, addr), v);
+                Ok(Response::WriteSingleCoil(addr, v))
+            }
+            Request::WriteSingleRegister(addr, v) => {
+                s.writes.lock().map_err(poisoned)?.push((unit, addr));
+                s.holding.lock().map_err(poisoned)?.insert((unit, addr), v);
+                Ok(Response::WriteSingleRegister(addr, v))
+            }
+            Request::WriteMultipleRegisters(addr, words) => {
+                s.writes.lock().map_err(poisoned)?.push((unit, addr));
+                let mut h = s.holding.lock().map_err(poisoned)?;
+                for (i, w) in words.iter().enumerate() {
+                    h.insert((unit, addr + i as u16), *w);
+                }
+                Ok(Response::WriteMultipleRegisters(addr, words.len() as u16))
+            }
+            _ => Err(ExceptionCode::IllegalFunction),
+        }
+    }
+}
+
+fn poisoned<T>(_: T) -> ExceptionCode {
+    ExceptionCode::ServerDeviceFailure
+}
+
+/// A Modbus TCP server on its own runtime: `stop()` drops the runtime, closing every
+/// connection at once, like pulling the cable; `start()` brings it back on the same port.
+pub struct ModbusSim {
+    pub port: u16,
+    pub state: Arc<SimState>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl ModbusSim {
+    pub fn new(state: SimState) -> Self {
+        let mut s = ModbusSim {
+            port: free_port(),
+            state: Arc::new(state),
+            rt: None,
+        };
+        s.start();
+        s
+    }
+
+    pub fn start(&mut self) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let listener = StdListener::bind(("127.0.0.1", self.port))
+            .unwrap_or_else(|e| panic!("bind modbus {}: {e}", self.port));
+        listener
+            .set_nonblocking(true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let state = self.state.clone();
+        rt.spawn(async move {
+            let Ok(l) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            let server = Server::new(l);
+            let on_connected = |stream, _addr| {
+                let svc = SimService(state.clone());
+                async move { Ok(Some((svc, stream))) }
+            };
+            let _ = server.serve(&on_connected, |_e| {}).await;
+        });
+        self.rt = Some(rt);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for ModbusSim {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+/// A message the test platform received.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub json: Json,
+}
+
+/// A test platform: subscribes to everything under the gateway's topics with a persistent
+/// session, records what arrives, and answers `add_sub_device_request` like IoTDA does
+/// (device id = `{product_id}_{node_id}`).
+pub struct TestPlatform {
+    pub received: Arc<Mutex<Vec<Msg>>>,
+    pub client: AsyncClient,
+    rt: tokio::runtime::Runtime,
+    gw: String,
+}
+
+impl TestPlatform {
+    pub fn start(port: u16, gw: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut o = MqttOptions::new(format!("test-platform-{gw}"), "127.0.0.1", port);
+        o.set_clean_session(false);
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut ev) = AsyncClient::new(o, 1000);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (rec, c2, gw_s) = (received.clone(), client.clone(), gw.to_string());
+        let subscribed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sub2 = subscribed.clone();
+        rt.spawn(async move {
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = c2
+                            .subscribe(format!("$oc/devices/{gw_s}/sys/#"), QoS::AtLeastOnce)
+                            .await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        sub2.store(true, std::sync::atomic::Ordering::SeqCst)
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let json: Json = serde_json::from_slice(&p.payload).unwrap_or(Json::Null);
+                        if p.topic.ends_with("/sys/events/up") {
+                            answer_adds(&c2, &gw_s, &json).await;
+                        }
+                        if let Ok(mut r) = rec.lock() {
+                            r.push(Msg {
+                                topic: p.topic.to_string(),
+                                json,
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        wait_until(Duration::from_secs(10), "test platform subscribed", || {
+            subscribed.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        TestPlatform {
+            received,
+            client,
+            rt,
+            gw: gw.to_string(),
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Msg> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Publish to the gateway (as the platform would).
+    pub fn send(&self, topic: &str, payload: &[u8]) {
+        let (c, t, p) = (self.client.clone(), topic.to_string(), payload.to_vec());
+        self.rt
+            .block_on(async move { c.publish(t, QoS::AtLeastOnce, false, p).await })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub fn topic(&self, rest: &str) -> String {
+        format!("$oc/devices/{}/sys/{rest}", self.gw)
+    }
+
+    /// Every (device_id, service entry) reported so far, in arrival order.
+    pub fn reports(&self) -> Vec<(String, Json)> {
+        let mut out = Vec::new();
+        for m in self.messages() {
+            if !m.topic.ends_with("/gateway/sub_devices/properties/report") {
+                continue;
+            }
+            for d in m.json["devices"].as_array().into_iter().flatten() {
+                let id = d["device_id"].as_str().unwrap_or_default().to_string();
+                for s in d["services"].as_array().into_iter().flatten() {
+                    out.push((id.clone(), s.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every (device_id, status) in `sub_device_update_status` events, in arrival order.
+    pub fn statuses(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for m in self.messages() {
+            for s in m.json["services"].as_array().into_iter().flatten() {
+                if s["event_type"] == "sub_device_update_status" {
+                    for d in s["paras"]["device_statuses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                    {
+                        out.push((
+                            d["device_id"].as_str().unwrap_or_default().into(),
+                            d["status"].as_str().unwrap_or_default().into(),
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Responses on a response topic ending with `suffix`.
+    pub fn responses(&self, suffix: &str) -> Vec<Json> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.topic.ends_with(suffix))
+            .map(|m| m.json)
+            .collect()
+    }
+}
+
+async fn answer_adds(c: &AsyncClient, gw: &str, req: &Json) {
+    for s in req["services"].as_array().into_iter().flatten() {
+        if s["event_type"] != "add_sub_device_request" {
+            continue;
+        }
+        let ok: Vec<Json> = s["paras"]["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                let (node, product) = (d["node_id"].as_str().unwrap_or_default(), d["product_id"].as_str().unwrap_or_default());
+                json!({"node_id": node, "product_id": product, "device_id": format!("{product}_{node}"), "status": "INACTIVE"})
+            })
+            .collect();
+        let resp = json!({"object_device_id": gw, "services": [{
+            "service_id": "$sub_device_manager", "event_type": "add_sub_device_response",
+            "event_time": "20240101T000000Z", "event_id": s["event_id"],
+            "paras": {"successful_devices": ok, "failed_devices": []}
+        }]});
+        let _ = c
+            .publish(
+                format!("$oc/devices/{gw}/sys/events/down"),
+                QoS::AtLeastOnce,
+                false,
+                resp.to_string(),
+            )
+            .await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+/// The `fieldgate` binary running a config, with stderr captured line by line.
+pub struct Gateway {
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    pub fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+            .args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start fieldgate: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (l2, err) = (lines.clone(), child.stderr.take());
+        std::thread::spawn(move || {
+            let Some(err) = err else { return };
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if std::env::var_os("FG_TEST_ECHO").is_some() {
+                    eprintln!("fieldgate| {line}");
+                }
+                if let Ok(mut l) = l2.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        Gateway { child, lines }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn count(&self, all: &[&str]) -> usize {
+        self.log()
+            .iter()
+            .filter(|l| all.iter().all(|w| l.contains(w)))
+            .count()
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn terminate(&mut self) -> Option<i32> {
+        unsafe_kill(self.child.id(), 15);
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
