@@ -368,3 +368,75 @@ fn modbus_to_iotda_end_to_end() {
     // --- graceful stop
     assert_eq!(gw.terminate(), Some(0), "{}", gw.log().join("\n"));
 }
+
+fn add_requests(p: &TestPlatform) -> usize {
+    p.messages()
+        .iter()
+        .filter(|m| m.json["services"][0]["event_type"] == "add_sub_device_request")
+        .count()
+}
+
+#[test]
+fn restart_sends_what_was_queued_and_keeps_platform_ids() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut broker = Mosquitto::start(dir.path());
+    let platform = TestPlatform::start(broker.port, "gw_e2e");
+    let sim_a = sim(2305);
+    let sim_b = sim(4000);
+    let cfg = config(dir.path(), broker.port, sim_a.port, sim_b.port);
+
+    let mut gw = Gateway::start(&cfg);
+    wait_until(Duration::from_secs(20), "first reports", || {
+        counters(&platform, "meter_m1").len() >= 3
+    });
+    assert_eq!(add_requests(&platform), 1);
+
+    // Readings taken while the broker is down are only in the queue when the gateway stops.
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(gw.terminate(), Some(0), "{}", gw.log().join("\n"));
+    let taken = sim_a
+        .state
+        .counters
+        .lock()
+        .map(|c| c.get(&1).copied().unwrap_or(0))
+        .unwrap_or(0) as u64;
+    let delivered_before = counters(&platform, "meter_m1")
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        taken > delivered_before + 10,
+        "the outage left readings queued ({delivered_before} delivered, {taken} taken)"
+    );
+
+    broker.restart();
+    let gw2 = Gateway::start(&cfg);
+    wait_until(
+        Duration::from_secs(20),
+        "queued readings from the first run",
+        || {
+            counters(&platform, "meter_m1")
+                .iter()
+                .max()
+                .copied()
+                .unwrap_or(0)
+                > taken + 3
+        },
+    );
+    assert_complete_and_ordered(
+        &counters(&platform, "meter_m1"),
+        "m1 across a gateway restart",
+    );
+    assert!(
+        gw2.count(&["queue holds records from before the restart"]) == 1,
+        "{}",
+        gw2.log().join("\n")
+    );
+    assert_eq!(
+        add_requests(&platform),
+        1,
+        "platform ids were persisted: no second add request"
+    );
+}

@@ -47,14 +47,21 @@ pub struct Mosquitto {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    extra: String,
 }
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, "")
+    }
+
+    /// Start with extra configuration lines (e.g. a TLS listener) after the plain listener.
+    pub fn start_with(dir: &Path, extra: &str) -> Self {
         let mut m = Mosquitto {
             port: free_port(),
             dir: dir.to_path_buf(),
             child: None,
+            extra: extra.to_string(),
         };
         m.launch();
         m
@@ -63,9 +70,11 @@ impl Mosquitto {
     fn launch(&mut self) {
         let conf = self.dir.join("mosquitto.conf");
         let body = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nlog_type error\n",
+            "user {}\nper_listener_settings false\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nlog_type error\nlistener {} 127.0.0.1\n{}\n",
+            current_user(),
+            self.dir.display(),
             self.port,
-            self.dir.display()
+            self.extra
         );
         std::fs::write(&conf, body).unwrap_or_else(|e| panic!("{e}"));
         let child = Command::new("mosquitto")
@@ -85,7 +94,7 @@ impl Mosquitto {
     /// Stop with SIGTERM (mosquitto saves its persistence file) and wait for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            unsafe_kill(c.id(), 15);
+            send_signal(c.id(), 15);
             let _ = c.wait();
         }
     }
@@ -105,7 +114,19 @@ impl Drop for Mosquitto {
     }
 }
 
-fn unsafe_kill(pid: u32, sig: i32) {
+/// Mosquitto started as root drops to the `mosquitto` user, which cannot read our temp dir
+/// (persistence, TLS keys): tell it to stay whoever runs the tests.
+fn current_user() -> String {
+    Command::new("id")
+        .arg("-un")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "root".into())
+}
+
+fn send_signal(pid: u32, sig: i32) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -480,7 +501,7 @@ impl Gateway {
     }
 
     pub fn terminate(&mut self) -> Option<i32> {
-        unsafe_kill(self.child.id(), 15);
+        send_signal(self.child.id(), 15);
         self.child.wait().ok().and_then(|s| s.code())
     }
 }
