@@ -10,6 +10,10 @@ use crate::config::DEFAULT_PATH;
 /// Exit code for a bad configuration (sysexits EX_CONFIG): systemd must not restart-loop on it.
 pub const EX_CONFIG: i32 = 78;
 
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::Dur::parse(s)
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fieldgate",
@@ -28,6 +32,13 @@ pub enum Cmd {
         /// Configuration file.
         #[arg(short, long, default_value = DEFAULT_PATH)]
         config: PathBuf,
+    },
+    /// Run everything on loopback with nothing installed: an embedded broker, simulated
+    /// Modbus devices, the real drivers, queue and uplink, and a view of what the platform gets.
+    Demo {
+        /// Stop after this long (e.g. "10s"); default: until Ctrl-C.
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
     },
     /// Validate a configuration file and print every problem with its line and column.
     Check {

@@ -41,10 +41,14 @@ pub enum RunError {
 pub fn init_logging(default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Colours only for a person at a terminal, never in pipes, files or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(ansi)
         .try_init();
 }
 
@@ -55,10 +59,14 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(serve(cfg))
+    rt.block_on(serve(cfg, wait_for_stop()))
 }
 
-async fn serve(cfg: Config) -> Result<(), RunError> {
+/// Run the gateway until `stop` completes, then stop gracefully.
+pub async fn serve(
+    cfg: Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
     info!(version = env!("CARGO_PKG_VERSION"), gateway = %cfg.gateway.name, buses = cfg.buses.len(), devices = cfg.devices.len(), "fieldgate starting");
     let store = Store::open(&cfg.store.path)?;
     let mut registry = Registry::new(
@@ -122,7 +130,7 @@ async fn serve(cfg: Config) -> Result<(), RunError> {
         .run(),
     );
 
-    wait_for_stop().await;
+    stop.await;
     info!("stopping");
     let _ = shutdown_tx.send(true);
     let stop = async {
@@ -140,7 +148,8 @@ async fn serve(cfg: Config) -> Result<(), RunError> {
     Ok(())
 }
 
-async fn wait_for_stop() {
+/// SIGTERM or SIGINT; SIGHUP is logged (and must not kill the daemon, its default action).
+pub async fn wait_for_stop() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),

@@ -28,6 +28,13 @@ fn main() -> ExitCode {
                 ExitCode::from(EX_CONFIG as u8)
             }
         },
+        Cmd::Demo { duration } => match fieldgate::demo::run(duration) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fieldgate demo: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Run { config } => match fieldgate::daemon::run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(fieldgate::daemon::RunError::Config(e)) => {

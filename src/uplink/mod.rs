@@ -371,6 +371,7 @@ impl Uplink {
                         )
                     }
                 };
+                debug!(topic = %topic, records = seqs.len(), bytes = payload.len(), outstanding = s.outstanding, "publishing queued records");
                 s.inflight.extend(seqs.iter().copied());
                 s.outstanding += 1;
                 publish(client, s, topic, payload, seqs)?;

@@ -463,7 +463,10 @@ impl Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
             .args(["run", "-c"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("FG_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -312,6 +312,18 @@ impl BusTask {
             None => dev.health.success(),
             Some(f) => dev.health.failure(f.reason()),
         };
+        // The status first: a child that comes back is ONLINE before its first new value.
+        if let Some(st) = transition {
+            if st.online {
+                info!(bus = %bus, device = %st.child, unit, "device ONLINE");
+            } else {
+                warn!(bus = %bus, device = %st.child, unit, reason = %st.reason, failures = dev.health.streak(), "device OFFLINE");
+            }
+            ctx.events
+                .send(Event::Status(st))
+                .await
+                .map_err(|_| DriverError::ChannelClosed)?;
+        }
         if failure.is_none() {
             let mut by_service: BTreeMap<&str, BTreeMap<String, Value>> = BTreeMap::new();
             for (i, v) in values {
@@ -333,17 +345,6 @@ impl BusTask {
                     .await
                     .map_err(|_| DriverError::ChannelClosed)?;
             }
-        }
-        if let Some(st) = transition {
-            if st.online {
-                info!(bus = %bus, device = %st.child, unit, "device ONLINE");
-            } else {
-                warn!(bus = %bus, device = %st.child, unit, reason = %st.reason, failures = dev.health.streak(), "device OFFLINE");
-            }
-            ctx.events
-                .send(Event::Status(st))
-                .await
-                .map_err(|_| DriverError::ChannelClosed)?;
         }
 
         let now = Instant::now();

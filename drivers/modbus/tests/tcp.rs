@@ -238,3 +238,29 @@ async fn a_silent_peer_times_out_and_refused_connections_are_named() {
         vec![(false, "connect: connection refused".to_string())]
     );
 }
+
+#[tokio::test]
+async fn status_comes_before_the_first_report_and_every_poll_reports() {
+    let port = server().await;
+    let driver = ModbusTcpDriver::new(
+        bus(port),
+        vec![device(
+            "d",
+            1,
+            vec![point("r7", "holding:7", DataType::U16)],
+        )],
+    );
+    let ev = collect(driver, Duration::from_millis(520)).await;
+    assert!(
+        matches!(ev.first(), Some(Event::Status(s)) if s.online),
+        "ONLINE first: {:?}",
+        ev.first()
+    );
+    // 50 ms period over ~520 ms: at most 11 slots, each good poll a report (not only the first;
+    // the lower bound is loose: a loaded machine may skip slots, counted as overruns).
+    let n = reports(&ev, "d").len();
+    assert!(
+        (8..=12).contains(&n),
+        "{n} reports in 520 ms at a 50 ms period"
+    );
+}
