@@ -40,6 +40,18 @@ pub enum Cmd {
         #[arg(long = "for", value_parser = parse_duration)]
         duration: Option<std::time::Duration>,
     },
+    /// Ask the running daemon for its state: uplink, queue, every child with its last values.
+    Status {
+        /// Configuration file (to find the runtime directory).
+        #[arg(short, long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// The control socket, when not the one the config names.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the raw JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file and print every problem with its line and column.
     Check {
         /// Configuration file.

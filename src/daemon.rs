@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
 use crate::config::{self, Config, ConfigError};
 use crate::metrics::Metrics;
@@ -19,7 +18,7 @@ use crate::registry::Registry;
 use crate::router::Router;
 use crate::store::{Store, StoreError};
 use crate::uplink::Uplink;
-use crate::{queue, supervisor};
+use crate::{control, queue, service, supervisor};
 
 /// Events waiting between drivers and the store at most (back-pressure beyond this).
 const EVENT_QUEUE: usize = 4096;
@@ -38,23 +37,9 @@ pub enum RunError {
     Runtime(#[from] std::io::Error),
 }
 
-pub fn init_logging(default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    // Colours only for a person at a terminal, never in pipes, files or the journal.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(ansi)
-        .try_init();
-}
-
 pub fn run(path: &Path) -> Result<(), RunError> {
     let cfg = config::load(path)?;
-    init_logging(&cfg.gateway.log_level);
+    service::init_logging(&cfg.gateway.log_level, cfg.gateway.log_target);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -76,6 +61,9 @@ pub async fn serve(
     );
     for (node, dev) in store.device_ids().await? {
         registry.confirm(&node, &dev);
+    }
+    for d in &cfg.devices {
+        registry.set_bus(&d.node_id, &d.bus);
     }
     let registry = Arc::new(Mutex::new(registry));
     let metrics = Arc::new(Metrics::default());
@@ -104,6 +92,22 @@ pub async fn serve(
         never_rx,
     ));
     let sup = supervisor::start(&cfg, events_tx, shutdown_rx.clone());
+    let watchdog = tokio::spawn(service::supervise(
+        metrics.clone(),
+        registry.clone(),
+        store.clone(),
+    ));
+    let runtime_dir = cfg.gateway.runtime_dir.clone();
+    let control = tokio::spawn(control::serve(
+        runtime_dir.clone(),
+        control::StatusSource {
+            cfg: Arc::new(cfg.clone()),
+            metrics: metrics.clone(),
+            registry: registry.clone(),
+            store: store.clone(),
+            started: std::time::Instant::now(),
+        },
+    ));
     let router = Router::new(
         cfg.devices
             .iter()
@@ -116,6 +120,7 @@ pub async fn serve(
             })
             .collect(),
         COMMAND_DEADLINE,
+        metrics.clone(),
     );
     let uplink = tokio::spawn(
         Uplink {
@@ -130,7 +135,13 @@ pub async fn serve(
         .run(),
     );
 
+    service::ready();
+    info!(status = %service::summary(&metrics, &registry, None), "fieldgate ready");
     stop.await;
+    service::stopping();
+    watchdog.abort();
+    control.abort();
+    control::cleanup(&runtime_dir);
     info!("stopping");
     let _ = shutdown_tx.send(true);
     let stop = async {
@@ -148,23 +159,20 @@ pub async fn serve(
     Ok(())
 }
 
-/// SIGTERM or SIGINT; SIGHUP is logged (and must not kill the daemon, its default action).
+/// Until SIGTERM or SIGINT. SIGHUP is acknowledged to systemd (RELOADING=1 … READY=1) and
+/// logged: live reload is not implemented yet, so a changed config needs a restart.
 pub async fn wait_for_stop() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        error!("cannot install signal handlers; stopping on Ctrl-C only");
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => warn!("SIGHUP: live reload is not implemented yet; restart the service to apply config changes"),
+    let mut signals = match service::Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
         }
+    };
+    while signals.next().await == service::Signal::Reload {
+        service::reloading();
+        warn!("SIGHUP: live reload is not implemented yet; restart the service to apply config changes");
+        service::ready();
     }
 }

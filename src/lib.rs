@@ -4,12 +4,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod metrics;
 pub mod queue;
 pub mod registry;
 pub mod router;
+pub mod service;
 pub mod store;
 pub mod supervisor;
 pub mod uplink;

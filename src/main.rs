@@ -28,6 +28,32 @@ fn main() -> ExitCode {
                 ExitCode::from(EX_CONFIG as u8)
             }
         },
+        Cmd::Status {
+            config,
+            socket,
+            json,
+        } => {
+            let socket = socket.unwrap_or_else(|| {
+                let dir = fieldgate::config::load(&config)
+                    .map(|c| c.gateway.runtime_dir)
+                    .unwrap_or_else(|_| "/run/fieldgate".into());
+                dir.join(fieldgate::control::SOCKET_NAME)
+            });
+            match fieldgate::control::query(&socket) {
+                Ok(j) if json => {
+                    println!("{j}");
+                    ExitCode::SUCCESS
+                }
+                Ok(j) => {
+                    println!("{}", fieldgate::control::render(&j));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fieldgate status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Demo { duration } => match fieldgate::demo::run(duration) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

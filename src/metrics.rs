@@ -1,13 +1,19 @@
 //! Counters every part of the daemon updates and the status API reads: deliveries, drops by
 //! reason (never silent), rejected platform messages, and the uplink's state.
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub uplink_connected: AtomicBool,
+    /// Incremented by the uplink loop at least twice a second while it is alive (watchdog).
+    pub uplink_beat: AtomicU64,
     pub uplink_error: Mutex<String>,
+    /// When the uplink last connected or disconnected (ms since the epoch; 0 = never).
+    pub uplink_since_ms: AtomicU64,
+    /// Platform requests handed to drivers and not yet answered.
+    pub commands_in_flight: AtomicU64,
     pub connects: AtomicU64,
     /// Records acknowledged by the broker and removed from the queue.
     pub delivered: AtomicU64,
@@ -17,4 +23,16 @@ pub struct Metrics {
     pub dropped_orphan: AtomicU64,
     /// Platform messages that could not be understood.
     pub inbound_rejected: AtomicU64,
+}
+
+impl Metrics {
+    /// Record the uplink state; `uplink_since_ms` moves only on a change.
+    pub fn set_connected(&self, up: bool) {
+        if self.uplink_connected.swap(up, Ordering::Relaxed) != up
+            || self.uplink_since_ms.load(Ordering::Relaxed) == 0
+        {
+            self.uplink_since_ms
+                .store(fieldgate_driver::now_ms(), Ordering::Relaxed);
+        }
+    }
 }

@@ -146,7 +146,7 @@ async fn commit(
         for r in batch.iter() {
             match r {
                 Record::Status(s) => reg.set_status(&s.child, s.online, &s.reason),
-                Record::Report(r) => reg.touch(&r.child),
+                Record::Report(r) => reg.record(r),
             }
         }
     }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use fieldgate_driver::now_ms;
+use fieldgate_driver::{Report, Value};
 
 #[derive(Debug, Clone)]
 pub struct Child {
@@ -19,7 +19,12 @@ pub struct Child {
     /// Last status from the driver (`None` before the first decision).
     pub online: Option<bool>,
     pub reason: String,
+    /// When the last reading was taken (device time of the sample).
     pub last_report_ms: Option<u64>,
+    /// The last value of every property, by `service.property`.
+    pub last_values: BTreeMap<String, Value>,
+    /// The bus the child is on (for the operator).
+    pub bus: String,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +47,8 @@ impl Registry {
                     online: None,
                     reason: String::new(),
                     last_report_ms: None,
+                    last_values: BTreeMap::new(),
+                    bus: String::new(),
                 },
             );
         }
@@ -95,9 +102,20 @@ impl Registry {
         }
     }
 
-    pub fn touch(&mut self, node: &str) {
+    /// Remember a committed reading as the child's latest values.
+    pub fn record(&mut self, r: &Report) {
+        if let Some(c) = self.children.get_mut(&r.child) {
+            c.last_report_ms = Some(c.last_report_ms.map_or(r.ts_ms, |t| t.max(r.ts_ms)));
+            for (k, v) in &r.properties {
+                c.last_values
+                    .insert(format!("{}.{k}", r.service), v.clone());
+            }
+        }
+    }
+
+    pub fn set_bus(&mut self, node: &str, bus: &str) {
         if let Some(c) = self.children.get_mut(node) {
-            c.last_report_ms = Some(now_ms());
+            c.bus = bus.to_string();
         }
     }
 }

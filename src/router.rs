@@ -7,6 +7,7 @@
 //! logged with the request id. A late driver answer is dropped with a log line.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::uplink::dialect::iotda::{self, Inbound, Topics};
 
@@ -103,6 +105,7 @@ struct Target {
 pub struct Router {
     targets: Arc<HashMap<String, Target>>,
     deadline: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Router {
@@ -110,6 +113,7 @@ impl Router {
     pub fn new(
         children: Vec<(String, mpsc::Sender<CommandRequest>, Arc<[PointSpec]>)>,
         deadline: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let targets = children
             .into_iter()
@@ -118,6 +122,7 @@ impl Router {
         Router {
             targets: Arc::new(targets),
             deadline,
+            metrics,
         }
     }
 
@@ -218,6 +223,8 @@ impl Router {
         }
         let reply = reply.clone();
         let limit = self.deadline + Duration::from_millis(200);
+        let metrics = self.metrics.clone();
+        metrics.commands_in_flight.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let outcome = match tokio::time::timeout(limit, rx).await {
                 Ok(Ok(o)) => o,
@@ -238,6 +245,7 @@ impl Router {
                     warn!(request_id = %rid, child = %child, code = ?code, reason = %message, "platform request failed")
                 }
             }
+            metrics.commands_in_flight.fetch_sub(1, Ordering::Relaxed);
             let _ = reply.send(respond(&outcome)).await;
         });
     }

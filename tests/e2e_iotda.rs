@@ -17,6 +17,7 @@ fn config(dir: &std::path::Path, mqtt: u16, pa: u16, pb: u16) -> std::path::Path
         r#"
 [gateway]
 name = "e2e"
+runtime_dir = "{dir}"
 
 [platform]
 dialect = "iotda"

@@ -89,6 +89,9 @@ fn make_pki(dir: &Path) {
 fn config(dir: &Path, port: u16, ca: &str, modbus: u16) -> std::path::PathBuf {
     let text = format!(
         r#"
+[gateway]
+runtime_dir = "{dir}/{ca}.run"
+
 [platform]
 dialect = "iotda"
 host = "127.0.0.1"

@@ -93,6 +93,7 @@ pub struct Config {
 pub struct Gateway {
     pub name: String,
     pub log_level: String,
+    pub log_target: crate::service::LogTarget,
     pub runtime_dir: PathBuf,
 }
 
@@ -370,9 +371,24 @@ impl<'a> Checker<'a> {
             }
             None => "info".into(),
         };
+        let log_target = match g.log_target.as_ref().map(|t| t.get_ref().as_str()) {
+            None | Some("auto") => crate::service::LogTarget::Auto,
+            Some("journald") => crate::service::LogTarget::Journald,
+            Some("stderr") => crate::service::LogTarget::Stderr,
+            Some(other) => {
+                let span = g.log_target.as_ref().map(|t| t.span());
+                self.err(
+                    span,
+                    "gateway.log_target",
+                    format!("unknown log target `{other}` (auto, journald, stderr)"),
+                );
+                crate::service::LogTarget::Auto
+            }
+        };
         Gateway {
             name: g.name.unwrap_or_else(|| "fieldgate".into()),
             log_level,
+            log_target,
             runtime_dir: PathBuf::from(g.runtime_dir.unwrap_or_else(|| "/run/fieldgate".into())),
         }
     }

@@ -17,6 +17,9 @@ pub struct RawGateway {
     /// Where the control socket lives.
     #[serde(default)]
     pub runtime_dir: Option<String>,
+    /// `auto`, `journald` or `stderr`.
+    #[serde(default)]
+    pub log_target: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

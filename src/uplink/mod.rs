@@ -32,6 +32,8 @@ use dialect::iotda::{self, Inbound, Topics};
 
 /// How many rows one store scan returns.
 const SCAN: usize = 512;
+/// How often the loop proves it is alive to the watchdog.
+const BEAT: Duration = Duration::from_millis(250);
 /// How often unanswered add requests are repeated.
 const ADD_RETRY: Duration = Duration::from_secs(30);
 
@@ -99,9 +101,7 @@ impl Uplink {
                     error,
                     was_connected,
                 } => {
-                    self.metrics
-                        .uplink_connected
-                        .store(false, Ordering::Relaxed);
+                    self.metrics.set_connected(false);
                     let repeated = self
                         .metrics
                         .uplink_error
@@ -126,17 +126,26 @@ impl Uplink {
             }
             backoff = (backoff * 2).min(self.platform.reconnect_max);
         }
-        self.metrics
-            .uplink_connected
-            .store(false, Ordering::Relaxed);
+        self.metrics.set_connected(false);
         info!("uplink stopped");
     }
 
     /// Sleep, unless shutdown comes first (then true).
     async fn pause(&mut self, d: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => *self.shutdown.borrow(),
-            _ = self.shutdown.changed() => true,
+        // Sleep in short steps so the watchdog sees the loop alive while it backs off.
+        let end = tokio::time::Instant::now() + d;
+        loop {
+            self.metrics.uplink_beat.fetch_add(1, Ordering::Relaxed);
+            let step = end
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(BEAT);
+            if step.is_zero() {
+                return *self.shutdown.borrow();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = self.shutdown.changed() => return true,
+            }
         }
     }
 
@@ -176,7 +185,10 @@ impl Uplink {
         let mut s = Session::default();
         let mut adds = tokio::time::interval_at(tokio::time::Instant::now() + ADD_RETRY, ADD_RETRY);
         adds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat = tokio::time::interval(BEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            self.metrics.uplink_beat.fetch_add(1, Ordering::Relaxed);
             let step: Result<(), String> = tokio::select! {
                 _ = self.shutdown.changed() => {
                     self.close(&client, &mut ev, &mut s).await;
@@ -191,6 +203,7 @@ impl Uplink {
                     publish(&client, &mut s, reply.topic, reply.payload, Vec::new())
                 }
                 _ = adds.tick(), if s.connected => self.request_adds(topics, &client, &mut s),
+                _ = beat.tick() => Ok(()),
             };
             if let Err(error) = step {
                 return End::Lost {
@@ -212,7 +225,7 @@ impl Uplink {
         match event {
             Event::Incoming(Packet::ConnAck(_)) => {
                 s.connected = true;
-                self.metrics.uplink_connected.store(true, Ordering::Relaxed);
+                self.metrics.set_connected(true);
                 self.metrics.connects.fetch_add(1, Ordering::Relaxed);
                 info!(host = %self.platform.host, port = self.platform.port, device_id = %self.platform.device_id, "platform connected");
                 for t in &topics.subscriptions {

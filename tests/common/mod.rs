@@ -460,6 +460,10 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(config: &Path) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
             .args(["run", "-c"])
             .arg(config)
@@ -468,6 +472,7 @@ impl Gateway {
                 std::env::var("FG_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -501,6 +506,10 @@ impl Gateway {
 
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        send_signal(self.child.id(), sig);
     }
 
     pub fn terminate(&mut self) -> Option<i32> {

@@ -1,0 +1,277 @@
+//! The local control socket behind `fieldgate status`.
+//!
+//! A unix socket in the runtime directory (mode 0660: root and the fieldgate group) answers one
+//! request per connection — a line `status` — with one JSON document: uplink state and last
+//! error, queue depth/bytes/oldest age/drops, every child with its bus, status, reason, last
+//! values and their age, and commands in flight. It never waits for the uplink, so it works
+//! while the platform is unreachable. The same file holds the client side and the
+//! human-readable rendering used by the CLI.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fieldgate_driver::now_ms;
+use serde_json::{json, Value as Json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::net::UnixListener;
+use tracing::{info, warn};
+
+use crate::config::{BusKind, Config};
+use crate::metrics::Metrics;
+use crate::queue::Record;
+use crate::registry::Registry;
+use crate::store::Store;
+
+pub const SOCKET_NAME: &str = "fieldgate.sock";
+
+/// Everything the status answer is built from.
+#[derive(Clone)]
+pub struct StatusSource {
+    pub cfg: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Mutex<Registry>>,
+    pub store: Store,
+    pub started: Instant,
+}
+
+impl StatusSource {
+    pub async fn snapshot(&self) -> Json {
+        let now = now_ms();
+        let m = &self.metrics;
+        let depth = tokio::time::timeout(Duration::from_secs(2), self.store.depth())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let oldest_age_s = match depth.and_then(|d| d.oldest_seq) {
+            Some(seq) => {
+                match tokio::time::timeout(Duration::from_secs(2), self.store.scan(seq - 1, 1))
+                    .await
+                {
+                    Ok(Ok(rows)) => rows.first().and_then(|r| Record::decode(r).ok()).map(|r| {
+                        let ts = match &r {
+                            Record::Report(r) => r.ts_ms,
+                            Record::Status(s) => s.ts_ms,
+                        };
+                        now.saturating_sub(ts) / 1000
+                    }),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        let since = m.uplink_since_ms.load(Ordering::Relaxed);
+        let children: Vec<Json> = self
+            .registry
+            .lock()
+            .map(|r| {
+                r.children()
+                    .map(|c| {
+                        json!({
+                            "node_id": c.node_id,
+                            "device_id": c.device_id,
+                            "bus": c.bus,
+                            "status": match c.online { Some(true) => "ONLINE", Some(false) => "OFFLINE", None => "UNKNOWN" },
+                            "reason": c.reason,
+                            "last_values": c.last_values.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>(),
+                            "last_report_age_s": c.last_report_ms.map(|t| now.saturating_sub(t) as f64 / 1000.0),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let buses: Vec<Json> = self
+            .cfg
+            .buses
+            .iter()
+            .map(|b| match &b.kind {
+                BusKind::ModbusTcp { endpoint } => {
+                    json!({"name": b.name, "driver": "modbus-tcp", "endpoint": endpoint})
+                }
+            })
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "gateway": self.cfg.gateway.name,
+            "uptime_s": self.started.elapsed().as_secs(),
+            "uplink": {
+                "connected": m.uplink_connected.load(Ordering::Relaxed),
+                "host": self.cfg.platform.host,
+                "port": self.cfg.platform.port,
+                "device_id": self.cfg.platform.device_id,
+                "since_age_s": (since > 0).then(|| now.saturating_sub(since) / 1000),
+                "last_error": m.uplink_error.lock().map(|e| e.clone()).unwrap_or_default(),
+                "connects": m.connects.load(Ordering::Relaxed),
+            },
+            "queue": {
+                "records": depth.map(|d| d.records),
+                "bytes": depth.map(|d| d.bytes),
+                "oldest_age_s": oldest_age_s,
+                "delivered": m.delivered.load(Ordering::Relaxed),
+                "dropped": {
+                    "corrupt": m.dropped_corrupt.load(Ordering::Relaxed),
+                    "orphan": m.dropped_orphan.load(Ordering::Relaxed),
+                },
+            },
+            "inbound_rejected": m.inbound_rejected.load(Ordering::Relaxed),
+            "commands_in_flight": m.commands_in_flight.load(Ordering::Relaxed),
+            "buses": buses,
+            "children": children,
+        })
+    }
+}
+
+/// Serve the control socket until the task is dropped.
+pub async fn serve(dir: PathBuf, source: StatusSource) {
+    let path = dir.join(SOCKET_NAME);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        warn!(dir = %dir.display(), error = %e, "cannot create the runtime directory; `fieldgate status` will not work");
+        return;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot open the control socket; `fieldgate status` will not work");
+            return;
+        }
+    };
+    if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)) {
+        warn!(path = %path.display(), error = %e, "cannot restrict the control socket's permissions");
+    }
+    info!(path = %path.display(), "control socket ready");
+    while let Ok((stream, _)) = listener.accept().await {
+        let source = source.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = stream.into_split();
+            let mut line = String::new();
+            let mut rd = TokioBufReader::new(rd);
+            let req = tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line)).await;
+            let answer = match (req, line.trim()) {
+                (Ok(Ok(_)), "status") => source.snapshot().await,
+                (Ok(Ok(_)), other) => {
+                    json!({"error": format!("unknown request `{other}` (try `status`)")})
+                }
+                _ => return,
+            };
+            let _ = wr.write_all(format!("{answer}\n").as_bytes()).await;
+        });
+    }
+}
+
+/// Remove the socket file at a clean stop.
+pub fn cleanup(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(SOCKET_NAME));
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the daemon at {path}: {source} (is fieldgate running? are you in the fieldgate group?)")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talking to the daemon: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("unreadable answer from the daemon: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Ask a running daemon for its status.
+pub fn query(socket: &Path) -> Result<Json, ClientError> {
+    let mut s =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+            path: socket.to_path_buf(),
+            source,
+        })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"status\n")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+fn age(s: Option<f64>) -> String {
+    match s {
+        None => "never".into(),
+        Some(s) if s < 60.0 => format!("{s:.1}s ago"),
+        Some(s) if s < 3600.0 => format!("{:.0}m ago", s / 60.0),
+        Some(s) => format!("{:.1}h ago", s / 3600.0),
+    }
+}
+
+/// The status as lines for a person at the cabinet.
+pub fn render(j: &Json) -> String {
+    let mut out = Vec::new();
+    let up = &j["uplink"];
+    out.push(format!(
+        "fieldgate {} · gateway {} · up {}s",
+        j["version"].as_str().unwrap_or("?"),
+        j["gateway"].as_str().unwrap_or("?"),
+        j["uptime_s"]
+    ));
+    let state = if up["connected"] == true {
+        "connected"
+    } else {
+        "DOWN"
+    };
+    let err = up["last_error"]
+        .as_str()
+        .filter(|e| !e.is_empty())
+        .unwrap_or("-");
+    out.push(format!(
+        "uplink    {state} to {}:{} as {} (since {}, {} connects) · last error: {err}",
+        up["host"].as_str().unwrap_or("?"),
+        up["port"],
+        up["device_id"].as_str().unwrap_or("?"),
+        age(up["since_age_s"].as_f64()),
+        up["connects"]
+    ));
+    let q = &j["queue"];
+    out.push(format!(
+        "queue     {} records, {} bytes, oldest {} · delivered {} · dropped: corrupt {}, orphan {}",
+        q["records"],
+        q["bytes"],
+        q["oldest_age_s"]
+            .as_u64()
+            .map_or("-".into(), |s| format!("{s}s")),
+        q["delivered"],
+        q["dropped"]["corrupt"],
+        q["dropped"]["orphan"]
+    ));
+    let children = j["children"].as_array().cloned().unwrap_or_default();
+    let online = children.iter().filter(|c| c["status"] == "ONLINE").count();
+    out.push(format!(
+        "children  {online}/{} online · commands in flight {}",
+        children.len(),
+        j["commands_in_flight"]
+    ));
+    for c in &children {
+        let vals = c["last_values"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let reason = c["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        out.push(format!(
+            "  {:<16} {:<8}{reason} bus {} · device {} · last {} · {vals}",
+            c["node_id"].as_str().unwrap_or("?"),
+            c["status"].as_str().unwrap_or("?"),
+            c["bus"].as_str().unwrap_or("?"),
+            c["device_id"].as_str().unwrap_or("(not yet added)"),
+            age(c["last_report_age_s"].as_f64()),
+        ));
+    }
+    out.join("\n")
+}

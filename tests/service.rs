@@ -1,0 +1,226 @@
+//! Process-level service behaviour: the systemd notify protocol (READY, STATUS, WATCHDOG,
+//! RELOADING, STOPPING) over a real NOTIFY_SOCKET, graceful stop on SIGTERM, and secrets that
+//! never reach the logs even at trace level.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+fn config(dir: &Path, mqtt: u16, modbus: u16, secret: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[gateway]
+runtime_dir = "{dir}/run"
+
+[platform]
+dialect = "iotda"
+host = "127.0.0.1"
+port = {mqtt}
+tls = false
+device_id = "gw_svc"
+secret_file = "{dir}/secret"
+reconnect_min = "200ms"
+reconnect_max = "1s"
+
+[store]
+path = "{dir}/state/fg.db"
+
+[[bus]]
+name = "a"
+driver = "modbus-tcp"
+endpoint = "127.0.0.1:{modbus}"
+
+[profile.p]
+[[profile.p.point]]
+property = "v"
+address = "holding:0"
+
+[[device]]
+node_id = "d1"
+bus = "a"
+profile = "p"
+poll = "100ms"
+"#,
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("secret"), format!("{secret}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join("fieldgate.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+/// Listen on a notify socket; every datagram is one message (`READY=1`, `STATUS=…` lines).
+fn listen(path: &Path) -> Arc<Mutex<Vec<String>>> {
+    let sock = UnixDatagram::bind(path).unwrap_or_else(|e| panic!("{e}"));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g2 = got.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            if let Ok(mut g) = g2.lock() {
+                g.extend(msg.lines().map(str::to_string));
+            }
+        }
+    });
+    got
+}
+
+fn seen(got: &Mutex<Vec<String>>) -> Vec<String> {
+    got.lock().map(|g| g.clone()).unwrap_or_default()
+}
+
+#[test]
+fn notify_protocol_watchdog_reload_and_graceful_stop() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start(dir.path());
+    let sim = ModbusSim::new(SimState::default());
+    let cfg = config(dir.path(), broker.port, sim.port, "svc-secret");
+    let notify = dir.path().join("notify.sock");
+    let got = listen(&notify);
+    let notify_s = notify.to_string_lossy().to_string();
+    let mut gw = Gateway::start_with_env(
+        &cfg,
+        &[("NOTIFY_SOCKET", &notify_s), ("WATCHDOG_USEC", "1500000")],
+    );
+
+    let t = Duration::from_secs(10);
+    wait_until(t, "READY=1", || seen(&got).iter().any(|m| m == "READY=1"));
+    assert!(
+        dir.path().join("state/fg.db").exists(),
+        "READY only after the store is open"
+    );
+    wait_until(t, "two WATCHDOG=1 pings", || {
+        seen(&got).iter().filter(|m| *m == "WATCHDOG=1").count() >= 2
+    });
+    wait_until(t, "STATUS= with the summary", || {
+        seen(&got).iter().any(|m| {
+            m.starts_with("STATUS=uplink connected · queue ") && m.ends_with("1/1 children online")
+        })
+    });
+
+    gw.signal(1); // SIGHUP
+    wait_until(t, "RELOADING=1 then READY=1", || {
+        let s = seen(&got);
+        s.iter()
+            .position(|m| m == "RELOADING=1")
+            .is_some_and(|i| s[i..].iter().any(|m| m == "READY=1"))
+    });
+    assert!(gw.running(), "SIGHUP must not kill the daemon");
+
+    let started = std::time::Instant::now();
+    assert_eq!(gw.terminate(), Some(0), "{}", gw.log().join("\n"));
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "graceful stop is bounded"
+    );
+    assert!(seen(&got).iter().any(|m| m == "STOPPING=1"));
+    assert!(gw.count(&["stopped"]) >= 1, "{}", gw.log().join("\n"));
+}
+
+#[test]
+fn secrets_never_reach_the_logs_even_at_trace() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start(dir.path());
+    let platform = TestPlatform::start(broker.port, "gw_svc");
+    let sim = ModbusSim::new(SimState::default());
+    let secret = "Sup3r-Secret-do-not-log";
+    let cfg = config(dir.path(), broker.port, sim.port, secret);
+    let mut gw = Gateway::start_with_env(&cfg, &[("RUST_LOG", "trace")]);
+    wait_until(
+        Duration::from_secs(15),
+        "data delivered (so the password was used)",
+        || !platform.reports().is_empty(),
+    );
+    gw.terminate();
+    let log = gw.log().join("\n");
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "the test must really run at trace level"
+    );
+    let hour = fieldgate::uplink::dialect::iotda::hour_stamp(fieldgate_driver::now_ms());
+    let password = fieldgate::uplink::dialect::iotda::password(secret, &hour);
+    assert!(!log.contains(secret), "secret in the log");
+    assert!(!log.contains(&password), "MQTT password in the log");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(secret)
+            && !String::from_utf8_lossy(&out.stderr).contains(secret)
+    );
+}
+
+#[test]
+fn status_works_while_the_uplink_is_down() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sim = ModbusSim::new(SimState::default());
+    if let Ok(mut h) = sim.state.holding.lock() {
+        h.insert((1, 0), 4321);
+    }
+    let nobody = free_port(); // no broker listens here
+    let cfg = config(dir.path(), nobody, sim.port, "s");
+    let mut gw = Gateway::start(&cfg);
+    let status = |json: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_fieldgate"));
+        c.args(["status", "-c"]).arg(&cfg);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap_or_else(|e| panic!("{e}"));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    wait_until(Duration::from_secs(10), "a queued reading", || {
+        let (code, out, _) = status(true);
+        code == Some(0)
+            && serde_json::from_str::<serde_json::Value>(&out)
+                .is_ok_and(|j| j["queue"]["records"].as_u64().unwrap_or(0) >= 2)
+    });
+    let (_, out, _) = status(true);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(j["uplink"]["connected"], false, "{j}");
+    assert!(
+        j["uplink"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused")),
+        "{j}"
+    );
+    assert_eq!(j["children"][0]["node_id"], "d1");
+    assert_eq!(j["children"][0]["status"], "ONLINE");
+    assert_eq!(j["children"][0]["bus"], "a");
+    assert_eq!(j["children"][0]["last_values"]["data.v"], 4321);
+    assert!(j["queue"]["oldest_age_s"].as_u64().is_some(), "{j}");
+    assert_eq!(j["queue"]["dropped"]["corrupt"], 0);
+
+    let (code, text, _) = status(false);
+    assert_eq!(code, Some(0));
+    assert!(text.contains("uplink    DOWN"), "{text}");
+    assert!(text.contains("children  1/1 online"), "{text}");
+    assert!(
+        text.contains("d1") && text.contains("data.v=4321"),
+        "{text}"
+    );
+
+    let sock = dir.path().join("run/fieldgate.sock");
+    let mode = std::fs::metadata(&sock)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
+    assert_eq!(mode, 0o660, "control socket is root + group only");
+    assert_eq!(gw.terminate(), Some(0));
+    assert!(!sock.exists(), "socket removed at a clean stop");
+    let (code, _, err) = status(false);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot reach the daemon"), "{err}");
+}
