@@ -52,10 +52,65 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Field probes for Modbus wiring checks, before a config exists.
+    Modbus {
+        #[command(subcommand)]
+        probe: ModbusProbe,
+    },
     /// Validate a configuration file and print every problem with its line and column.
     Check {
         /// Configuration file.
         #[arg(short, long, default_value = DEFAULT_PATH)]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModbusProbe {
+    /// Read registers or bits once and decode them as the daemon would.
+    Read {
+        /// `host:port` of the Modbus TCP server or gateway.
+        #[arg(long)]
+        endpoint: String,
+        /// Unit id (slave address).
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
+        /// `table:address`, 0-based: coil:N, discrete:N, input:N, holding:N.
+        #[arg(long)]
+        address: String,
+        /// Type: bool, u16, i16, u32, i32, u64, i64, f32, f64, string.
+        #[arg(long = "type", default_value = "u16")]
+        dtype: String,
+        /// Items to read (at least what the type needs); the raw words are printed.
+        #[arg(long, default_value_t = 1)]
+        count: u16,
+        /// String length in registers.
+        #[arg(long)]
+        length: Option<u16>,
+        /// big or little.
+        #[arg(long, default_value = "big")]
+        byte_order: String,
+        /// big or little.
+        #[arg(long, default_value = "big")]
+        word_order: String,
+        #[arg(long)]
+        scale: Option<f64>,
+        #[arg(long)]
+        offset: Option<f64>,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Find which unit ids answer on a bus.
+    Scan {
+        #[arg(long)]
+        endpoint: String,
+        /// Unit ids: `1-247`, `1,2,10-20`.
+        #[arg(long, default_value = "1-247")]
+        units: String,
+        /// What to ask each unit for.
+        #[arg(long, default_value = "holding:0")]
+        address: String,
+        #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+        timeout: std::time::Duration,
     },
 }

@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod metrics;
+pub mod probe;
 pub mod queue;
 pub mod registry;
 pub mod router;

@@ -54,6 +54,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Modbus { probe } => match fieldgate::probe::modbus(probe) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fieldgate modbus: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Demo { duration } => match fieldgate::demo::run(duration) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

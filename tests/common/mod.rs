@@ -145,6 +145,8 @@ pub struct SimState {
     pub counters: Mutex<HashMap<u8, u32>>,
     /// Write requests seen, as (unit, address).
     pub writes: Mutex<Vec<(u8, u16)>>,
+    /// When set, only these unit ids answer; others get exception 0x0B, like a TCP gateway.
+    pub only_units: Option<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -164,6 +166,9 @@ impl tokio_modbus::server::Service for SimService {
 impl SimService {
     fn handle(&self, unit: u8, req: Request<'static>) -> Result<Response, ExceptionCode> {
         let s = &self.0;
+        if s.only_units.as_ref().is_some_and(|u| !u.contains(&unit)) {
+            return Err(ExceptionCode::GatewayTargetDevice);
+        }
         match req {
             Request::ReadHoldingRegisters(addr, cnt) => {
                 let mut h = s.holding.lock().map_err(poisoned)?;

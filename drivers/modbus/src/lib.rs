@@ -9,6 +9,7 @@ pub mod codec;
 pub mod driver;
 pub mod plan;
 pub mod point;
+pub mod probe;
 
 pub use driver::{BusSpec, DeviceSpec, ModbusTcpDriver};
 pub use point::{DataType, Order, PointSpec, Table};

@@ -1,0 +1,159 @@
+//! `fieldgate modbus read|scan`: run the driver crate's probes and format what they found for a
+//! person with a laptop at the cabinet.
+
+use fieldgate_modbus::point::{parse_location, DataType, Order, PointSpec};
+use fieldgate_modbus::probe::{self, Presence};
+
+use crate::cli::ModbusProbe;
+
+fn units(spec: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u8, u8) = (
+            a.trim().parse().map_err(|_| format!("bad unit `{a}`"))?,
+            b.trim().parse().map_err(|_| format!("bad unit `{b}`"))?,
+        );
+        if a > b {
+            return Err(format!("empty range `{part}`"));
+        }
+        out.extend(a..=b);
+    }
+    if out.is_empty() {
+        return Err("no unit ids given".into());
+    }
+    Ok(out)
+}
+
+fn point(address: &str, dtype: &str, length: Option<u16>) -> Result<PointSpec, String> {
+    let (table, address) = parse_location(address)?;
+    let dtype = if table.is_bits() {
+        DataType::Bool
+    } else {
+        DataType::parse(dtype, length)?
+    };
+    Ok(PointSpec {
+        service: "probe".into(),
+        property: "value".into(),
+        table,
+        address,
+        dtype,
+        bit: (dtype == DataType::Bool && !table.is_bits()).then_some(0),
+        byte_order: Order::Big,
+        word_order: Order::Big,
+        scale: None,
+        offset: None,
+        writable: false,
+        min: None,
+        max: None,
+    })
+}
+
+pub fn modbus(cmd: ModbusProbe) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        match cmd {
+            ModbusProbe::Read {
+                endpoint,
+                unit,
+                address,
+                dtype,
+                count,
+                length,
+                byte_order,
+                word_order,
+                scale,
+                offset,
+                timeout,
+            } => {
+                let mut p = point(&address, &dtype, length)?;
+                p.byte_order = Order::parse(&byte_order)?;
+                p.word_order = Order::parse(&word_order)?;
+                p.scale = scale;
+                p.offset = offset;
+                if let Some(e) = p.validate().into_iter().next() {
+                    return Err(e);
+                }
+                let mut ctx = probe::connect(&endpoint, timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let r = probe::read(&mut ctx, unit, &p, count, timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut lines = vec![format!("{endpoint} unit {unit} {}:{}", p.table, p.address)];
+                for (i, w) in r.words.iter().enumerate() {
+                    lines.push(format!(
+                        "  {:>5}  0x{w:04x}  {w:>5}  {:>6}",
+                        usize::from(p.address) + i,
+                        *w as i16
+                    ));
+                }
+                for (i, b) in r.bits.iter().enumerate() {
+                    lines.push(format!(
+                        "  {:>5}  {}",
+                        usize::from(p.address) + i,
+                        u8::from(*b)
+                    ));
+                }
+                if let Some(v) = r.value {
+                    lines.push(format!(
+                        "as {dtype} (bytes {byte_order}, words {word_order}): {}",
+                        v.to_json()
+                    ));
+                }
+                Ok(lines.join("\n"))
+            }
+            ModbusProbe::Scan {
+                endpoint,
+                units: spec,
+                address,
+                timeout,
+            } => {
+                let ids = units(&spec)?;
+                let p = point(&address, "u16", None)?;
+                let found = probe::scan(&endpoint, ids.iter().copied(), &p, timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut lines = Vec::new();
+                let mut n = 0;
+                for (unit, presence) in &found {
+                    match presence {
+                        Presence::Answered => {
+                            n += 1;
+                            lines.push(format!("  unit {unit:>3}  answers"));
+                        }
+                        Presence::Exception(e) => {
+                            lines.push(format!("  unit {unit:>3}  exception {e}"))
+                        }
+                        Presence::Silent => {}
+                    }
+                }
+                lines.insert(
+                    0,
+                    format!(
+                        "{endpoint}: {n} of {} unit ids answer {address} (silent ones not listed)",
+                        found.len()
+                    ),
+                );
+                Ok(lines.join("\n"))
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::units;
+
+    #[test]
+    fn unit_lists() {
+        assert_eq!(units("1-3,7"), Ok(vec![1, 2, 3, 7]));
+        assert_eq!(units("5"), Ok(vec![5]));
+        assert!(units("3-1").is_err());
+        assert!(units("1-300").is_err());
+        assert!(units("").is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! Field probes as the engineer runs them: `fieldgate modbus read` decodes what the daemon
+//! would see, `fieldgate modbus scan` finds the unit ids that answer.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn fieldgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn modbus_read_decodes_and_scan_finds_units() {
+    let sim = ModbusSim::new(SimState {
+        only_units: Some(vec![1, 3]),
+        ..Default::default()
+    });
+    if let Ok(mut h) = sim.state.holding.lock() {
+        h.insert((1, 0), 0x8000);
+        h.insert((1, 1), 0x4366);
+    }
+    let ep = format!("127.0.0.1:{}", sim.port);
+
+    let (code, out, err) = fieldgate(&[
+        "modbus",
+        "read",
+        "--endpoint",
+        &ep,
+        "--unit",
+        "1",
+        "--address",
+        "holding:0",
+        "--type",
+        "f32",
+        "--word-order",
+        "little",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("0x8000") && out.contains("0x4366"), "{out}");
+    assert!(
+        out.contains("as f32 (bytes big, words little): 230.5"),
+        "{out}"
+    );
+
+    let (code, _, err) = fieldgate(&[
+        "modbus",
+        "read",
+        "--endpoint",
+        &ep,
+        "--unit",
+        "2",
+        "--address",
+        "holding:0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("exception GatewayTargetDevice (0x0b)"),
+        "{err}"
+    );
+
+    let (code, out, err) = fieldgate(&["modbus", "scan", "--endpoint", &ep, "--units", "1-4"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 of 4 unit ids answer"), "{out}");
+    assert!(
+        out.contains("unit   1  answers") && out.contains("unit   3  answers"),
+        "{out}"
+    );
+    assert!(out.contains("unit   2  exception"), "{out}");
+
+    let closed = free_port();
+    let (code, _, err) = fieldgate(&[
+        "modbus",
+        "read",
+        "--endpoint",
+        &format!("127.0.0.1:{closed}"),
+        "--address",
+        "holding:0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("refused"), "{err}");
+    let (code, _, err) = fieldgate(&[
+        "modbus",
+        "read",
+        "--endpoint",
+        &ep,
+        "--address",
+        "register:1",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown Modbus table `register`"), "{err}");
+}
