@@ -32,21 +32,9 @@ fn point(address: &str, dtype: &str, length: Option<u16>) -> Result<PointSpec, S
     } else {
         DataType::parse(dtype, length)?
     };
-    Ok(PointSpec {
-        service: "probe".into(),
-        property: "value".into(),
-        table,
-        address,
-        dtype,
-        bit: (dtype == DataType::Bool && !table.is_bits()).then_some(0),
-        byte_order: Order::Big,
-        word_order: Order::Big,
-        scale: None,
-        offset: None,
-        writable: false,
-        min: None,
-        max: None,
-    })
+    let mut p = PointSpec::new("probe", "value", table, address, dtype);
+    p.bit = (dtype == DataType::Bool && !table.is_bits()).then_some(0);
+    Ok(p)
 }
 
 pub fn modbus(cmd: ModbusProbe) -> Result<String, String> {

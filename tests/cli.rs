@@ -1,20 +1,11 @@
 //! The binary's command line: `check` on every shipped config, exit code 78 for bad configs
 //! (both `check` and `run`, so systemd does not restart-loop), and messages with positions.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn fieldgate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use std::path::Path;
+
+use common::fieldgate;
 
 #[test]
 fn every_shipped_config_passes_check() {

@@ -17,6 +17,19 @@ use serde_json::{json, Value as Json};
 use tokio_modbus::prelude::*;
 use tokio_modbus::server::tcp::Server;
 
+/// Run the `fieldgate` binary to completion: (exit code, stdout, stderr).
+pub fn fieldgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

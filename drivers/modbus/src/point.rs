@@ -168,6 +168,31 @@ pub struct PointSpec {
 }
 
 impl PointSpec {
+    /// A read-only point with big-endian orders and no scaling; set the rest as needed.
+    pub fn new(
+        service: impl Into<String>,
+        property: impl Into<String>,
+        table: Table,
+        address: u16,
+        dtype: DataType,
+    ) -> Self {
+        PointSpec {
+            service: service.into(),
+            property: property.into(),
+            table,
+            address,
+            dtype,
+            bit: None,
+            byte_order: Order::Big,
+            word_order: Order::Big,
+            scale: None,
+            offset: None,
+            writable: false,
+            min: None,
+            max: None,
+        }
+    }
+
     /// Items (registers or bits) this point occupies in its table.
     pub fn width(&self) -> u16 {
         if self.table.is_bits() {
@@ -263,21 +288,8 @@ pub fn type_name(t: DataType) -> &'static str {
 #[cfg(test)]
 pub(crate) fn point(loc: &str, ty: &str) -> PointSpec {
     let (table, address) = parse_location(loc).unwrap_or_else(|e| panic!("{e}"));
-    PointSpec {
-        service: "s".into(),
-        property: format!("{loc}/{ty}"),
-        table,
-        address,
-        dtype: DataType::parse(ty, Some(4)).unwrap_or_else(|e| panic!("{e}")),
-        bit: None,
-        byte_order: Order::Big,
-        word_order: Order::Big,
-        scale: None,
-        offset: None,
-        writable: false,
-        min: None,
-        max: None,
-    }
+    let dtype = DataType::parse(ty, Some(4)).unwrap_or_else(|e| panic!("{e}"));
+    PointSpec::new("s", format!("{loc}/{ty}"), table, address, dtype)
 }
 
 #[cfg(test)]
