@@ -57,6 +57,11 @@ pub enum Cmd {
         #[command(subcommand)]
         probe: ModbusProbe,
     },
+    /// Field probes for serial lines.
+    Serial {
+        #[command(subcommand)]
+        probe: SerialProbe,
+    },
     /// Validate a configuration file and print every problem with its line and column.
     Check {
         /// Configuration file.
@@ -112,5 +117,30 @@ pub enum ModbusProbe {
         address: String,
         #[arg(long, default_value = "300ms", value_parser = parse_duration)]
         timeout: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SerialProbe {
+    /// Show what goes over a serial line: frames split on silence, with timestamps, hex and ASCII.
+    Sniff {
+        /// The serial device, e.g. /dev/ttyUSB0.
+        #[arg(long)]
+        port: String,
+        #[arg(long, default_value_t = 9600)]
+        baud: u32,
+        /// none, even or odd.
+        #[arg(long, default_value = "none")]
+        parity: String,
+        #[arg(long, default_value_t = 8)]
+        data_bits: u8,
+        #[arg(long, default_value_t = 1)]
+        stop_bits: u8,
+        /// Silence that ends a frame; default 3.5 character times (the Modbus RTU gap).
+        #[arg(long, value_parser = parse_duration)]
+        gap: Option<std::time::Duration>,
+        /// Stop after this long; default: until Ctrl-C.
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
     },
 }

@@ -64,6 +64,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Serial { probe } => match fieldgate::probe::serial(probe) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fieldgate serial: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Demo { duration } => match fieldgate::demo::run(duration) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -4,7 +4,7 @@
 use fieldgate_modbus::point::{parse_location, DataType, Order, PointSpec};
 use fieldgate_modbus::probe::{self, Presence};
 
-use crate::cli::ModbusProbe;
+use crate::cli::{ModbusProbe, SerialProbe};
 
 fn units(spec: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
@@ -128,6 +128,56 @@ pub fn modbus(cmd: ModbusProbe) -> Result<String, String> {
                 );
                 Ok(lines.join("\n"))
             }
+        }
+    })
+}
+
+pub fn serial(cmd: SerialProbe) -> Result<(), String> {
+    let SerialProbe::Sniff {
+        port,
+        baud,
+        parity,
+        data_bits,
+        stop_bits,
+        gap,
+        duration,
+    } = cmd;
+    let settings = fieldgate_serial::PortSettings {
+        path: port,
+        baud,
+        parity: fieldgate_serial::Parity::parse(&parity)?,
+        data_bits,
+        stop_bits,
+    };
+    let gap = gap.unwrap_or_else(|| {
+        settings
+            .char_time(3.5)
+            .max(std::time::Duration::from_millis(1))
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let stream = fieldgate_serial::open(&settings).map_err(|e| e.to_string())?;
+        println!(
+            "sniffing {} at {baud} {data_bits}{}{stop_bits}, frames end after {gap:?} of silence",
+            settings.path,
+            parity.chars().next().unwrap_or('n').to_ascii_uppercase()
+        );
+        let until = duration.map(|d| std::time::Instant::now() + d);
+        let sniff = fieldgate_serial::sniff::sniff(stream, gap, until, |f| {
+            let (_, _, _, h, m, s, ms) = crate::uplink::dialect::utc(fieldgate_driver::now_ms());
+            println!(
+                "{h:02}:{m:02}:{s:02}.{ms:03}  +{:>9}  {:>4} B  {}",
+                format!("{:.1}ms", f.idle_before.as_secs_f64() * 1000.0),
+                f.bytes.len(),
+                fieldgate_serial::sniff::format_bytes(&f.bytes)
+            );
+        });
+        tokio::select! {
+            r = sniff => r.map_err(|e| e.to_string()),
+            _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
 }

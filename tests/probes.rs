@@ -85,3 +85,48 @@ fn modbus_read_decodes_and_scan_finds_units() {
     assert_eq!(code, 1);
     assert!(err.contains("unknown Modbus table `register`"), "{err}");
 }
+
+#[test]
+fn serial_sniff_shows_frames_split_on_silence() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pty = PtyPair::new(dir.path());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["serial", "sniff", "--port"])
+        .arg(&pty.a)
+        .args(["--baud", "9600", "--gap", "20ms", "--for", "2s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut other_end = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pty.b)
+        .unwrap_or_else(|e| panic!("{e}"));
+    other_end
+        .write_all(b"\x01\x03\x00\x00\x00\x02\xc4\x0b")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    other_end
+        .write_all(b"ST,GS,+0012.34kg\r\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames: Vec<&str> = text.lines().filter(|l| l.contains(" B  ")).collect();
+    assert_eq!(frames.len(), 2, "{text}");
+    assert!(
+        frames[0].contains("8 B  01 03 00 00 00 02 c4 0b  |........|"),
+        "{text}"
+    );
+    assert!(
+        frames[1].contains("18 B  ") && frames[1].contains("|ST,GS,+0012.34kg..|"),
+        "{text}"
+    );
+}

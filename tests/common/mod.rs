@@ -542,3 +542,36 @@ impl Drop for Gateway {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+/// Two linked pseudo-terminals from socat, standing in for the two ends of a serial cable.
+pub struct PtyPair {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    child: Child,
+}
+
+impl PtyPair {
+    pub fn new(dir: &Path) -> Self {
+        let (a, b) = (dir.join("tty-a"), dir.join("tty-b"));
+        let child = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", a.display()))
+            .arg(format!("pty,raw,echo=0,link={}", b.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start socat (apt-get install socat): {e}"));
+        let (a2, b2) = (a.clone(), b.clone());
+        wait_until(Duration::from_secs(10), "socat ptys", || {
+            a2.exists() && b2.exists()
+        });
+        PtyPair { a, b, child }
+    }
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
