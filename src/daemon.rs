@@ -1,11 +1,16 @@
-//! `fieldgate run`: wire the rooms together and run until SIGTERM/SIGINT.
+//! `fieldgate run`: wire the rooms together, run until SIGTERM/SIGINT, reload on SIGHUP.
 //!
 //! Order of start: config (refuse to start on any problem), logging, store (recovering a bad
 //! file), registry (persisted platform ids), then the queue's ingest, the uplink, and the bus
-//! tasks. Order of stop: drivers first, then the ingest commits what they produced, then the
-//! uplink waits briefly for outstanding acknowledgements and disconnects cleanly.
+//! tasks. A reload re-reads the config: a bad one is refused with every problem logged and the
+//! running config kept; a good one is reconciled — new children added on the platform, removed
+//! ones deleted there, and only the buses whose settings or devices changed restarted, so the
+//! other children are polled without a gap. Order of stop: drivers first, then the ingest
+//! commits what they produced, then the uplink waits briefly for outstanding acknowledgements
+//! and disconnects cleanly.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,11 +19,12 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::router::Router;
+use crate::registry::{Registry, Spec};
+use crate::router::{Router, Target};
 use crate::store::{Store, StoreError};
-use crate::uplink::Uplink;
-use crate::{control, queue, service, supervisor};
+use crate::supervisor::Supervisor;
+use crate::uplink::{Uplink, UplinkEvent};
+use crate::{control, queue, service};
 
 /// Events waiting between drivers and the store at most (back-pressure beyond this).
 const EVENT_QUEUE: usize = 4096;
@@ -44,32 +50,54 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(serve(cfg, wait_for_stop()))
+    rt.block_on(serve(cfg, Some(path.to_path_buf()), std::future::pending()))
 }
 
-/// Run the gateway until `stop` completes, then stop gracefully.
+fn specs(cfg: &Config) -> Vec<Spec> {
+    cfg.devices
+        .iter()
+        .map(|d| Spec {
+            node_id: d.node_id.clone(),
+            name: d.name.clone(),
+            product_id: d.product_id.clone(),
+            bus: d.bus.clone(),
+        })
+        .collect()
+}
+
+fn targets(cfg: &Config, sup: &Supervisor) -> HashMap<String, Target> {
+    cfg.devices
+        .iter()
+        .filter_map(|d| {
+            Some((
+                d.node_id.clone(),
+                Target {
+                    bus: sup.commands(&d.bus)?,
+                    points: d.points.clone(),
+                    commands: d.commands.clone(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Run the gateway until `stop` completes or SIGTERM/SIGINT arrives; SIGHUP reloads
+/// `config_path` (when there is one). Then stop gracefully.
 pub async fn serve(
-    cfg: Config,
+    mut cfg: Config,
+    config_path: Option<PathBuf>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
     info!(version = env!("CARGO_PKG_VERSION"), gateway = %cfg.gateway.name, buses = cfg.buses.len(), devices = cfg.devices.len(), "fieldgate starting");
+    let mut signals = service::Signals::new()?;
     let store = Store::open(&cfg.store.path)?;
-    let mut registry = Registry::new(
-        cfg.devices
-            .iter()
-            .map(|d| (d.node_id.as_str(), d.name.as_str(), d.product_id.as_str())),
-    );
-    for (node, dev) in store.device_ids().await? {
-        registry.confirm(&node, &dev);
-    }
-    for d in &cfg.devices {
-        registry.set_bus(&d.node_id, &d.bus);
-    }
+    let mut registry = Registry::new(&specs(&cfg));
+    registry.restore(store.children().await?);
     let registry = Arc::new(Mutex::new(registry));
     let metrics = Arc::new(Metrics::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let wake = Arc::new(Notify::new());
-    // A queue left over from the last run is sent first.
+    let reconcile = Arc::new(Notify::new());
     if let Ok(d) = store.depth().await {
         if d.records > 0 {
             info!(
@@ -91,7 +119,14 @@ pub async fn serve(
         wake.clone(),
         never_rx,
     ));
-    let sup = supervisor::start(&cfg, events_tx, shutdown_rx.clone());
+    let mut sup = Supervisor::new(events_tx);
+    let excluded = registry
+        .lock()
+        .map(|r| r.platform_deleted())
+        .unwrap_or_default();
+    sup.apply(&cfg, &excluded).await;
+    let router = Router::new(COMMAND_DEADLINE, metrics.clone());
+    router.update(targets(&cfg, &sup));
     let watchdog = tokio::spawn(service::supervise(
         metrics.clone(),
         registry.clone(),
@@ -108,28 +143,19 @@ pub async fn serve(
             started: std::time::Instant::now(),
         },
     ));
-    let router = Router::new(
-        cfg.devices
-            .iter()
-            .filter_map(|d| {
-                Some((
-                    d.node_id.clone(),
-                    sup.commands.get(&d.bus)?.clone(),
-                    d.points.clone(),
-                ))
-            })
-            .collect(),
-        COMMAND_DEADLINE,
-        metrics.clone(),
-    );
+    let (uplink_tx, mut uplink_rx) = mpsc::channel(64);
     let uplink = tokio::spawn(
         Uplink {
             platform: cfg.platform.clone(),
             store: store.clone(),
             registry: registry.clone(),
             metrics: metrics.clone(),
-            router,
+            router: router.clone(),
             wake,
+            reconcile: reconcile.clone(),
+            events: uplink_tx,
+            report_interval: cfg.gateway.report_interval,
+            started: std::time::Instant::now(),
             shutdown: shutdown_rx.clone(),
         }
         .run(),
@@ -137,7 +163,30 @@ pub async fn serve(
 
     service::ready();
     info!(status = %service::summary(&metrics, &registry, None), "fieldgate ready");
-    stop.await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            sig = signals.next() => match sig {
+                service::Signal::Stop => break,
+                service::Signal::Reload => {
+                    service::reloading();
+                    if let Some(new) = reload(config_path.as_deref(), &cfg) {
+                        cfg = new;
+                        apply(&cfg, &registry, &store, &mut sup, &router).await;
+                        reconcile.notify_one();
+                    }
+                    service::ready();
+                }
+            },
+            Some(UplinkEvent::ChildDeleted(node)) = uplink_rx.recv() => {
+                info!(node_id = %node, "stopping the polling of a child the platform deleted");
+                let excluded = registry.lock().map(|r| r.platform_deleted()).unwrap_or_default();
+                sup.apply(&cfg, &excluded).await;
+                router.update(targets(&cfg, &sup));
+            }
+        }
+    }
     service::stopping();
     watchdog.abort();
     control.abort();
@@ -145,9 +194,8 @@ pub async fn serve(
     info!("stopping");
     let _ = shutdown_tx.send(true);
     let stop = async {
-        for h in sup.handles {
-            let _ = h.await;
-        }
+        sup.stop_all().await;
+        drop(sup);
         let _ = ingest.await;
         let _ = uplink.await;
     };
@@ -159,20 +207,70 @@ pub async fn serve(
     Ok(())
 }
 
-/// Until SIGTERM or SIGINT. SIGHUP is acknowledged to systemd (RELOADING=1 … READY=1) and
-/// logged: live reload is not implemented yet, so a changed config needs a restart.
-pub async fn wait_for_stop() {
-    let mut signals = match service::Signals::new() {
-        Ok(s) => s,
+/// Read the config again. `None` (with every reason logged) keeps the running one.
+fn reload(path: Option<&Path>, running: &Config) -> Option<Config> {
+    let Some(path) = path else {
+        warn!("SIGHUP: no config file to reload");
+        return None;
+    };
+    let mut new = match config::load(path) {
+        Ok(c) => c,
         Err(e) => {
-            error!(error = %e, "cannot install signal handlers; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
+            for d in &e.diagnostics {
+                error!(file = %path.display(), line = d.line, column = d.column, key = %d.path, "{}", d.message);
+            }
+            error!(
+                problems = e.diagnostics.len(),
+                "reload refused: the new config has problems; still running the old one"
+            );
+            return None;
+        }
+    };
+    // The MQTT session, store and logging are set up once; changing them needs a restart.
+    if new.platform != running.platform
+        || new.store != running.store
+        || new.gateway.runtime_dir != running.gateway.runtime_dir
+    {
+        warn!("[platform], [store] or runtime_dir changed: those take effect at the next restart; the rest is applied now");
+        new.platform = running.platform.clone();
+        new.store = running.store.clone();
+        new.gateway.runtime_dir = running.gateway.runtime_dir.clone();
+    }
+    Some(new)
+}
+
+/// Reconcile the registry, the store, the buses and the routes with a new config.
+async fn apply(
+    cfg: &Config,
+    registry: &Mutex<Registry>,
+    store: &Store,
+    sup: &mut Supervisor,
+    router: &Router,
+) {
+    let (changes, excluded, forget) = match registry.lock() {
+        Ok(mut r) => {
+            let ch = r.apply(&specs(cfg));
+            // A removed child that still has a platform id keeps its row until the platform
+            // confirms the deletion; the others are forgotten now.
+            let forget: Vec<String> = ch
+                .removed
+                .iter()
+                .filter(|n| !r.deleting_node(n))
+                .cloned()
+                .collect();
+            (ch, r.platform_deleted(), forget)
+        }
+        Err(_) => {
+            error!("registry lock poisoned; reload not applied");
             return;
         }
     };
-    while signals.next().await == service::Signal::Reload {
-        service::reloading();
-        warn!("SIGHUP: live reload is not implemented yet; restart the service to apply config changes");
-        service::ready();
+    for node in &forget {
+        if let Err(e) = store.forget_child(node).await {
+            warn!(node_id = %node, error = %e, "cannot forget a removed child in the store");
+        }
     }
+    let touched = sup.apply(cfg, &excluded).await;
+    router.update(targets(cfg, sup));
+    info!(added = ?changes.added, removed = ?changes.removed, replaced = ?changes.replaced, buses_restarted = ?touched, "config reloaded");
 }

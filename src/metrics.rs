@@ -15,6 +15,8 @@ pub struct Metrics {
     /// Platform requests handed to drivers and not yet answered.
     pub commands_in_flight: AtomicU64,
     pub connects: AtomicU64,
+    /// Records in the queue, as of the last status refresh.
+    pub queue_records: AtomicU64,
     /// Records acknowledged by the broker and removed from the queue.
     pub delivered: AtomicU64,
     /// Records dropped because their stored body could not be read.

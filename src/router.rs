@@ -8,11 +8,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use fieldgate_driver::{now_ms, Command, CommandOutcome, CommandRequest, ErrorCode, Value};
-use fieldgate_modbus::{DataType, PointSpec, Table};
+use fieldgate_modbus::{CommandSpec, DataType, PointSpec, Table};
 use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -36,6 +36,7 @@ pub enum Request {
         device_id: Option<String>,
         service: Option<String>,
         name: String,
+        paras: Json,
     },
     Set {
         request_id: String,
@@ -57,12 +58,13 @@ impl Request {
                 object_device_id,
                 service_id,
                 command_name,
-                ..
+                paras,
             } => Request::Command {
                 request_id,
                 device_id: object_device_id,
                 service: service_id,
                 name: command_name,
+                paras,
             },
             Inbound::PropertySet {
                 request_id,
@@ -95,34 +97,35 @@ impl Request {
     }
 }
 
-struct Target {
-    bus: mpsc::Sender<CommandRequest>,
-    points: Arc<[PointSpec]>,
+/// Where a child's requests go and what its profile allows.
+#[derive(Clone)]
+pub struct Target {
+    pub bus: mpsc::Sender<CommandRequest>,
+    pub points: Arc<[PointSpec]>,
+    pub commands: Arc<[CommandSpec]>,
 }
 
 /// Routes requests to bus tasks.
 #[derive(Clone)]
 pub struct Router {
-    targets: Arc<HashMap<String, Target>>,
+    targets: Arc<RwLock<HashMap<String, Target>>>,
     deadline: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Router {
-    /// `children`: node id → (its bus's command sender, its profile's points).
-    pub fn new(
-        children: Vec<(String, mpsc::Sender<CommandRequest>, Arc<[PointSpec]>)>,
-        deadline: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let targets = children
-            .into_iter()
-            .map(|(n, bus, points)| (n, Target { bus, points }))
-            .collect();
+    pub fn new(deadline: Duration, metrics: Arc<Metrics>) -> Self {
         Router {
-            targets: Arc::new(targets),
+            targets: Arc::default(),
             deadline,
             metrics,
+        }
+    }
+
+    /// Replace the routing table (at start and after every reload): node id → target.
+    pub fn update(&self, targets: HashMap<String, Target>) {
+        if let Ok(mut t) = self.targets.write() {
+            *t = targets;
         }
     }
 
@@ -254,7 +257,7 @@ impl Router {
         &self,
         req: &Request,
         registry: &Mutex<Registry>,
-    ) -> Result<(&Target, Command), (ErrorCode, String)> {
+    ) -> Result<(Target, Command), (ErrorCode, String)> {
         let device_id = match req {
             Request::Command { device_id, .. }
             | Request::Set { device_id, .. }
@@ -276,18 +279,58 @@ impl Router {
                     format!("no child with device id `{device_id}`"),
                 )
             })?;
-        let target = self.targets.get(&node).ok_or_else(|| {
-            (
-                ErrorCode::UnknownChild,
-                format!("child `{node}` has no bus"),
-            )
-        })?;
+        let target = self
+            .targets
+            .read()
+            .ok()
+            .and_then(|t| t.get(&node).cloned())
+            .ok_or_else(|| {
+                (
+                    ErrorCode::UnknownChild,
+                    format!("child `{node}` is not polled (removed, or deleted by the platform)"),
+                )
+            })?;
         let cmd = match req {
-            Request::Command { name, .. } => {
-                return Err((
-                    ErrorCode::Unsupported,
-                    format!("command `{name}` is not declared in the child's profile"),
-                ))
+            Request::Command {
+                name,
+                service,
+                paras,
+                ..
+            } => {
+                let declared = target
+                    .commands
+                    .iter()
+                    .find(|c| &c.name == name && service.as_ref().is_none_or(|s| s == &c.service))
+                    .ok_or_else(|| {
+                        (
+                            ErrorCode::Unsupported,
+                            format!("command `{name}` is not declared in the child's profile"),
+                        )
+                    })?;
+                let point = target.points.get(declared.point).ok_or_else(|| {
+                    (
+                        ErrorCode::UnknownPoint,
+                        format!("command `{name}` names no point"),
+                    )
+                })?;
+                let value = match &declared.value {
+                    Some(v) => v.clone(),
+                    None => {
+                        let v = paras.get("value").ok_or_else(|| {
+                            (
+                                ErrorCode::BadValue,
+                                format!("command `{name}` needs `paras.value`"),
+                            )
+                        })?;
+                        coerce(point, v)?
+                    }
+                };
+                Command::Invoke {
+                    child: node,
+                    service: declared.service.clone(),
+                    name: name.clone(),
+                    params: BTreeMap::from([("value".to_string(), value)]),
+                }
             }
             Request::Get { service, .. } => {
                 if let Some(s) = service {
@@ -337,13 +380,19 @@ impl Router {
 
 /// Check a platform value against a point before anything touches the bus.
 pub fn check_value(p: &PointSpec, v: &Json) -> Result<Value, (ErrorCode, String)> {
-    let name = &p.property;
     if !p.writable {
         return Err((
             ErrorCode::NotWritable,
-            format!("point `{name}` is read-only"),
+            format!("point `{}` is read-only", p.property),
         ));
     }
+    coerce(p, v)
+}
+
+/// Type- and range-check a platform value for a point (without the `writable` gate, which
+/// declared commands do not need).
+pub fn coerce(p: &PointSpec, v: &Json) -> Result<Value, (ErrorCode, String)> {
+    let name = &p.property;
     let bad = |why: String| (ErrorCode::BadValue, format!("`{name}`: {why}"));
     if p.table == Table::Coil || p.dtype == DataType::Bool {
         return match v {

@@ -153,7 +153,10 @@ pub async fn supervise(metrics: Arc<Metrics>, registry: Arc<Mutex<Registry>>, st
     loop {
         tokio::time::sleep(every).await;
         let queued = match tokio::time::timeout(every, store.depth()).await {
-            Ok(Ok(d)) => Some(d.records),
+            Ok(Ok(d)) => {
+                metrics.queue_records.store(d.records, Ordering::Relaxed);
+                Some(d.records)
+            }
             _ => None,
         };
         let status = summary(&metrics, &registry, queued);

@@ -13,6 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
 
+use crate::registry::Persisted;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sqlite: {0}")]
@@ -57,12 +59,9 @@ enum Req {
     Depth(oneshot::Sender<Result<Depth, StoreError>>),
     GetMeta(String, oneshot::Sender<Result<Option<String>, StoreError>>),
     SetMeta(String, String, oneshot::Sender<Result<(), StoreError>>),
-    DeviceIds(oneshot::Sender<Result<Vec<(String, String)>, StoreError>>),
-    SetDeviceId(
-        String,
-        Option<String>,
-        oneshot::Sender<Result<(), StoreError>>,
-    ),
+    Children(oneshot::Sender<Result<Vec<Persisted>, StoreError>>),
+    SaveChild(Persisted, oneshot::Sender<Result<(), StoreError>>),
+    ForgetChild(String, oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// A cheap, cloneable handle to the store thread.
@@ -79,8 +78,10 @@ CREATE TABLE IF NOT EXISTS queue (
     body  BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS registry (
-    node_id   TEXT PRIMARY KEY,
-    device_id TEXT
+    node_id          TEXT PRIMARY KEY,
+    device_id        TEXT,
+    product_id       TEXT NOT NULL DEFAULT '',
+    platform_deleted INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -104,6 +105,26 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
         )));
     }
     conn.execute_batch(SCHEMA)?;
+    // Files from 0.1 development builds lack the newer registry columns.
+    for (col, ddl) in [
+        (
+            "product_id",
+            "ALTER TABLE registry ADD COLUMN product_id TEXT NOT NULL DEFAULT ''",
+        ),
+        (
+            "platform_deleted",
+            "ALTER TABLE registry ADD COLUMN platform_deleted INTEGER NOT NULL DEFAULT 0",
+        ),
+    ] {
+        let has: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('registry') WHERE name = ?1",
+            [col],
+            |r| r.get(0),
+        )?;
+        if !has {
+            conn.execute_batch(ddl)?;
+        }
+    }
     Ok(conn)
 }
 
@@ -196,18 +217,18 @@ impl Store {
         self.call(|tx| Req::SetMeta(key, value, tx)).await
     }
 
-    /// Every persisted node id → platform device id.
-    pub async fn device_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
-        self.call(Req::DeviceIds).await
+    /// What is remembered of every child.
+    pub async fn children(&self) -> Result<Vec<Persisted>, StoreError> {
+        self.call(Req::Children).await
     }
 
-    pub async fn set_device_id(
-        &self,
-        node_id: &str,
-        device_id: Option<String>,
-    ) -> Result<(), StoreError> {
+    pub async fn save_child(&self, p: Persisted) -> Result<(), StoreError> {
+        self.call(|tx| Req::SaveChild(p, tx)).await
+    }
+
+    pub async fn forget_child(&self, node_id: &str) -> Result<(), StoreError> {
         let node = node_id.to_string();
-        self.call(|tx| Req::SetDeviceId(node, device_id, tx)).await
+        self.call(|tx| Req::ForgetChild(node, tx)).await
     }
 }
 
@@ -247,15 +268,24 @@ fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Req>) {
                     .map_err(StoreError::from);
                 let _ = tx.send(r);
             }
-            Req::DeviceIds(tx) => {
-                let _ = tx.send(device_ids(&conn));
+            Req::Children(tx) => {
+                let _ = tx.send(children(&conn));
             }
-            Req::SetDeviceId(node, dev, tx) => {
+            Req::SaveChild(p, tx) => {
                 let r = conn
                     .execute(
-                        "INSERT INTO registry(node_id, device_id) VALUES(?1, ?2) ON CONFLICT(node_id) DO UPDATE SET device_id = excluded.device_id",
-                        params![node, dev],
+                        "INSERT INTO registry(node_id, device_id, product_id, platform_deleted) VALUES(?1, ?2, ?3, ?4)
+                         ON CONFLICT(node_id) DO UPDATE SET device_id = excluded.device_id,
+                           product_id = excluded.product_id, platform_deleted = excluded.platform_deleted",
+                        params![p.node_id, p.device_id, p.product_id, p.platform_deleted],
                     )
+                    .map(|_| ())
+                    .map_err(StoreError::from);
+                let _ = tx.send(r);
+            }
+            Req::ForgetChild(node, tx) => {
+                let r = conn
+                    .execute("DELETE FROM registry WHERE node_id = ?1", [node])
                     .map(|_| ())
                     .map_err(StoreError::from);
                 let _ = tx.send(r);
@@ -323,11 +353,18 @@ fn depth(conn: &Connection) -> Result<Depth, StoreError> {
     )?)
 }
 
-fn device_ids(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+fn children(conn: &Connection) -> Result<Vec<Persisted>, StoreError> {
     let mut stmt =
-        conn.prepare("SELECT node_id, device_id FROM registry WHERE device_id IS NOT NULL")?;
+        conn.prepare("SELECT node_id, device_id, product_id, platform_deleted FROM registry")?;
     let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([], |r| {
+            Ok(Persisted {
+                node_id: r.get(0)?,
+                device_id: r.get(1)?,
+                product_id: r.get(2)?,
+                platform_deleted: r.get(3)?,
+            })
+        })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -356,9 +393,23 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(last, 3);
             s.delete(vec![2]).await.unwrap_or_else(|e| panic!("{e}"));
-            s.set_device_id("a", Some("prod_a".into()))
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+            s.save_child(Persisted {
+                node_id: "a".into(),
+                device_id: Some("prod_a".into()),
+                product_id: "prod".into(),
+                platform_deleted: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+            s.save_child(Persisted {
+                node_id: "z".into(),
+                device_id: None,
+                product_id: "prod".into(),
+                platform_deleted: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+            s.forget_child("z").await.unwrap_or_else(|e| panic!("{e}"));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let s = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -367,8 +418,13 @@ mod tests {
         assert_eq!(rows[1].body, vec![3; 10]);
         assert_eq!(s.scan(1, 10).await.unwrap_or_default().len(), 1);
         assert_eq!(
-            s.device_ids().await.unwrap_or_default(),
-            vec![("a".to_string(), "prod_a".to_string())]
+            s.children().await.unwrap_or_default(),
+            vec![Persisted {
+                node_id: "a".into(),
+                device_id: Some("prod_a".into()),
+                product_id: "prod".into(),
+                platform_deleted: false
+            }]
         );
         let d = s.depth().await.unwrap_or_default();
         assert_eq!((d.records, d.bytes, d.oldest_seq), (2, 20, Some(1)));

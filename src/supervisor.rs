@@ -1,38 +1,45 @@
-//! The supervisor: builds one driver per configured bus, runs each as its own task, and
-//! restarts a bus task that fails with exponential backoff — one broken bus never stops the
-//! others or the daemon. Each bus gets a bounded command channel, which the router uses.
+//! The supervisor: one driver task per configured bus, restarted with backoff when it fails —
+//! one broken bus never stops the others or the daemon. Applying a new config restarts only
+//! the buses whose settings or devices changed; the others keep polling without a gap. Each bus
+//! has a bounded command channel that outlives restarts (the router holds its sender).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use fieldgate_driver::{CommandOutcome, CommandRequest, Driver, DriverContext, ErrorCode, Event};
 use fieldgate_modbus::{BusSpec, DeviceSpec, ModbusTcpDriver};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
-use crate::config::{BusKind, Config};
+use crate::config::{Bus, BusKind, Config, Device};
 
 /// Commands waiting for one bus at most.
 const COMMAND_QUEUE: usize = 16;
 
-pub struct Supervisor {
-    pub handles: Vec<JoinHandle<()>>,
-    /// Bus name → its command channel.
-    pub commands: BTreeMap<String, mpsc::Sender<CommandRequest>>,
+struct Running {
+    /// What the bus runs with; a different value means a restart.
+    spec: (Bus, Vec<Device>),
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+    commands: mpsc::Sender<CommandRequest>,
 }
 
-fn build(cfg: &Config, bus: &crate::config::Bus) -> Box<dyn Driver> {
-    let devices: Vec<DeviceSpec> = cfg
-        .devices
+pub struct Supervisor {
+    events: mpsc::Sender<Event>,
+    buses: BTreeMap<String, Running>,
+}
+
+fn build(bus: &Bus, devices: &[Device]) -> Box<dyn Driver> {
+    let devices: Vec<DeviceSpec> = devices
         .iter()
-        .filter(|d| d.bus == bus.name)
         .map(|d| DeviceSpec {
             node_id: d.node_id.clone(),
             unit: d.unit,
             poll: d.poll,
             points: d.points.clone(),
             max_gap: d.max_gap,
+            commands: d.commands.clone(),
         })
         .collect();
     match &bus.kind {
@@ -51,31 +58,114 @@ fn build(cfg: &Config, bus: &crate::config::Bus) -> Box<dyn Driver> {
     }
 }
 
-pub fn start(
-    cfg: &Config,
-    events: mpsc::Sender<Event>,
-    shutdown: watch::Receiver<bool>,
-) -> Supervisor {
-    let mut handles = Vec::new();
-    let mut commands = BTreeMap::new();
-    for bus in &cfg.buses {
-        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        commands.insert(bus.name.clone(), cmd_tx);
-        let (cfg, bus, events, shutdown) =
-            (cfg.clone(), bus.clone(), events.clone(), shutdown.clone());
-        handles.push(tokio::spawn(supervise(cfg, bus, events, cmd_rx, shutdown)));
+impl Supervisor {
+    pub fn new(events: mpsc::Sender<Event>) -> Self {
+        Supervisor {
+            events,
+            buses: BTreeMap::new(),
+        }
     }
-    Supervisor { handles, commands }
+
+    /// Make the running buses match `cfg`, leaving out `excluded` children (deleted by the
+    /// platform). Returns the names of the buses that were started, restarted or stopped.
+    pub async fn apply(&mut self, cfg: &Config, excluded: &BTreeSet<String>) -> Vec<String> {
+        let mut touched = Vec::new();
+        let wanted: BTreeMap<&str, (Bus, Vec<Device>)> = cfg
+            .buses
+            .iter()
+            .map(|b| {
+                let devs = cfg
+                    .devices
+                    .iter()
+                    .filter(|d| d.bus == b.name && !excluded.contains(&d.node_id))
+                    .cloned()
+                    .collect();
+                (b.name.as_str(), (b.clone(), devs))
+            })
+            .collect();
+        let gone: Vec<String> = self
+            .buses
+            .keys()
+            .filter(|n| !wanted.contains_key(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(r) = self.buses.remove(&name) {
+                stop(r).await;
+                info!(bus = %name, "bus removed");
+                touched.push(name);
+            }
+        }
+        for (name, spec) in wanted {
+            match self.buses.get(name) {
+                Some(r) if r.spec == spec => continue,
+                Some(_) => {
+                    if let Some(r) = self.buses.remove(name) {
+                        stop(r).await;
+                        info!(bus = %name, "bus settings or devices changed; restarting it");
+                        self.start(spec);
+                    }
+                }
+                None => self.start(spec),
+            }
+            touched.push(name.to_string());
+        }
+        touched
+    }
+
+    /// Start a bus with a fresh command channel (the daemon re-reads `commands` after apply).
+    fn start(&mut self, spec: (Bus, Vec<Device>)) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (commands, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let handle = tokio::spawn(supervise(
+            spec.0.clone(),
+            spec.1.clone(),
+            self.events.clone(),
+            cmd_rx,
+            stop_rx,
+        ));
+        self.buses.insert(
+            spec.0.name.clone(),
+            Running {
+                spec,
+                stop: stop_tx,
+                handle,
+                commands,
+            },
+        );
+    }
+
+    /// The command channel of a bus.
+    pub fn commands(&self, bus: &str) -> Option<mpsc::Sender<CommandRequest>> {
+        self.buses.get(bus).map(|r| r.commands.clone())
+    }
+
+    /// Stop every bus and wait for them (their last events are in the channel).
+    pub async fn stop_all(&mut self) {
+        for (_, r) in std::mem::take(&mut self.buses) {
+            stop(r).await;
+        }
+    }
 }
 
-/// Run one bus, restarting it on failure. Commands reach the driver through a forwarder, so the
-/// router's channel outlives any one run of the driver.
+async fn stop(r: Running) {
+    let _ = r.stop.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), r.handle)
+        .await
+        .is_err()
+    {
+        warn!(bus = %r.spec.0.name, "bus task did not stop within 5s");
+    }
+}
+
+/// Run one bus, restarting it on failure. Commands reach the driver through a forwarder, so
+/// the channel the router holds outlives any one run of the driver.
 async fn supervise(
-    cfg: Config,
-    bus: crate::config::Bus,
+    bus: Bus,
+    devices: Vec<Device>,
     events: mpsc::Sender<Event>,
     mut outer: mpsc::Receiver<CommandRequest>,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -83,16 +173,16 @@ async fn supervise(
         let ctx = DriverContext {
             events: events.clone(),
             commands: inner_rx,
-            shutdown: shutdown.clone(),
+            shutdown: stop.clone(),
         };
-        let mut task = tokio::spawn(build(&cfg, &bus).run(ctx));
+        let mut task = tokio::spawn(build(&bus, &devices).run(ctx));
         let result = loop {
             tokio::select! {
                 r = &mut task => break r,
                 Some(req) = outer.recv() => forward(&inner_tx, req),
             }
         };
-        if *shutdown.borrow() {
+        if *stop.borrow() {
             break;
         }
         match result {
@@ -106,9 +196,17 @@ async fn supervise(
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
         }
         backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+    // Anything still waiting is answered, not left to time out.
+    outer.close();
+    while let Ok(req) = outer.try_recv() {
+        let _ = req.reply.send(CommandOutcome::Failed {
+            code: ErrorCode::Busy,
+            message: "the bus is restarting".into(),
+        });
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldgate_modbus::point::{parse_location, DataType, Order, PointSpec};
+use fieldgate_modbus::point::{parse_location, CommandSpec, DataType, Order, PointSpec};
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
@@ -95,6 +95,7 @@ pub struct Gateway {
     pub log_level: String,
     pub log_target: crate::service::LogTarget,
     pub runtime_dir: PathBuf,
+    pub report_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +103,7 @@ pub enum Dialect {
     Iotda,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Platform {
     pub dialect: Dialect,
     pub host: String,
@@ -121,7 +122,7 @@ pub struct Platform {
     pub max_packet: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SecretSource {
     Inline(Secret),
     File(PathBuf),
@@ -137,18 +138,18 @@ impl SecretSource {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Store {
     pub path: PathBuf,
     pub commit_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BusKind {
     ModbusTcp { endpoint: String },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Bus {
     pub name: String,
     pub kind: BusKind,
@@ -159,7 +160,7 @@ pub struct Bus {
     pub max_backoff: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Device {
     pub node_id: String,
     pub name: String,
@@ -170,6 +171,8 @@ pub struct Device {
     pub profile: String,
     pub points: Arc<[PointSpec]>,
     pub max_gap: u16,
+    /// Commands declared in the profile.
+    pub commands: Arc<[CommandSpec]>,
 }
 
 pub const DEFAULT_PATH: &str = "/etc/fieldgate/fieldgate.toml";
@@ -385,7 +388,20 @@ impl<'a> Checker<'a> {
                 crate::service::LogTarget::Auto
             }
         };
+        let report_interval = match g.report_interval {
+            Some(r) if r.get_ref().0 < Duration::from_secs(1) => {
+                self.err(
+                    Some(r.span()),
+                    "gateway.report_interval",
+                    "report_interval must be at least 1s",
+                );
+                Duration::from_secs(60)
+            }
+            Some(r) => r.into_inner().0,
+            None => Duration::from_secs(60),
+        };
         Gateway {
+            report_interval,
             name: g.name.unwrap_or_else(|| "fieldgate".into()),
             log_level,
             log_target,
@@ -637,6 +653,7 @@ impl<'a> Checker<'a> {
             };
             let mut head = pt.clone();
             let points = head.remove("point");
+            let commands = head.remove("command");
             let head_v = Spanned::new(pv.span(), DeValue::Table(head));
             let Some(raw): Option<RawProfile> = self.de(&head_v, &path) else {
                 continue;
@@ -666,16 +683,107 @@ impl<'a> Checker<'a> {
                     "a profile needs at least one `[[profile.NAME.point]]`",
                 ),
             }
+            let mut cmds = Vec::new();
+            if let Some(cv) = &commands {
+                let mut names = BTreeSet::new();
+                for (i, c) in self
+                    .array(cv, &format!("{path}.command"))
+                    .into_iter()
+                    .enumerate()
+                {
+                    let cpath = format!("{path}.command[{i}]");
+                    let Some(rc): Option<RawCommand> = self.de(c, &cpath) else {
+                        continue;
+                    };
+                    if let Some(spec) = self.command(rc, &service, &specs, &cpath, &mut names) {
+                        cmds.push(spec);
+                    }
+                }
+            }
             out.insert(
                 name.to_string(),
                 Profile {
                     product_id: raw.product_id.unwrap_or_else(|| name.to_string()),
                     max_gap: raw.max_gap.map_or(8, |g| g.into_inner()),
                     points: specs.into(),
+                    commands: cmds.into(),
                 },
             );
         }
         out
+    }
+
+    fn command(
+        &mut self,
+        rc: RawCommand,
+        default_service: &str,
+        points: &[PointSpec],
+        path: &str,
+        names: &mut BTreeSet<(String, String)>,
+    ) -> Option<CommandSpec> {
+        let service = rc.service.unwrap_or_else(|| default_service.to_string());
+        let name = rc.name.get_ref().clone();
+        if name.is_empty() || !names.insert((service.clone(), name.clone())) {
+            self.err(
+                Some(rc.name.span()),
+                format!("{path}.name"),
+                format!("command name `{name}` is empty or declared twice for service `{service}`"),
+            );
+            return None;
+        }
+        let target = rc.point.get_ref();
+        let found: Vec<usize> = points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                &p.property == target || format!("{}.{}", p.service, p.property) == *target
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let idx = match found.as_slice() {
+            [i] => *i,
+            [] => {
+                self.err(
+                    Some(rc.point.span()),
+                    format!("{path}.point"),
+                    format!("no point `{target}` in this profile"),
+                );
+                return None;
+            }
+            _ => {
+                self.err(
+                    Some(rc.point.span()),
+                    format!("{path}.point"),
+                    format!("`{target}` names several points; write `service.property`"),
+                );
+                return None;
+            }
+        };
+        let p = &points[idx];
+        if p.table != fieldgate_modbus::Table::Coil && p.table != fieldgate_modbus::Table::Holding {
+            self.err(
+                Some(rc.point.span()),
+                format!("{path}.point"),
+                format!("point `{target}` is in the read-only {} table", p.table),
+            );
+            return None;
+        }
+        let value = match rc.value {
+            Some(v) => match crate::router::coerce(p, v.get_ref()) {
+                Ok(v) => Some(v),
+                Err((_, why)) => {
+                    self.err(Some(v.span()), format!("{path}.value"), why);
+                    return None;
+                }
+            },
+            None => None,
+        };
+        Some(CommandSpec {
+            service,
+            name,
+            point: idx,
+            value,
+        })
     }
 
     fn point(
@@ -838,6 +946,7 @@ impl<'a> Checker<'a> {
                     profile: d.profile.into_inner(),
                     points: p.points.clone(),
                     max_gap: p.max_gap,
+                    commands: p.commands.clone(),
                 });
             }
         }
@@ -857,6 +966,7 @@ struct Profile {
     product_id: String,
     max_gap: u16,
     points: Arc<[PointSpec]>,
+    commands: Arc<[CommandSpec]>,
 }
 
 fn list(names: &[&str]) -> String {

@@ -17,6 +17,9 @@ pub struct RawGateway {
     /// Where the control socket lives.
     #[serde(default)]
     pub runtime_dir: Option<String>,
+    /// How often the gateway reports its own properties.
+    #[serde(default)]
+    pub report_interval: Option<Spanned<Dur>>,
     /// `auto`, `journald` or `stderr`.
     #[serde(default)]
     pub log_target: Option<Spanned<String>>,
@@ -143,4 +146,17 @@ pub struct RawDevice {
     pub name: Option<String>,
     #[serde(default)]
     pub product_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommand {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The property (or `service.property`) of the point it writes.
+    pub point: Spanned<String>,
+    /// A fixed value; without it the platform's `paras.value` is written.
+    #[serde(default)]
+    pub value: Option<Spanned<serde_json::Value>>,
 }

@@ -71,18 +71,14 @@ async fn demo(duration: Option<Duration>) -> Result<(), RunError> {
     println!("Ctrl-C stops.\n");
 
     let viewer = platform_view(mqtt_port).await?;
+    // Ctrl-C (SIGINT) is handled by the daemon itself; `--for` adds a timer.
     let stop = async move {
         match duration {
-            Some(d) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(d) => {}
-                    _ = daemon::wait_for_stop() => {}
-                }
-            }
-            None => daemon::wait_for_stop().await,
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
         }
     };
-    let result = daemon::serve(cfg, stop).await;
+    let result = daemon::serve(cfg, Some(cfg_path.clone()), stop).await;
     viewer.abort();
     broker_task.abort();
     meters.1.abort();

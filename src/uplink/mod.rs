@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fieldgate_driver::now_ms;
+use fieldgate_driver::{now_ms, Value};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, Transport};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
@@ -25,7 +25,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Platform;
 use crate::metrics::Metrics;
 use crate::queue::Record;
-use crate::registry::Registry;
+use crate::registry::{Deleted, Registry};
 use crate::router::{Reply, Request, Router};
 use crate::store::{Store, StoreError};
 use dialect::iotda::{self, Inbound, Topics};
@@ -46,7 +46,21 @@ pub struct Uplink {
     pub router: Router,
     /// Woken by the queue after each commit.
     pub wake: Arc<Notify>,
+    /// Woken after a config reload: add and delete children now.
+    pub reconcile: Arc<Notify>,
+    /// Tells the daemon about children the platform deleted.
+    pub events: mpsc::Sender<UplinkEvent>,
+    /// How often the gateway's own properties are reported.
+    pub report_interval: Duration,
+    pub started: std::time::Instant,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// What the uplink tells the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkEvent {
+    /// The platform deleted this configured child: stop polling it.
+    ChildDeleted(String),
 }
 
 enum End {
@@ -185,6 +199,11 @@ impl Uplink {
         let mut s = Session::default();
         let mut adds = tokio::time::interval_at(tokio::time::Instant::now() + ADD_RETRY, ADD_RETRY);
         adds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut own = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.report_interval,
+            self.report_interval,
+        );
+        own.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beat = tokio::time::interval(BEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -202,7 +221,15 @@ impl Uplink {
                 Some(reply) = reply_rx.recv(), if s.connected => {
                     publish(&client, &mut s, reply.topic, reply.payload, Vec::new())
                 }
-                _ = adds.tick(), if s.connected => self.request_adds(topics, &client, &mut s),
+                _ = adds.tick(), if s.connected => {
+                    self.request_adds(topics, &client, &mut s).and_then(|()| self.request_deletes(topics, &client, &mut s))
+                }
+                _ = self.reconcile.notified(), if s.connected => {
+                    // A reload changed the children: statuses of new ones follow from the queue.
+                    s.cursor = 0;
+                    self.request_adds(topics, &client, &mut s).and_then(|()| self.request_deletes(topics, &client, &mut s))
+                }
+                _ = own.tick(), if s.connected => self.report_own(topics, &client, &mut s),
                 _ = beat.tick() => Ok(()),
             };
             if let Err(error) = step {
@@ -249,6 +276,8 @@ impl Uplink {
                     Vec::new(),
                 )?;
                 self.request_adds(topics, client, s)?;
+                self.request_deletes(topics, client, s)?;
+                self.report_own(topics, client, s)?;
                 self.replay_statuses(topics, client, s)?;
                 self.fill(topics, client, s).await
             }
@@ -496,24 +525,25 @@ impl Uplink {
                             continue;
                         }
                         if reg.confirm(node, dev) {
-                            learned.push((node.clone(), dev.clone()));
+                            learned.extend(reg.persisted(node));
                         } else {
                             warn!(node_id = %node, device_id = %dev, "platform reports a child that is not in the config");
                         }
                     }
+                    for f in &failed {
+                        reg.refused(&f.id, format!("{}: {}", f.error_code, f.error_msg));
+                    }
                 }
-                for (node, dev) in &learned {
-                    info!(node_id = %node, device_id = %dev, "child confirmed by the platform");
-                    if let Err(e) = self.store.set_device_id(node, Some(dev.clone())).await {
-                        error!(node_id = %node, error = %e, "cannot persist the platform device id");
+                for p in &learned {
+                    info!(node_id = %p.node_id, device_id = ?p.device_id, "child confirmed by the platform");
+                    if let Err(e) = self.store.save_child(p.clone()).await {
+                        error!(node_id = %p.node_id, error = %e, "cannot persist the platform device id");
                     }
                 }
                 for f in failed {
-                    error!(node_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, "platform refused to add child");
+                    error!(node_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, "platform refused to add child (retried later)");
                 }
-                if let Some(v) = version {
-                    let _ = self.store.set_meta("iotda.version", v.to_string()).await;
-                }
+                self.save_version(version).await;
                 if !learned.is_empty() {
                     // Their queued records (skipped until now) can go, and so can their status.
                     s.cursor = 0;
@@ -525,15 +555,16 @@ impl Uplink {
                 version,
             } => {
                 for d in device_ids {
-                    let node = self
-                        .registry
-                        .lock()
-                        .ok()
-                        .and_then(|r| r.node_of(&d).map(str::to_string));
-                    warn!(device_id = %d, node_id = ?node, "platform deleted a child; it stays configured here");
+                    self.platform_deleted(&d).await;
                 }
-                if let Some(v) = version {
-                    let _ = self.store.set_meta("iotda.version", v.to_string()).await;
+                self.save_version(version).await;
+            }
+            Inbound::DeleteResult { deleted, failed } => {
+                for d in deleted {
+                    self.platform_deleted(&d).await;
+                }
+                for f in failed {
+                    error!(device_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, "platform refused to delete child (retried later)");
                 }
             }
             Inbound::StatusResult { failed } => {
@@ -554,6 +585,117 @@ impl Uplink {
                 }
             }
         }
+    }
+
+    async fn save_version(&self, version: Option<i64>) {
+        if let Some(v) = version {
+            if let Err(e) = self.store.set_meta("iotda.version", v.to_string()).await {
+                warn!(error = %e, "cannot persist the sub-device version");
+            }
+        }
+    }
+
+    /// The platform deleted a child: one we asked for, or one it removed on its own.
+    async fn platform_deleted(&mut self, device_id: &str) {
+        let outcome = self
+            .registry
+            .lock()
+            .map(|mut r| r.deleted(device_id))
+            .map_err(|_| ());
+        match outcome {
+            Ok(Deleted::Requested(node)) => {
+                info!(node_id = %node, device_id = %device_id, "child deleted on the platform");
+                let still = self.registry.lock().ok().and_then(|r| r.persisted(&node));
+                let r = match still {
+                    Some(p) => self.store.save_child(p).await,
+                    None => self.store.forget_child(&node).await,
+                };
+                if let Err(e) = r {
+                    error!(node_id = %node, error = %e, "cannot persist the deletion");
+                }
+            }
+            Ok(Deleted::ByPlatform(node)) => {
+                warn!(node_id = %node, device_id = %device_id, "the platform deleted this child: it is no longer polled nor added again (remove it from the config, reload, and add it back to restore it)");
+                if let Some(p) = self.registry.lock().ok().and_then(|r| r.persisted(&node)) {
+                    if let Err(e) = self.store.save_child(p).await {
+                        error!(node_id = %node, error = %e, "cannot persist the deletion");
+                    }
+                }
+                let _ = self.events.try_send(UplinkEvent::ChildDeleted(node));
+            }
+            Ok(Deleted::Unknown) => {
+                debug!(device_id = %device_id, "platform deleted a device we do not know")
+            }
+            Err(_) => error!("registry lock poisoned"),
+        }
+    }
+
+    fn request_deletes(
+        &mut self,
+        topics: &Topics,
+        client: &AsyncClient,
+        s: &mut Session,
+    ) -> Result<(), String> {
+        let ids = self
+            .registry
+            .lock()
+            .map(|r| r.to_delete())
+            .map_err(|_| "registry lock poisoned".to_string())?;
+        for chunk in ids.chunks(iotda::MAX_ADD_DEVICES) {
+            s.event_seq += 1;
+            let event_id = format!("fg-del-{}-{}", now_ms(), s.event_seq);
+            info!(children = chunk.len(), event_id = %event_id, "asking the platform to delete children");
+            publish(
+                client,
+                s,
+                topics.events_up.clone(),
+                iotda::encode_delete(chunk, &event_id, now_ms()),
+                Vec::new(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The gateway's own properties, on connect and every `report_interval`.
+    fn report_own(
+        &mut self,
+        topics: &Topics,
+        client: &AsyncClient,
+        s: &mut Session,
+    ) -> Result<(), String> {
+        let (online, total) = self
+            .registry
+            .lock()
+            .map(|r| {
+                (
+                    r.children().filter(|c| c.online == Some(true)).count(),
+                    r.children().count(),
+                )
+            })
+            .unwrap_or((0, 0));
+        let props = std::collections::BTreeMap::from([
+            (
+                "version".to_string(),
+                Value::Text(env!("CARGO_PKG_VERSION").into()),
+            ),
+            (
+                "uptime_s".to_string(),
+                Value::UInt(self.started.elapsed().as_secs()),
+            ),
+            (
+                "queue_records".to_string(),
+                Value::UInt(self.metrics.queue_records.load(Ordering::Relaxed)),
+            ),
+            ("children_online".to_string(), Value::UInt(online as u64)),
+            ("children_total".to_string(), Value::UInt(total as u64)),
+        ]);
+        publish(
+            client,
+            s,
+            topics.own_report.clone(),
+            iotda::encode_own_properties(&props, now_ms()),
+            Vec::new(),
+        )
     }
 
     /// Graceful stop: stop feeding, give outstanding publishes a moment to be acknowledged

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{decode_registers, encode_registers};
 use crate::plan::{plan, ReadBlock};
-use crate::point::{PointSpec, Table};
+use crate::point::{CommandSpec, PointSpec, Table};
 
 /// Transport-level settings of one bus.
 #[derive(Debug, Clone)]
@@ -47,6 +47,8 @@ pub struct DeviceSpec {
     pub poll: Duration,
     pub points: Arc<[PointSpec]>,
     pub max_gap: u16,
+    /// Commands declared in the profile.
+    pub commands: Arc<[CommandSpec]>,
 }
 
 /// The driver for one Modbus TCP bus.
@@ -461,10 +463,42 @@ impl BusTask {
                 let svc = service.clone().unwrap_or_default();
                 self.read_service(idx, &svc, names).await
             }
-            Command::Invoke { name, .. } => fail(
-                ErrorCode::Unsupported,
-                format!("command `{name}` is not declared for this device"),
-            ),
+            Command::Invoke {
+                service,
+                name,
+                params,
+                ..
+            } => {
+                let spec = &self.devices[idx].spec;
+                let Some(c) = spec
+                    .commands
+                    .iter()
+                    .find(|c| &c.service == service && &c.name == name)
+                    .cloned()
+                else {
+                    return fail(
+                        ErrorCode::Unsupported,
+                        format!("command `{service}.{name}` is not declared for this device"),
+                    );
+                };
+                let Some(p) = spec.points.get(c.point).cloned() else {
+                    return fail(
+                        ErrorCode::UnknownPoint,
+                        format!("command `{name}` names no point"),
+                    );
+                };
+                let Some(v) = c.value.clone().or_else(|| params.get("value").cloned()) else {
+                    return fail(
+                        ErrorCode::BadValue,
+                        format!("command `{name}` needs `paras.value`"),
+                    );
+                };
+                if let Err(o) = self.write(idx, &p, &v).await {
+                    return o;
+                }
+                self.read_service(idx, &p.service, BTreeSet::from([p.property.clone()]))
+                    .await
+            }
         }
     }
 
@@ -475,7 +509,6 @@ impl BusTask {
         name: &str,
         v: &Value,
     ) -> Result<(), CommandOutcome> {
-        let unit = self.devices[idx].spec.unit;
         let Some(p) = self.devices[idx]
             .spec
             .points
@@ -494,6 +527,13 @@ impl BusTask {
                 format!("point `{service}.{name}` is read-only"),
             ));
         }
+        self.write(idx, &p, v).await
+    }
+
+    /// Write one point (already checked: writable, or the target of a declared command).
+    async fn write(&mut self, idx: usize, p: &PointSpec, v: &Value) -> Result<(), CommandOutcome> {
+        let unit = self.devices[idx].spec.unit;
+        let name = &p.property;
         let timeout = self.bus.timeout;
         let conn = self
             .connect()
@@ -505,7 +545,7 @@ impl BusTask {
                 tokio::time::timeout(timeout, conn.write_single_coil(p.address, *b)).await
             }
             (Table::Holding, _) => {
-                let words = encode_registers(&p, v)
+                let words = encode_registers(p, v)
                     .map_err(|e| fail(ErrorCode::BadValue, e.to_string()))?;
                 if words.len() == 1 {
                     tokio::time::timeout(timeout, conn.write_single_register(p.address, words[0]))

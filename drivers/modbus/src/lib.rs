@@ -12,4 +12,4 @@ pub mod point;
 pub mod probe;
 
 pub use driver::{BusSpec, DeviceSpec, ModbusTcpDriver};
-pub use point::{DataType, Order, PointSpec, Table};
+pub use point::{CommandSpec, DataType, Order, PointSpec, Table};

@@ -270,6 +270,19 @@ impl PointSpec {
     }
 }
 
+/// A command declared in a profile: the platform's `service`/`name` writes one point, with a
+/// fixed value or the value the platform sends. Declared commands may write points that are
+/// not `writable` for property set — declaring them is the explicit permission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandSpec {
+    pub service: String,
+    pub name: String,
+    /// Index of the target point in the device's point list.
+    pub point: usize,
+    /// The value to write; `None` = the platform's `paras.value`.
+    pub value: Option<fieldgate_driver::Value>,
+}
+
 pub fn type_name(t: DataType) -> &'static str {
     match t {
         DataType::Bool => "bool",

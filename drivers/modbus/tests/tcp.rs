@@ -96,6 +96,7 @@ fn device(node: &str, unit: u8, points: Vec<PointSpec>) -> DeviceSpec {
         poll: Duration::from_millis(50),
         points: Arc::from(points),
         max_gap: 8,
+        commands: Arc::from(Vec::new()),
     }
 }
 

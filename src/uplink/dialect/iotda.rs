@@ -196,6 +196,23 @@ pub fn encode_add(children: &[NewChild<'_>], event_id: &str, ts_ms: u64) -> Vec<
     )
 }
 
+/// `delete_sub_device_request` for up to [`MAX_ADD_DEVICES`] platform device ids.
+pub fn encode_delete(device_ids: &[String], event_id: &str, ts_ms: u64) -> Vec<u8> {
+    sub_device_event(
+        "delete_sub_device_request",
+        json!({ "devices": device_ids }),
+        Some(event_id),
+        ts_ms,
+    )
+}
+
+/// The gateway's own properties on `sys/properties/report` (service id `gateway`).
+pub fn encode_own_properties(props: &BTreeMap<String, Value>, ts_ms: u64) -> Vec<u8> {
+    json!({"services": [{"service_id": "gateway", "properties": props_json(props), "event_time": event_time(ts_ms)}]})
+        .to_string()
+        .into_bytes()
+}
+
 /// `sub_device_sync_request` with the last stored notify version.
 pub fn encode_sync(version: i64, ts_ms: u64) -> Vec<u8> {
     sub_device_event(
@@ -219,6 +236,11 @@ pub enum Inbound {
     Deleted {
         device_ids: Vec<String>,
         version: Option<i64>,
+    },
+    /// Answer to our delete request: platform ids deleted, and refusals.
+    DeleteResult {
+        deleted: Vec<String>,
+        failed: Vec<Failed>,
     },
     /// Status update answer; only failures matter to us.
     StatusResult { failed: Vec<Failed> },
@@ -403,6 +425,24 @@ pub fn parse(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Inbound, In
                 Ok(Inbound::Deleted {
                     device_ids: ids,
                     version,
+                })
+            }
+            "delete_sub_device_response" => {
+                let ok = p
+                    .get("successful_devices")
+                    .and_then(Json::as_array)
+                    .ok_or(InboundError::Field("successful_devices"))?;
+                let deleted = ok
+                    .iter()
+                    .filter_map(|d| {
+                        d.as_str()
+                            .or_else(|| d.get("device_id").and_then(Json::as_str))
+                            .map(str::to_string)
+                    })
+                    .collect();
+                Ok(Inbound::DeleteResult {
+                    deleted,
+                    failed: failed_list(p, "device_id"),
                 })
             }
             "sub_device_update_status_response" => Ok(Inbound::StatusResult {

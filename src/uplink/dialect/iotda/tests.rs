@@ -235,3 +235,36 @@ fn our_own_echoed_responses_are_ignored_and_never_answered() {
         assert_eq!(request_id(topic), None, "{topic}");
     }
 }
+
+#[test]
+fn delete_request_and_response() {
+    let d = encode_delete(&["p_a".into(), "p_b".into()], "e9", T0);
+    assert_eq!(
+        String::from_utf8(d).unwrap_or_default(),
+        r#"{"services":[{"event_id":"e9","event_time":"20190606T121212Z","event_type":"delete_sub_device_request","paras":{"devices":["p_a","p_b"]},"service_id":"$sub_device_manager"}]}"#
+    );
+    let p = br#"{"services":[{"service_id":"$sub_device_manager","event_type":"delete_sub_device_response","paras":{"successful_devices":["p_a"],"failed_devices":[{"device_id":"p_b","error_code":"IOTDA.014000","error_msg":"busy"}]}}]}"#;
+    assert_eq!(
+        parse(&topics(), "$oc/devices/gw_1/sys/events/down", p),
+        Ok(Inbound::DeleteResult {
+            deleted: vec!["p_a".into()],
+            failed: vec![Failed {
+                id: "p_b".into(),
+                error_code: "IOTDA.014000".into(),
+                error_msg: "busy".into()
+            }]
+        })
+    );
+}
+
+#[test]
+fn own_properties() {
+    let props = BTreeMap::from([
+        ("version".into(), Value::Text("0.1.0".into())),
+        ("children_online".into(), Value::UInt(2)),
+    ]);
+    assert_eq!(
+        String::from_utf8(encode_own_properties(&props, T0)).unwrap_or_default(),
+        r#"{"services":[{"event_time":"20190606T121212Z","properties":{"children_online":2,"version":"0.1.0"},"service_id":"gateway"}]}"#
+    );
+}
