@@ -160,6 +160,8 @@ pub struct SimState {
     pub writes: Mutex<Vec<(u8, u16)>>,
     /// When set, only these unit ids answer; others get exception 0x0B, like a TCP gateway.
     pub only_units: Option<Vec<u8>>,
+    /// When true, write requests are recorded but never answered (a device that hangs).
+    pub silent_writes: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -167,12 +169,30 @@ struct SimService(Arc<SimState>);
 
 impl tokio_modbus::server::Service for SimService {
     type Request = SlaveRequest<'static>;
-    type Response = Response;
+    type Response = Option<Response>;
     type Exception = ExceptionCode;
-    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
+    type Future = std::future::Ready<Result<Option<Response>, ExceptionCode>>;
 
     fn call(&self, req: Self::Request) -> Self::Future {
-        std::future::ready(self.handle(req.slave, req.request))
+        let is_write = matches!(
+            req.request,
+            Request::WriteSingleCoil(..)
+                | Request::WriteSingleRegister(..)
+                | Request::WriteMultipleRegisters(..)
+                | Request::WriteMultipleCoils(..)
+        );
+        if is_write
+            && self
+                .0
+                .silent_writes
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            if let Ok(mut w) = self.0.writes.lock() {
+                w.push((req.slave, 0xffff));
+            }
+            return std::future::ready(Ok(None));
+        }
+        std::future::ready(self.handle(req.slave, req.request).map(Some))
     }
 }
 
@@ -314,6 +334,8 @@ pub struct Msg {
 /// (device id = `{product_id}_{node_id}`).
 pub struct TestPlatform {
     pub received: Arc<Mutex<Vec<Msg>>>,
+    /// While false, add requests are recorded but not answered (a platform that is slow).
+    pub answer_adds: Arc<std::sync::atomic::AtomicBool>,
     pub client: AsyncClient,
     rt: tokio::runtime::Runtime,
     gw: String,
@@ -333,6 +355,8 @@ impl TestPlatform {
         let (client, mut ev) = AsyncClient::new(o, 1000);
         let received = Arc::new(Mutex::new(Vec::new()));
         let (rec, c2, gw_s) = (received.clone(), client.clone(), gw.to_string());
+        let answer_adds = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let answer2 = answer_adds.clone();
         let subscribed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sub2 = subscribed.clone();
         rt.spawn(async move {
@@ -349,7 +373,8 @@ impl TestPlatform {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let json: Json = serde_json::from_slice(&p.payload).unwrap_or(Json::Null);
                         if p.topic.ends_with("/sys/events/up") {
-                            answer_adds(&c2, &gw_s, &json).await;
+                            let adds = answer2.load(std::sync::atomic::Ordering::SeqCst);
+                            answer_sub_device_requests(&c2, &gw_s, &json, adds).await;
                         }
                         if let Ok(mut r) = rec.lock() {
                             r.push(Msg {
@@ -368,6 +393,7 @@ impl TestPlatform {
         });
         TestPlatform {
             received,
+            answer_adds,
             client,
             rt,
             gw: gw.to_string(),
@@ -439,24 +465,34 @@ impl TestPlatform {
     }
 }
 
-async fn answer_adds(c: &AsyncClient, gw: &str, req: &Json) {
+/// Answer add and delete requests like IoTDA (device id = `{product_id}_{node_id}`).
+async fn answer_sub_device_requests(c: &AsyncClient, gw: &str, req: &Json, adds: bool) {
     for s in req["services"].as_array().into_iter().flatten() {
-        if s["event_type"] != "add_sub_device_request" {
-            continue;
-        }
-        let ok: Vec<Json> = s["paras"]["devices"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|d| {
-                let (node, product) = (d["node_id"].as_str().unwrap_or_default(), d["product_id"].as_str().unwrap_or_default());
-                json!({"node_id": node, "product_id": product, "device_id": format!("{product}_{node}"), "status": "INACTIVE"})
-            })
-            .collect();
+        let (event_type, paras) = match s["event_type"].as_str() {
+            Some("add_sub_device_request") if adds => {
+                let ok: Vec<Json> = s["paras"]["devices"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| {
+                        let (node, product) = (d["node_id"].as_str().unwrap_or_default(), d["product_id"].as_str().unwrap_or_default());
+                        json!({"node_id": node, "product_id": product, "device_id": format!("{product}_{node}"), "status": "INACTIVE"})
+                    })
+                    .collect();
+                (
+                    "add_sub_device_response",
+                    json!({"successful_devices": ok, "failed_devices": []}),
+                )
+            }
+            Some("delete_sub_device_request") => (
+                "delete_sub_device_response",
+                json!({"successful_devices": s["paras"]["devices"], "failed_devices": []}),
+            ),
+            _ => continue,
+        };
         let resp = json!({"object_device_id": gw, "services": [{
-            "service_id": "$sub_device_manager", "event_type": "add_sub_device_response",
-            "event_time": "20240101T000000Z", "event_id": s["event_id"],
-            "paras": {"successful_devices": ok, "failed_devices": []}
+            "service_id": "$sub_device_manager", "event_type": event_type,
+            "event_time": "20240101T000000Z", "event_id": s["event_id"], "paras": paras
         }]});
         let _ = c
             .publish(

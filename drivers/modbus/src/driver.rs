@@ -545,8 +545,8 @@ impl BusTask {
                 tokio::time::timeout(timeout, conn.write_single_coil(p.address, *b)).await
             }
             (Table::Holding, _) => {
-                let words = encode_registers(p, v)
-                    .map_err(|e| fail(ErrorCode::BadValue, e.to_string()))?;
+                let words =
+                    encode_registers(p, v).map_err(|e| fail(ErrorCode::BadValue, e.to_string()))?;
                 if words.len() == 1 {
                     tokio::time::timeout(timeout, conn.write_single_register(p.address, words[0]))
                         .await
