@@ -42,6 +42,7 @@ pub async fn serve(listener: TcpListener) {
 }
 
 async fn connection(id: u64, stream: TcpStream, routes: Arc<Mutex<Routes>>) {
+    let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Packet>(4096);
     let writer = tokio::spawn(async move {

@@ -185,7 +185,13 @@ impl Uplink {
                 p.ca_file.as_deref(),
             )?));
         }
-        Ok(AsyncClient::new(o, usize::from(p.inflight) + 128))
+        let (client, mut eventloop) = AsyncClient::new(o, usize::from(p.inflight) + 128);
+        // Small acknowledgements and responses must not wait for Nagle + delayed ACK (~40 ms
+        // each way): that is most of a command's round trip otherwise.
+        let mut net = eventloop.network_options();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
+        Ok((client, eventloop))
     }
 
     async fn session(

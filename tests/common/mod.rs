@@ -83,7 +83,7 @@ impl Mosquitto {
     fn launch(&mut self) {
         let conf = self.dir.join("mosquitto.conf");
         let body = format!(
-            "user {}\nper_listener_settings false\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nlog_type error\nlistener {} 127.0.0.1\n{}\n",
+            "user {}\nper_listener_settings false\nallow_anonymous true\nset_tcp_nodelay true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nlog_type error\nlistener {} 127.0.0.1\n{}\n",
             current_user(),
             self.dir.display(),
             self.port,
