@@ -76,6 +76,8 @@ impl StatusSource {
                             "bus": c.bus,
                             "status": match c.online { Some(true) => "ONLINE", Some(false) => "OFFLINE", None => "UNKNOWN" },
                             "reason": c.reason,
+                            "platform_error": c.platform_error,
+                            "platform_deleted": c.platform_deleted,
                             "last_values": c.last_values.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>(),
                             "last_report_age_s": c.last_report_ms.map(|t| now.saturating_sub(t) as f64 / 1000.0),
                         })
@@ -259,11 +261,17 @@ pub fn render(j: &Json) -> String {
                     .join(" ")
             })
             .unwrap_or_default();
-        let reason = c["reason"]
+        let mut reason = c["reason"]
             .as_str()
             .filter(|r| !r.is_empty())
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
+        if let Some(e) = c["platform_error"].as_str() {
+            reason.push_str(&format!(" [platform refused: {e}]"));
+        }
+        if c["platform_deleted"] == true {
+            reason.push_str(" [deleted by the platform: not polled]");
+        }
         out.push(format!(
             "  {:<16} {:<8}{reason} bus {} · device {} · last {} · {vals}",
             c["node_id"].as_str().unwrap_or("?"),

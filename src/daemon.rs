@@ -28,8 +28,6 @@ use crate::{control, queue, service};
 
 /// Events waiting between drivers and the store at most (back-pressure beyond this).
 const EVENT_QUEUE: usize = 4096;
-/// How long a command may take before it is answered with a timeout (the platform waits 20 s).
-const COMMAND_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a graceful stop may take.
 const STOP_GRACE: Duration = Duration::from_secs(8);
 
@@ -125,7 +123,7 @@ pub async fn serve(
         .map(|r| r.platform_deleted())
         .unwrap_or_default();
     sup.apply(&cfg, &excluded).await;
-    let router = Router::new(COMMAND_DEADLINE, metrics.clone());
+    let router = Router::new(cfg.platform.command_timeout, metrics.clone());
     router.update(targets(&cfg, &sup));
     let watchdog = tokio::spawn(service::supervise(
         metrics.clone(),

@@ -370,4 +370,17 @@ mod tests {
             "c is added again under its new product"
         );
     }
+
+    #[test]
+    fn refusals_are_kept_for_the_operator_until_confirmed() {
+        let mut r = Registry::new(&[spec("a", "p")]);
+        r.refused("a", "IOTDA.014016: product not found".into());
+        assert_eq!(
+            r.get("a").and_then(|c| c.platform_error.clone()).as_deref(),
+            Some("IOTDA.014016: product not found")
+        );
+        assert_eq!(r.unconfirmed().len(), 1, "still asked for again");
+        r.confirm("a", "p_a");
+        assert_eq!(r.get("a").and_then(|c| c.platform_error.clone()), None);
+    }
 }

@@ -120,6 +120,8 @@ pub struct Platform {
     pub inflight: u16,
     /// Largest MQTT packet fieldgate sends, in bytes.
     pub max_packet: usize,
+    /// A platform request not answered by then gets a timeout answer.
+    pub command_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -488,6 +490,21 @@ impl<'a> Checker<'a> {
             Some(m) => Some(m.into_inner() as usize),
             None => Some(256 * 1024),
         };
+        let command_timeout = match p.command_timeout {
+            Some(t)
+                if t.get_ref().0 < Duration::from_millis(100)
+                    || t.get_ref().0 >= Duration::from_secs(20) =>
+            {
+                self.err(
+                    Some(t.span()),
+                    "platform.command_timeout",
+                    "command_timeout must be from 100ms to under 20s (IoTDA gives up after 20s)",
+                );
+                None
+            }
+            Some(t) => Some(t.into_inner().0),
+            None => Some(Duration::from_secs(10)),
+        };
         let reconnect_min = p.reconnect_min.map_or(Duration::from_secs(1), |d| d.0);
         let reconnect_max = p
             .reconnect_max
@@ -507,6 +524,7 @@ impl<'a> Checker<'a> {
             reconnect_max,
             inflight: inflight?,
             max_packet: max_packet?,
+            command_timeout: command_timeout?,
         })
     }
 

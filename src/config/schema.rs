@@ -53,6 +53,8 @@ pub struct RawPlatform {
     pub inflight: Option<Spanned<u16>>,
     #[serde(default)]
     pub max_packet: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub command_timeout: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -331,3 +331,24 @@ fn several_bad_keys_in_one_table_are_all_reported() {
         "{msgs:?}"
     );
 }
+
+#[test]
+fn command_timeout_stays_under_the_platform_deadline() {
+    let d = one(
+        "host = \"127.0.0.1\"",
+        "host = \"127.0.0.1\"\ncommand_timeout = \"30s\"",
+    );
+    assert_eq!(d.path, "platform.command_timeout");
+    assert!(d.message.contains("under 20s"), "{d:?}");
+    let c = parse(
+        &GOOD.replace(
+            "host = \"127.0.0.1\"",
+            "host = \"127.0.0.1\"\ncommand_timeout = \"2s\"",
+        ),
+        Path::new("t.toml"),
+    );
+    assert_eq!(
+        c.map(|c| c.platform.command_timeout).ok(),
+        Some(Duration::from_secs(2))
+    );
+}

@@ -417,7 +417,7 @@ impl BusTask {
                 },
             };
         if req.reply.send(outcome).is_err() {
-            debug!(bus = %self.bus.name, "command answer arrived after the caller gave up");
+            warn!(bus = %self.bus.name, "command answer arrived after its deadline; dropped");
         }
     }
 
