@@ -114,6 +114,9 @@ impl StatusSource {
                 "oldest_age_s": oldest_age_s,
                 "delivered": m.delivered.load(Ordering::Relaxed),
                 "dropped": {
+                    "full": m.dropped_full.load(Ordering::Relaxed),
+                    "expired": m.dropped_expired.load(Ordering::Relaxed),
+                    "store_error": m.dropped_store_error.load(Ordering::Relaxed),
                     "corrupt": m.dropped_corrupt.load(Ordering::Relaxed),
                     "orphan": m.dropped_orphan.load(Ordering::Relaxed),
                 },
@@ -234,13 +237,16 @@ pub fn render(j: &Json) -> String {
     ));
     let q = &j["queue"];
     out.push(format!(
-        "queue     {} records, {} bytes, oldest {} · delivered {} · dropped: corrupt {}, orphan {}",
+        "queue     {} records, {} bytes, oldest {} · delivered {} · dropped: full {}, expired {}, store_error {}, corrupt {}, orphan {}",
         q["records"],
         q["bytes"],
         q["oldest_age_s"]
             .as_u64()
             .map_or("-".into(), |s| format!("{s}s")),
         q["delivered"],
+        q["dropped"]["full"],
+        q["dropped"]["expired"],
+        q["dropped"]["store_error"],
         q["dropped"]["corrupt"],
         q["dropped"]["orphan"]
     ));

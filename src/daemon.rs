@@ -88,7 +88,11 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     info!(version = env!("CARGO_PKG_VERSION"), gateway = %cfg.gateway.name, buses = cfg.buses.len(), devices = cfg.devices.len(), "fieldgate starting");
     let mut signals = service::Signals::new()?;
-    let store = Store::open(&cfg.store.path)?;
+    let store = Store::open(
+        &cfg.store.path,
+        cfg.store.limits,
+        cfg.store.synchronous_full,
+    )?;
     let mut registry = Registry::new(&specs(&cfg));
     registry.restore(store.children().await?);
     let registry = Arc::new(Mutex::new(registry));
@@ -115,6 +119,7 @@ pub async fn serve(
         registry.clone(),
         cfg.store.commit_interval,
         wake.clone(),
+        metrics.clone(),
         never_rx,
     ));
     let mut sup = Supervisor::new(events_tx);

@@ -19,6 +19,13 @@ pub struct Metrics {
     pub queue_records: AtomicU64,
     /// Records acknowledged by the broker and removed from the queue.
     pub delivered: AtomicU64,
+    /// Records dropped because the queue was at `max_bytes` (oldest telemetry first) or the
+    /// disk was full.
+    pub dropped_full: AtomicU64,
+    /// Records dropped because they were older than `max_age`.
+    pub dropped_expired: AtomicU64,
+    /// Records dropped because the store kept failing to write them (not a full disk).
+    pub dropped_store_error: AtomicU64,
     /// Records dropped because their stored body could not be read.
     pub dropped_corrupt: AtomicU64,
     /// Records dropped because their child is no longer configured.

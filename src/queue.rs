@@ -11,14 +11,18 @@ use std::time::Duration;
 
 use fieldgate_driver::{DeviceStatus, Event, Report};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
+use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{NewRow, Row, Store};
+use crate::store::{NewRow, Row, Store, StoreError, KIND_TELEMETRY};
 
 pub const KIND_REPORT: u8 = 1;
 pub const KIND_STATUS: u8 = 2;
+// Reports are the telemetry the store drops first when full.
+const _: () = assert!(KIND_REPORT == KIND_TELEMETRY);
 /// Body format version; a body from another version is counted as corrupt, never a crash.
 const BODY_V1: u8 = 1;
 
@@ -48,6 +52,10 @@ impl Record {
         NewRow {
             kind,
             child: self.child().to_string(),
+            ts_ms: match self {
+                Record::Report(r) => r.ts_ms,
+                Record::Status(s) => s.ts_ms,
+            },
             body,
         }
     }
@@ -81,8 +89,10 @@ pub async fn ingest(
     registry: Arc<Mutex<Registry>>,
     commit_interval: Duration,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut episodes = Episodes::default();
     let mut batch: Vec<Record> = Vec::with_capacity(256);
     loop {
         let first = tokio::select! {
@@ -101,14 +111,30 @@ pub async fn ingest(
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        commit(&store, &registry, &mut batch, &wake).await;
+        commit(
+            &store,
+            &registry,
+            &metrics,
+            &mut episodes,
+            &mut batch,
+            &wake,
+        )
+        .await;
     }
     // Shutdown: take what is still in the channel, commit it, then stop.
     while let Ok(ev) = events.try_recv() {
         batch.push(to_record(ev));
     }
     if !batch.is_empty() {
-        commit(&store, &registry, &mut batch, &wake).await;
+        commit(
+            &store,
+            &registry,
+            &metrics,
+            &mut episodes,
+            &mut batch,
+            &wake,
+        )
+        .await;
     }
 }
 
@@ -119,29 +145,101 @@ fn to_record(ev: Event) -> Record {
     }
 }
 
+/// One "dropping" episode per reason: logged when it starts and when it ends, never per record.
+#[derive(Default)]
+pub struct Episodes {
+    full: u64,
+    expired: u64,
+    store_error: u64,
+}
+
+impl Episodes {
+    fn note(
+        episode: &mut u64,
+        n: u64,
+        counter: &std::sync::atomic::AtomicU64,
+        start: impl FnOnce(),
+    ) {
+        if n == 0 {
+            return;
+        }
+        counter.fetch_add(n, Ordering::Relaxed);
+        if *episode == 0 {
+            start();
+        }
+        *episode += n;
+    }
+
+    fn end(episode: &mut u64, what: &str) {
+        if *episode > 0 {
+            info!(dropped = *episode, "{what}: episode over");
+            *episode = 0;
+        }
+    }
+}
+
 async fn commit(
     store: &Store,
     registry: &Arc<Mutex<Registry>>,
+    metrics: &Metrics,
+    ep: &mut Episodes,
     batch: &mut Vec<Record>,
     wake: &Notify,
 ) {
     let rows: Vec<NewRow> = batch.iter().map(Record::encode).collect();
+    let n = rows.len() as u64;
     let mut delay = Duration::from_millis(100);
+    let mut attempts = 0;
     loop {
+        attempts += 1;
         match store.append(rows.clone()).await {
-            Ok(_) => break,
-            Err(e) => {
-                // Keep the batch and retry: drivers block on the bounded channel meanwhile,
-                // which is the back-pressure we want rather than dropping silently.
-                error!(error = %e, records = rows.len(), "queue append failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-                if delay >= Duration::from_secs(5) {
-                    warn!(records = rows.len(), "store still failing");
+            Ok(a) => {
+                Episodes::note(&mut ep.full, a.dropped.full, &metrics.dropped_full, || {
+                    warn!(dropped = a.dropped.full, "queue at max_bytes: dropping the oldest telemetry (status changes are kept); counted as `full`")
+                });
+                if a.dropped.full == 0 {
+                    Episodes::end(&mut ep.full, "queue full");
                 }
+                Episodes::note(
+                    &mut ep.expired,
+                    a.dropped.expired,
+                    &metrics.dropped_expired,
+                    || {
+                        warn!(
+                            dropped = a.dropped.expired,
+                            "queued records older than max_age dropped; counted as `expired`"
+                        )
+                    },
+                );
+                if a.dropped.expired == 0 {
+                    Episodes::end(&mut ep.expired, "expiry");
+                }
+                Episodes::end(&mut ep.store_error, "store errors");
+                break;
+            }
+            Err(StoreError::Full) => {
+                Episodes::note(&mut ep.full, n, &metrics.dropped_full, || {
+                    error!(records = n, "DISK FULL: new readings cannot be stored and are dropped (counted as `full`) until space returns")
+                });
+                break;
+            }
+            Err(e) if attempts < 4 => {
+                warn!(error = %e, records = n, attempt = attempts, "queue append failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                Episodes::note(
+                    &mut ep.store_error,
+                    n,
+                    &metrics.dropped_store_error,
+                    || error!(error = %e, records = n, "the store keeps failing: dropping readings (counted as `store_error`)"),
+                );
+                break;
             }
         }
     }
+    // Statuses and last values stay true for the operator even when the disk is full.
     if let Ok(mut reg) = registry.lock() {
         for r in batch.iter() {
             match r {

@@ -15,6 +15,10 @@ use tracing::{error, info};
 
 use crate::registry::Persisted;
 
+mod bounded;
+use bounded::Bounded;
+pub use bounded::{Appended, Dropped, Limits, KIND_TELEMETRY};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sqlite: {0}")]
@@ -26,6 +30,8 @@ pub enum StoreError {
     },
     #[error("the store thread has stopped")]
     Closed,
+    #[error("disk full")]
+    Full,
 }
 
 /// One queued record as stored: sequence number, kind, child, and the encoded body.
@@ -42,6 +48,8 @@ pub struct Row {
 pub struct NewRow {
     pub kind: u8,
     pub child: String,
+    /// Sample time (ms since the epoch): what `max_age` is measured against.
+    pub ts_ms: u64,
     pub body: Vec<u8>,
 }
 
@@ -53,7 +61,7 @@ pub struct Depth {
 }
 
 enum Req {
-    Append(Vec<NewRow>, oneshot::Sender<Result<u64, StoreError>>),
+    Append(Vec<NewRow>, oneshot::Sender<Result<Appended, StoreError>>),
     Scan(u64, usize, oneshot::Sender<Result<Vec<Row>, StoreError>>),
     Delete(Vec<u64>, oneshot::Sender<Result<(), StoreError>>),
     Depth(oneshot::Sender<Result<Depth, StoreError>>),
@@ -75,8 +83,10 @@ CREATE TABLE IF NOT EXISTS queue (
     seq   INTEGER PRIMARY KEY AUTOINCREMENT,
     kind  INTEGER NOT NULL,
     child TEXT NOT NULL,
+    ts    INTEGER NOT NULL DEFAULT 0,
     body  BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS queue_kind ON queue(kind, seq);
 CREATE TABLE IF NOT EXISTS registry (
     node_id          TEXT PRIMARY KEY,
     device_id        TEXT,
@@ -105,7 +115,15 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
         )));
     }
     conn.execute_batch(SCHEMA)?;
-    // Files from 0.1 development builds lack the newer registry columns.
+    // Files from 0.1 development builds lack the newer columns.
+    let has_ts: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('queue') WHERE name = 'ts'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_ts {
+        conn.execute_batch("ALTER TABLE queue ADD COLUMN ts INTEGER NOT NULL DEFAULT 0")?;
+    }
     for (col, ddl) in [
         (
             "product_id",
@@ -163,13 +181,19 @@ fn open_or_recover(path: &Path) -> Result<Connection, StoreError> {
 
 impl Store {
     /// Open (or recover) the store and start its thread.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path, limits: Limits, synchronous_full: bool) -> Result<Store, StoreError> {
         let conn = open_or_recover(path)?;
-        info!(path = %path.display(), "store open");
+        conn.pragma_update(
+            None,
+            "synchronous",
+            if synchronous_full { "FULL" } else { "NORMAL" },
+        )?;
+        let bounded = Bounded::new(&conn, limits)?;
+        info!(path = %path.display(), records = bounded.records, bytes = bounded.bytes, "store open");
         let (tx, rx) = mpsc::channel(256);
         thread::Builder::new()
             .name("fieldgate-store".into())
-            .spawn(move || serve(conn, rx))
+            .spawn(move || serve(conn, bounded, rx))
             .map_err(|source| StoreError::Io {
                 path: path.to_path_buf(),
                 source,
@@ -189,8 +213,9 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Append rows in one transaction; returns the last sequence number assigned.
-    pub async fn append(&self, rows: Vec<NewRow>) -> Result<u64, StoreError> {
+    /// Append rows in one transaction, then apply the bounds; returns the last sequence number
+    /// assigned and what the bounds dropped.
+    pub async fn append(&self, rows: Vec<NewRow>) -> Result<Appended, StoreError> {
         self.call(|tx| Req::Append(rows, tx)).await
     }
 
@@ -232,19 +257,19 @@ impl Store {
     }
 }
 
-fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Req>) {
+fn serve(mut conn: Connection, mut q: Bounded, mut rx: mpsc::Receiver<Req>) {
     let mut deletes_since_vacuum = 0usize;
     while let Some(req) = rx.blocking_recv() {
         match req {
             Req::Append(rows, tx) => {
-                let _ = tx.send(append(&mut conn, &rows));
+                let _ = tx.send(q.append(&mut conn, &rows));
             }
             Req::Scan(after, limit, tx) => {
                 let _ = tx.send(scan(&conn, after, limit));
             }
             Req::Delete(seqs, tx) => {
                 deletes_since_vacuum += seqs.len();
-                let r = delete(&mut conn, &seqs);
+                let r = q.delete(&mut conn, &seqs);
                 if deletes_since_vacuum >= 10_000 {
                     deletes_since_vacuum = 0;
                     let _ = conn.execute_batch("PRAGMA incremental_vacuum(1000)");
@@ -252,7 +277,7 @@ fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Req>) {
                 let _ = tx.send(r);
             }
             Req::Depth(tx) => {
-                let _ = tx.send(depth(&conn));
+                let _ = tx.send(depth(&conn, &q));
             }
             Req::GetMeta(k, tx) => {
                 let r = conn
@@ -296,20 +321,6 @@ fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Req>) {
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
 }
 
-fn append(conn: &mut Connection, rows: &[NewRow]) -> Result<u64, StoreError> {
-    let tx = conn.transaction()?;
-    {
-        let mut stmt =
-            tx.prepare_cached("INSERT INTO queue(kind, child, body) VALUES(?1, ?2, ?3)")?;
-        for r in rows {
-            stmt.execute(params![r.kind, r.child, r.body])?;
-        }
-    }
-    let last = tx.last_insert_rowid() as u64;
-    tx.commit()?;
-    Ok(last)
-}
-
 fn scan(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, kind, child, body FROM queue WHERE seq > ?1 ORDER BY seq LIMIT ?2",
@@ -327,30 +338,13 @@ fn scan(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Row>, StoreEr
     Ok(rows)
 }
 
-fn delete(conn: &mut Connection, seqs: &[u64]) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached("DELETE FROM queue WHERE seq = ?1")?;
-        for s in seqs {
-            stmt.execute([*s as i64])?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-fn depth(conn: &Connection) -> Result<Depth, StoreError> {
-    Ok(conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(seq) FROM queue",
-        [],
-        |r| {
-            Ok(Depth {
-                records: r.get::<_, i64>(0)? as u64,
-                bytes: r.get::<_, i64>(1)? as u64,
-                oldest_seq: r.get::<_, Option<i64>>(2)?.map(|s| s as u64),
-            })
-        },
-    )?)
+fn depth(conn: &Connection, q: &Bounded) -> Result<Depth, StoreError> {
+    let oldest: Option<i64> = conn.query_row("SELECT MIN(seq) FROM queue", [], |r| r.get(0))?;
+    Ok(Depth {
+        records: q.records,
+        bytes: q.bytes,
+        oldest_seq: oldest.map(|s| s as u64),
+    })
 }
 
 fn children(conn: &Connection) -> Result<Vec<Persisted>, StoreError> {
@@ -377,6 +371,7 @@ mod tests {
         NewRow {
             kind: 1,
             child: child.into(),
+            ts_ms: fieldgate_driver::now_ms(),
             body: vec![n; 10],
         }
     }
@@ -386,12 +381,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("q.db");
         {
-            let s = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            let s = Store::open(&path, Limits::default(), false).unwrap_or_else(|e| panic!("{e}"));
             let last = s
                 .append(vec![row("a", 1), row("b", 2), row("a", 3)])
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(last, 3);
+            assert_eq!(last.last_seq, 3);
             s.delete(vec![2]).await.unwrap_or_else(|e| panic!("{e}"));
             s.save_child(Persisted {
                 node_id: "a".into(),
@@ -412,7 +407,7 @@ mod tests {
             s.forget_child("z").await.unwrap_or_else(|e| panic!("{e}"));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let s = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let s = Store::open(&path, Limits::default(), false).unwrap_or_else(|e| panic!("{e}"));
         let rows = s.scan(0, 10).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(rows[1].body, vec![3; 10]);
@@ -430,7 +425,13 @@ mod tests {
         assert_eq!((d.records, d.bytes, d.oldest_seq), (2, 20, Some(1)));
         // sequence numbers never go back, even after the newest row was deleted
         s.delete(vec![3]).await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(s.append(vec![row("c", 4)]).await.unwrap_or(0), 4);
+        assert_eq!(
+            s.append(vec![row("c", 4)])
+                .await
+                .map(|a| a.last_seq)
+                .unwrap_or(0),
+            4
+        );
     }
 
     #[tokio::test]
@@ -438,8 +439,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("q.db");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap_or_else(|e| panic!("{e}"));
-        let s = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(s.append(vec![row("a", 1)]).await.unwrap_or(0), 1);
+        let s = Store::open(&path, Limits::default(), false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s.append(vec![row("a", 1)])
+                .await
+                .map(|a| a.last_seq)
+                .unwrap_or(0),
+            1
+        );
         let aside: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap_or_else(|e| panic!("{e}"))
             .filter_map(|e| e.ok())

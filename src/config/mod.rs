@@ -8,6 +8,7 @@
 
 mod duration;
 mod schema;
+mod size;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -23,6 +24,7 @@ use toml::Spanned;
 
 pub use duration::Dur;
 use schema::*;
+pub use size::Size;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +146,9 @@ impl SecretSource {
 pub struct Store {
     pub path: PathBuf,
     pub commit_interval: Duration,
+    pub limits: crate::store::Limits,
+    /// SQLite `synchronous = FULL` (fsync every commit) instead of NORMAL.
+    pub synchronous_full: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -541,12 +546,58 @@ impl<'a> Checker<'a> {
             Some(c) => c.into_inner().0,
             None => Duration::from_millis(50),
         };
+        let mut limits = crate::store::Limits::default();
+        if let Some(m) = s.max_bytes {
+            if m.get_ref().0 < 64 << 10 {
+                self.err(
+                    Some(m.span()),
+                    "store.max_bytes",
+                    "max_bytes must be at least 64KiB",
+                );
+            }
+            limits.max_bytes = m.into_inner().0;
+            limits.max_priority_bytes = limits.max_priority_bytes.min(limits.max_bytes / 4);
+        }
+        if let Some(m) = s.max_priority_bytes {
+            if m.get_ref().0 > limits.max_bytes || m.get_ref().0 < 4 << 10 {
+                self.err(
+                    Some(m.span()),
+                    "store.max_priority_bytes",
+                    "max_priority_bytes must be between 4KiB and max_bytes",
+                );
+            }
+            limits.max_priority_bytes = m.into_inner().0;
+        }
+        if let Some(a) = s.max_age {
+            if a.get_ref().0 < Duration::from_secs(60) {
+                self.err(
+                    Some(a.span()),
+                    "store.max_age",
+                    "max_age must be at least 1m",
+                );
+            }
+            limits.max_age = a.into_inner().0;
+        }
+        let synchronous_full = match s.synchronous.as_ref().map(|x| x.get_ref().as_str()) {
+            None | Some("normal") => false,
+            Some("full") => true,
+            Some(other) => {
+                self.err(
+                    s.synchronous.as_ref().map(|x| x.span()),
+                    "store.synchronous",
+                    format!("unknown synchronous level `{other}` (normal, full)"),
+                );
+                false
+            }
+        };
         Store {
             path: PathBuf::from(
                 s.path
                     .unwrap_or_else(|| "/var/lib/fieldgate/fieldgate.db".into()),
             ),
             commit_interval,
+            limits,
+            synchronous_full,
         }
     }
 

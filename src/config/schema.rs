@@ -6,6 +6,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::duration::Dur;
+use super::size::Size;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +65,15 @@ pub struct RawStore {
     pub path: Option<String>,
     #[serde(default)]
     pub commit_interval: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub max_bytes: Option<Spanned<Size>>,
+    #[serde(default)]
+    pub max_priority_bytes: Option<Spanned<Size>>,
+    #[serde(default)]
+    pub max_age: Option<Spanned<Dur>>,
+    /// `normal` or `full`.
+    #[serde(default)]
+    pub synchronous: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
