@@ -124,6 +124,10 @@ pub struct Platform {
     pub max_packet: usize,
     /// A platform request not answered by then gets a timeout answer.
     pub command_timeout: Duration,
+    /// Data messages per second at most (0 = unlimited).
+    pub replay_rate: u32,
+    /// Data bytes per second at most (0 = unlimited).
+    pub replay_bytes_rate: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -530,6 +534,8 @@ impl<'a> Checker<'a> {
             inflight: inflight?,
             max_packet: max_packet?,
             command_timeout: command_timeout?,
+            replay_rate: p.replay_rate.unwrap_or(200),
+            replay_bytes_rate: p.replay_bytes_rate.map_or(1 << 20, |s| s.0),
         })
     }
 

@@ -56,6 +56,12 @@ pub struct RawPlatform {
     pub max_packet: Option<Spanned<u32>>,
     #[serde(default)]
     pub command_timeout: Option<Spanned<Dur>>,
+    /// Data messages per second at most (0 = unlimited).
+    #[serde(default)]
+    pub replay_rate: Option<u32>,
+    /// Data bytes per second at most (0 = unlimited).
+    #[serde(default)]
+    pub replay_bytes_rate: Option<Size>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -10,6 +10,7 @@
 //! Duplicates are possible after a reconnect; loss is not.
 
 pub mod dialect;
+mod pace;
 mod tls;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -73,6 +74,9 @@ enum End {
 #[derive(Default)]
 struct Session {
     connected: bool,
+    pace: Option<pace::Pace>,
+    /// When set, data publishing waits for the pace until then.
+    paced_until: Option<tokio::time::Instant>,
     /// Records carried by each publish request, in the order the requests were made.
     fifo: VecDeque<Vec<u64>>,
     /// Records carried by each publish the client has numbered, by packet id.
@@ -203,6 +207,12 @@ impl Uplink {
         reply_rx: &mut mpsc::Receiver<Reply>,
     ) -> End {
         let mut s = Session::default();
+        if self.platform.replay_rate > 0 || self.platform.replay_bytes_rate > 0 {
+            s.pace = Some(pace::Pace::new(
+                self.platform.replay_rate,
+                self.platform.replay_bytes_rate,
+            ));
+        }
         let mut adds = tokio::time::interval_at(tokio::time::Instant::now() + ADD_RETRY, ADD_RETRY);
         adds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut own = tokio::time::interval_at(
@@ -237,6 +247,10 @@ impl Uplink {
                 }
                 _ = own.tick(), if s.connected => self.report_own(topics, &client, &mut s),
                 _ = beat.tick() => Ok(()),
+                _ = tokio::time::sleep_until(s.paced_until.unwrap_or_else(tokio::time::Instant::now)), if s.paced_until.is_some() && s.connected => {
+                    s.paced_until = None;
+                    self.fill(topics, &client, &mut s).await
+                }
             };
             if let Err(error) = step {
                 return End::Lost {
@@ -384,10 +398,11 @@ impl Uplink {
             let mut i = 0;
             let mut consumed_to = last;
             while i < sendable.len() {
-                if s.outstanding >= window {
+                if s.outstanding >= window || s.paced_until.is_some() {
                     consumed_to = sendable[i].0 - 1;
                     break;
                 }
+                let first = i;
                 let (topic, payload, seqs) = match &sendable[i].2 {
                     Record::Report(_) => {
                         let mut batch = iotda::ReportBatch::default();
@@ -419,13 +434,21 @@ impl Uplink {
                         )
                     }
                 };
+                if let Some(pace) = s.pace.as_mut() {
+                    if let Err(wait) = pace.take(payload.len(), std::time::Instant::now()) {
+                        // Not yet: these records go out when the bucket has refilled.
+                        s.paced_until = Some(tokio::time::Instant::now() + wait);
+                        consumed_to = sendable[first].0 - 1;
+                        break;
+                    }
+                }
                 debug!(topic = %topic, records = seqs.len(), bytes = payload.len(), outstanding = s.outstanding, "publishing queued records");
                 s.inflight.extend(seqs.iter().copied());
                 s.outstanding += 1;
                 publish(client, s, topic, payload, seqs)?;
             }
             s.cursor = s.cursor.max(consumed_to);
-            if !full_scan || s.outstanding >= window {
+            if !full_scan || s.outstanding >= window || s.paced_until.is_some() {
                 break;
             }
         }
