@@ -11,7 +11,7 @@ use std::thread;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::registry::Persisted;
 
@@ -270,9 +270,13 @@ fn serve(mut conn: Connection, mut q: Bounded, mut rx: mpsc::Receiver<Req>) {
             Req::Delete(seqs, tx) => {
                 deletes_since_vacuum += seqs.len();
                 let r = q.delete(&mut conn, &seqs);
-                if deletes_since_vacuum >= 10_000 {
+                // Give freed pages back to the file system as the queue drains: every 10,000
+                // deletions, and whenever the queue becomes empty.
+                if deletes_since_vacuum >= 10_000 || (q.records == 0 && deletes_since_vacuum > 0) {
                     deletes_since_vacuum = 0;
-                    let _ = conn.execute_batch("PRAGMA incremental_vacuum(1000)");
+                    if let Err(e) = incremental_vacuum(&conn) {
+                        warn!(error = %e, "incremental vacuum failed");
+                    }
                 }
                 let _ = tx.send(r);
             }
@@ -336,6 +340,15 @@ fn scan(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Row>, StoreEr
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+/// `PRAGMA incremental_vacuum` frees one page per step: step it to the end (rusqlite's
+/// `execute_batch` would stop after the first page).
+fn incremental_vacuum(conn: &Connection) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare("PRAGMA incremental_vacuum")?;
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    Ok(())
 }
 
 fn depth(conn: &Connection, q: &Bounded) -> Result<Depth, StoreError> {
@@ -453,5 +466,45 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
             .collect();
         assert_eq!(aside.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_gives_its_space_back() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("q.db");
+        let s = Store::open(&path, Limits::default(), false).unwrap_or_else(|e| panic!("{e}"));
+        for b in 0..5u8 {
+            let rows = (0..1000)
+                .map(|_| NewRow {
+                    kind: 1,
+                    child: "c".into(),
+                    ts_ms: fieldgate_driver::now_ms(),
+                    body: vec![b; 200],
+                })
+                .collect();
+            s.append(rows).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let seqs: Vec<u64> = s
+            .scan(0, 10_000)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs.len(), 5000);
+        s.delete(seqs).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.depth().await.map(|d| d.records).unwrap_or(1), 0);
+        let c = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let free: i64 = c
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap_or(-1);
+        let pages: i64 = c
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap_or(-1);
+        assert_eq!(free, 0, "freed pages returned to the file system");
+        assert!(
+            pages < 20,
+            "the file is back near its idle size: {pages} pages"
+        );
     }
 }
