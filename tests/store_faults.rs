@@ -150,9 +150,9 @@ fn a_bounded_queue_counts_every_reading_it_drops() {
     assert_eq!(gw.terminate(), Some(0));
 
     // Every reading taken is delivered, still queued, or dropped and counted. The counter may
-    // exceed the missing ones by at most the in-flight window: publishes the broker took just
-    // before it went down, whose PUBACK never came back, stay queued and are later dropped —
-    // delivered and counted, which the gateway cannot tell apart (at-least-once).
+    // exceed the missing ones only by records the broker took just before it went down whose
+    // PUBACK never came back: they stay queued and are later dropped — delivered and counted,
+    // which the gateway cannot tell apart (at-least-once). It logs how many there were.
     let mut queued: BTreeSet<(String, u64)> = BTreeSet::new();
     let conn = rusqlite::Connection::open(&db).unwrap_or_else(|e| panic!("{e}"));
     let mut stmt = conn
@@ -189,9 +189,27 @@ fn a_bounded_queue_counts_every_reading_it_drops() {
         dropped >= missing,
         "every missing reading is counted as dropped"
     );
+    // Records the broker may have taken without acknowledging: what the gateway reported as
+    // unacknowledged when the connection dropped.
+    let unacked: u64 = gw
+        .log()
+        .iter()
+        .filter(|l| l.contains("platform connection lost"))
+        .filter_map(|l| {
+            l.split("unacked=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    println!("unacknowledged at the disconnect: {unacked}");
+    // Plus records in flight at the moment the bound dropped them (sent, then dropped from the
+    // queue before their PUBACK came): a few, within the in-flight window in practice.
     assert!(
-        dropped <= missing + 32,
-        "the counter exceeds the missing ones by at most the in-flight window"
+        dropped <= missing + unacked + 32,
+        "the counter exceeds the missing ones only by records sent but not yet acknowledged"
     );
 }
 
