@@ -49,8 +49,19 @@ fn main() {
     let store = Store::open(&path, limits, false).unwrap_or_else(|e| panic!("{e}"));
     let rss0 = rss_kib();
     let empty = disk(&path);
-    // A typical encoded report: ~100 bytes of body.
-    let body: Vec<u8> = std::iter::once(1u8).chain(br#"{"child":"meter-17","service":"energy","properties":{"voltage":230.5,"current":5.12},"ts_ms":1"#.iter().copied()).collect();
+    // A typical report, encoded as the queue stores it (v2, compact binary).
+    let body = fieldgate::queue::Record::Report(fieldgate_driver::Report {
+        child: "meter-17".into(),
+        service: "energy".into(),
+        properties: std::collections::BTreeMap::from([
+            ("voltage".into(), fieldgate_driver::Value::Float(230.5)),
+            ("current".into(), fieldgate_driver::Value::Float(5.12)),
+            ("energy".into(), fieldgate_driver::Value::UInt(123_456)),
+        ]),
+        ts_ms: fieldgate_driver::now_ms(),
+    })
+    .encode()
+    .body;
     let batch = 1000;
     let t = Instant::now();
     rt.block_on(async {

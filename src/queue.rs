@@ -15,6 +15,8 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{error, info, warn};
 
+mod wire;
+
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{NewRow, Row, Store, StoreError, KIND_TELEMETRY};
@@ -23,7 +25,8 @@ pub const KIND_REPORT: u8 = 1;
 pub const KIND_STATUS: u8 = 2;
 // Reports are the telemetry the store drops first when full.
 const _: () = assert!(KIND_REPORT == KIND_TELEMETRY);
-/// Body format version; a body from another version is counted as corrupt, never a crash.
+/// Body format versions. v1 (JSON) is still read; v2 (compact binary, `wire`) is written. A
+/// body of any other version is counted as `corrupt`, never a crash.
 const BODY_V1: u8 = 1;
 
 /// A queued record, decoded.
@@ -42,39 +45,33 @@ impl Record {
     }
 
     pub fn encode(&self) -> NewRow {
-        let (kind, json) = match self {
-            Record::Report(r) => (KIND_REPORT, serde_json::to_vec(r)),
-            Record::Status(s) => (KIND_STATUS, serde_json::to_vec(s)),
+        let (kind, body, ts_ms) = match self {
+            Record::Report(r) => (KIND_REPORT, wire::encode_report(r), r.ts_ms),
+            Record::Status(s) => (KIND_STATUS, wire::encode_status(s), s.ts_ms),
         };
-        let mut body = vec![BODY_V1];
-        // Serialising these plain structs cannot fail; an empty body would decode as corrupt.
-        body.extend(json.unwrap_or_default());
         NewRow {
             kind,
             child: self.child().to_string(),
-            ts_ms: match self {
-                Record::Report(r) => r.ts_ms,
-                Record::Status(s) => s.ts_ms,
-            },
+            ts_ms,
             body,
         }
     }
 
     pub fn decode(row: &Row) -> Result<Record, String> {
-        let Some((&v, json)) = row.body.split_first() else {
+        let Some((&v, rest)) = row.body.split_first() else {
             return Err("empty body".into());
         };
-        if v != BODY_V1 {
-            return Err(format!("unknown body version {v}"));
-        }
-        match row.kind {
-            KIND_REPORT => serde_json::from_slice(json)
+        match (v, row.kind) {
+            (wire::V2, KIND_REPORT) => wire::decode_report(rest).map(Record::Report),
+            (wire::V2, KIND_STATUS) => wire::decode_status(rest).map(Record::Status),
+            (BODY_V1, KIND_REPORT) => serde_json::from_slice(rest)
                 .map(Record::Report)
                 .map_err(|e| e.to_string()),
-            KIND_STATUS => serde_json::from_slice(json)
+            (BODY_V1, KIND_STATUS) => serde_json::from_slice(rest)
                 .map(Record::Status)
                 .map_err(|e| e.to_string()),
-            k => Err(format!("unknown record kind {k}")),
+            (BODY_V1 | wire::V2, k) => Err(format!("unknown record kind {k}")),
+            (v, _) => Err(format!("unknown body version {v}")),
         }
     }
 }
@@ -281,5 +278,63 @@ mod tests {
         let mut bad = stored;
         bad.body.truncate(5);
         assert!(Record::decode(&bad).is_err());
+    }
+
+    fn row_of(r: &Record) -> Row {
+        let n = r.encode();
+        Row {
+            seq: 1,
+            kind: n.kind,
+            child: n.child,
+            body: n.body,
+        }
+    }
+
+    #[test]
+    fn every_value_type_round_trips_and_v1_is_still_read() {
+        use fieldgate_driver::Value;
+        let r = Record::Report(Report {
+            child: "meter-ü".into(),
+            service: "energy".into(),
+            properties: BTreeMap::from([
+                ("b".into(), Value::Bool(true)),
+                ("f".into(), Value::Bool(false)),
+                ("i".into(), Value::Int(i64::MIN)),
+                ("j".into(), Value::Int(-1)),
+                ("u".into(), Value::UInt(u64::MAX)),
+                ("x".into(), Value::Float(-230.5)),
+                ("t".into(), Value::Text("ABC ✓".into())),
+            ]),
+            ts_ms: 1_795_316_215_224,
+        });
+        assert_eq!(Record::decode(&row_of(&r)), Ok(r.clone()));
+        let s = Record::Status(DeviceStatus {
+            child: "m".into(),
+            online: false,
+            reason: "timeout after 1s".into(),
+            ts_ms: 5,
+        });
+        assert_eq!(Record::decode(&row_of(&s)), Ok(s));
+        // A body written by 0.1 development builds (v1, JSON) is still read.
+        let Record::Report(rep) = &r else {
+            unreachable!()
+        };
+        let mut v1 = vec![1u8];
+        v1.extend(serde_json::to_vec(rep).unwrap_or_default());
+        let json_len = v1.len();
+        assert_eq!(
+            Record::decode(&Row {
+                seq: 1,
+                kind: KIND_REPORT,
+                child: "c".into(),
+                body: v1
+            }),
+            Ok(r.clone())
+        );
+        let v2_len = row_of(&r).body.len();
+        assert!(
+            v2_len * 2 < json_len,
+            "v2 is compact: {v2_len} bytes vs {json_len} as JSON"
+        );
     }
 }

@@ -164,9 +164,16 @@ fn a_bounded_queue_counts_every_reading_it_drops() {
         })
         .unwrap_or_else(|e| panic!("{e}"));
     for (child, body) in rows.flatten() {
-        let j: Json = serde_json::from_slice(&body[1..]).unwrap_or(Json::Null);
-        if let Some(c) = j["properties"]["counter"].as_u64() {
-            queued.insert((child, c));
+        let row = fieldgate::store::Row {
+            seq: 0,
+            kind: 1,
+            child: child.clone(),
+            body,
+        };
+        if let Ok(fieldgate::queue::Record::Report(r)) = fieldgate::queue::Record::decode(&row) {
+            if let Some(fieldgate_driver::Value::UInt(c)) = r.properties.get("counter") {
+                queued.insert((child, *c));
+            }
         }
     }
     let got = received(&p);

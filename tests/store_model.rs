@@ -247,3 +247,35 @@ fn expired_rows_are_dropped_and_counted() {
         1
     );
 }
+
+fn value() -> impl Strategy<Value = fieldgate_driver::Value> {
+    use fieldgate_driver::Value;
+    prop_oneof![
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        any::<u64>().prop_map(Value::UInt),
+        any::<f64>()
+            .prop_filter("NaN != NaN", |f| !f.is_nan())
+            .prop_map(Value::Float),
+        "\\PC{0,20}".prop_map(Value::Text),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn stored_records_round_trip(child in "\\PC{0,30}", service in "\\PC{0,20}", ts in any::<u64>(), props in prop::collection::btree_map("\\PC{0,12}", value(), 0..8)) {
+        use fieldgate::queue::Record;
+        let r = Record::Report(fieldgate_driver::Report { child, service, properties: props, ts_ms: ts });
+        let n = r.encode();
+        let row = fieldgate::store::Row { seq: 1, kind: n.kind, child: n.child, body: n.body };
+        prop_assert_eq!(Record::decode(&row), Ok(r));
+    }
+
+    #[test]
+    fn damaged_bodies_are_errors_not_panics(kind in 0u8..4, body in prop::collection::vec(any::<u8>(), 0..200)) {
+        let row = fieldgate::store::Row { seq: 1, kind, child: "c".into(), body };
+        let _ = fieldgate::queue::Record::decode(&row);
+    }
+}

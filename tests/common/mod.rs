@@ -70,17 +70,49 @@ impl Mosquitto {
 
     /// Start with extra configuration lines (e.g. a TLS listener) after the plain listener.
     pub fn start_with(dir: &Path, extra: &str) -> Self {
-        let mut m = Mosquitto {
-            port: free_port(),
-            dir: dir.to_path_buf(),
-            child: None,
-            extra: extra.to_string(),
-        };
-        m.launch();
-        m
+        // The port is chosen before mosquitto binds it; if something took it meanwhile,
+        // mosquitto exits at once: try another.
+        for _ in 0..5 {
+            let mut m = Mosquitto {
+                port: free_port(),
+                dir: dir.to_path_buf(),
+                child: None,
+                extra: extra.to_string(),
+            };
+            if m.try_launch() {
+                return m;
+            }
+        }
+        panic!("mosquitto would not start on any free port");
+    }
+
+    fn try_launch(&mut self) -> bool {
+        self.spawn();
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if port_open(self.port) {
+                return true;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    self.child = None;
+                    return false;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     fn launch(&mut self) {
+        self.spawn();
+        let port = self.port;
+        wait_until(Duration::from_secs(10), "mosquitto listening", || {
+            port_open(port)
+        });
+    }
+
+    fn spawn(&mut self) {
         let conf = self.dir.join("mosquitto.conf");
         let body = format!(
             "user {}\nper_listener_settings false\nallow_anonymous true\nset_tcp_nodelay true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nlog_type error\nlistener {} 127.0.0.1\n{}\n",
@@ -98,10 +130,6 @@ impl Mosquitto {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start mosquitto (apt-get install mosquitto): {e}"));
         self.child = Some(child);
-        let port = self.port;
-        wait_until(Duration::from_secs(10), "mosquitto listening", || {
-            port_open(port)
-        });
     }
 
     /// Stop with SIGTERM (mosquitto saves its persistence file) and wait for it to exit.
@@ -273,23 +301,35 @@ pub struct ModbusSim {
 
 impl ModbusSim {
     pub fn new(state: SimState) -> Self {
+        // Bind first and keep the listener: a port chosen and bound later can be taken meanwhile.
+        let listener =
+            StdListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind modbus: {e}"));
+        let port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut s = ModbusSim {
-            port: free_port(),
+            port,
             state: Arc::new(state),
             rt: None,
         };
-        s.start();
+        s.serve(listener);
         s
     }
 
+    /// Bring a stopped server back on the same port.
     pub fn start(&mut self) {
+        let listener = StdListener::bind(("127.0.0.1", self.port))
+            .unwrap_or_else(|e| panic!("bind modbus {}: {e}", self.port));
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: StdListener) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
-        let listener = StdListener::bind(("127.0.0.1", self.port))
-            .unwrap_or_else(|e| panic!("bind modbus {}: {e}", self.port));
         listener
             .set_nonblocking(true)
             .unwrap_or_else(|e| panic!("{e}"));

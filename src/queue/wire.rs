@@ -1,0 +1,190 @@
+//! The stored record format, version 2: compact binary, dialect-neutral.
+//!
+//! `[2][kind-specific fields]`, strings as varint length + UTF-8, integers as LEB128 varints
+//! (signed ones zigzagged), floats as 8 little-endian bytes, values tagged. Decoding checks
+//! every length against what is left and rejects trailing bytes, so a damaged or foreign body
+//! is an error (counted as `corrupt`), never a panic or a wrong value.
+
+use std::collections::BTreeMap;
+
+use fieldgate_driver::{DeviceStatus, Report, Value};
+
+pub const V2: u8 = 2;
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Bool(false) => out.push(0),
+        Value::Bool(true) => out.push(1),
+        Value::Int(i) => {
+            out.push(2);
+            varint(out, ((i << 1) ^ (i >> 63)) as u64);
+        }
+        Value::UInt(u) => {
+            out.push(3);
+            varint(out, *u);
+        }
+        Value::Float(f) => {
+            out.push(4);
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+        Value::Text(s) => {
+            out.push(5);
+            string(out, s);
+        }
+    }
+}
+
+pub fn encode_report(r: &Report) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + r.properties.len() * 16);
+    out.push(V2);
+    string(&mut out, &r.child);
+    string(&mut out, &r.service);
+    varint(&mut out, r.ts_ms);
+    varint(&mut out, r.properties.len() as u64);
+    for (k, v) in &r.properties {
+        string(&mut out, k);
+        value(&mut out, v);
+    }
+    out
+}
+
+pub fn encode_status(s: &DeviceStatus) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + s.reason.len());
+    out.push(V2);
+    string(&mut out, &s.child);
+    out.push(u8::from(s.online));
+    string(&mut out, &s.reason);
+    varint(&mut out, s.ts_ms);
+    out
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Result<u8, String> {
+        let (&x, rest) = self.b.split_first().ok_or("truncated")?;
+        self.b = rest;
+        Ok(x)
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f)
+                .checked_shl(shift)
+                .ok_or("varint overflow")?;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint too long".into())
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let n = usize::try_from(self.varint()?).map_err(|_| "length overflow")?;
+        if n > self.b.len() {
+            return Err("string runs past the end".into());
+        }
+        let (s, rest) = self.b.split_at(n);
+        self.b = rest;
+        String::from_utf8(s.to_vec()).map_err(|_| "string is not UTF-8".into())
+    }
+
+    fn value(&mut self) -> Result<Value, String> {
+        Ok(match self.byte()? {
+            0 => Value::Bool(false),
+            1 => Value::Bool(true),
+            2 => {
+                let z = self.varint()?;
+                Value::Int(((z >> 1) as i64) ^ -((z & 1) as i64))
+            }
+            3 => Value::UInt(self.varint()?),
+            4 => {
+                if self.b.len() < 8 {
+                    return Err("truncated float".into());
+                }
+                let (f, rest) = self.b.split_at(8);
+                self.b = rest;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(f);
+                Value::Float(f64::from_le_bytes(a))
+            }
+            5 => Value::Text(self.string()?),
+            t => return Err(format!("unknown value tag {t}")),
+        })
+    }
+
+    fn done(&self) -> Result<(), String> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} trailing bytes", self.b.len()))
+        }
+    }
+}
+
+/// Decode a v2 report body (after the version byte).
+pub fn decode_report(b: &[u8]) -> Result<Report, String> {
+    let mut r = Reader { b };
+    let child = r.string()?;
+    let service = r.string()?;
+    let ts_ms = r.varint()?;
+    let n = r.varint()?;
+    // Each property needs at least two bytes: refuse counts the body cannot hold.
+    if n > r.b.len() as u64 {
+        return Err("property count runs past the end".into());
+    }
+    let mut properties = BTreeMap::new();
+    for _ in 0..n {
+        let k = r.string()?;
+        let v = r.value()?;
+        properties.insert(k, v);
+    }
+    r.done()?;
+    Ok(Report {
+        child,
+        service,
+        properties,
+        ts_ms,
+    })
+}
+
+/// Decode a v2 status body (after the version byte).
+pub fn decode_status(b: &[u8]) -> Result<DeviceStatus, String> {
+    let mut r = Reader { b };
+    let child = r.string()?;
+    let online = match r.byte()? {
+        0 => false,
+        1 => true,
+        x => return Err(format!("bad online flag {x}")),
+    };
+    let reason = r.string()?;
+    let ts_ms = r.varint()?;
+    r.done()?;
+    Ok(DeviceStatus {
+        child,
+        online,
+        reason,
+        ts_ms,
+    })
+}
