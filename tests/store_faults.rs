@@ -90,6 +90,28 @@ fn received(p: &TestPlatform) -> BTreeMap<String, Vec<u64>> {
     out
 }
 
+/// Per child: every value from the first to the last arrived, first arrivals in order.
+fn assert_complete_in_order(got: &BTreeMap<String, Vec<u64>>) {
+    for (d, v) in got {
+        let mut firsts = Vec::new();
+        let mut seen = BTreeSet::new();
+        for c in v {
+            if seen.insert(*c) {
+                firsts.push(*c);
+            }
+        }
+        assert!(
+            firsts.windows(2).all(|w| w[0] < w[1]),
+            "{d}: order per child holds"
+        );
+        let (lo, hi) = (
+            firsts.first().copied().unwrap_or(0),
+            firsts.last().copied().unwrap_or(0),
+        );
+        assert_eq!(seen.len() as u64, hi - lo + 1, "{d}: nothing missing");
+    }
+}
+
 fn taken(sim: &ModbusSim) -> BTreeMap<u8, u64> {
     sim.state
         .counters
@@ -404,24 +426,7 @@ fn replay_after_an_outage_is_paced_and_complete() {
         drained >= floor,
         "paced: {drained:?} < {floor:?} means the rate was not applied"
     );
-    for (d, v) in received(&p) {
-        let mut firsts = Vec::new();
-        let mut seen = BTreeSet::new();
-        for c in v {
-            if seen.insert(c) {
-                firsts.push(c);
-            }
-        }
-        assert!(
-            firsts.windows(2).all(|w| w[0] < w[1]),
-            "{d}: order per child holds"
-        );
-        let (lo, hi) = (
-            firsts.first().copied().unwrap_or(0),
-            firsts.last().copied().unwrap_or(0),
-        );
-        assert_eq!(seen.len() as u64, hi - lo + 1, "{d}: nothing missing");
-    }
+    assert_complete_in_order(&received(&p));
     drop(gw);
 }
 
@@ -472,23 +477,6 @@ fn sixty_second_outage_soak_loses_nothing_under_the_bound() {
             "no drops under the bound ({reason}): {s}"
         );
     }
-    for (d, v) in received(&p) {
-        let mut firsts = Vec::new();
-        let mut seen = BTreeSet::new();
-        for c in v {
-            if seen.insert(c) {
-                firsts.push(c);
-            }
-        }
-        assert!(
-            firsts.windows(2).all(|w| w[0] < w[1]),
-            "{d}: order per child holds"
-        );
-        assert_eq!(
-            seen.len() as u64,
-            firsts.last().copied().unwrap_or(0) - firsts.first().copied().unwrap_or(0) + 1,
-            "{d}: nothing missing"
-        );
-    }
+    assert_complete_in_order(&received(&p));
     drop(gw);
 }
