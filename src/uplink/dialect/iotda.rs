@@ -96,26 +96,24 @@ fn props_json(p: &BTreeMap<String, Value>) -> Json {
 /// Builds one batched property report, keeping per-device order and IoTDA's limits.
 #[derive(Default)]
 pub struct ReportBatch {
-    devices: Vec<(String, Vec<Json>)>,
+    /// Device id (already JSON-quoted) and its services, each already serialised once.
+    devices: Vec<(String, Vec<String>)>,
     bytes: usize,
 }
 
 impl ReportBatch {
     /// Try to add one report for `device_id`; false when it does not fit (then send this batch).
     pub fn push(&mut self, device_id: &str, r: &Report, max_bytes: usize) -> bool {
+        // Keys in the order serde_json writes an object (sorted), as the tests pin.
         let svc = json!({
-            "service_id": r.service,
-            "properties": props_json(&r.properties),
             "event_time": event_time(r.ts_ms),
-        });
-        let size = svc.to_string().len() + 1;
-        let pos = self.devices.iter().position(|(d, _)| d == device_id);
-        let extra = size
-            + if pos.is_none() {
-                device_id.len() + 40
-            } else {
-                0
-            };
+            "properties": props_json(&r.properties),
+            "service_id": r.service,
+        })
+        .to_string();
+        let quoted = Json::from(device_id).to_string();
+        let pos = self.devices.iter().position(|(d, _)| *d == quoted);
+        let extra = svc.len() + 1 + if pos.is_none() { quoted.len() + 30 } else { 0 };
         if !self.devices.is_empty() && self.bytes + extra + 16 > max_bytes {
             return false;
         }
@@ -125,7 +123,7 @@ impl ReportBatch {
             }
             Some(_) => return false,
             None if self.devices.len() < MAX_REPORT_DEVICES => {
-                self.devices.push((device_id.to_string(), vec![svc]))
+                self.devices.push((quoted, vec![svc]))
             }
             None => return false,
         }
@@ -137,13 +135,22 @@ impl ReportBatch {
         self.devices.is_empty()
     }
 
+    /// `{"devices":[{"device_id":…,"services":[…]}]}`, assembled from the pieces.
     pub fn encode(&self) -> Vec<u8> {
-        let devices: Vec<Json> = self
-            .devices
-            .iter()
-            .map(|(d, services)| json!({"device_id": d, "services": services}))
-            .collect();
-        json!({ "devices": devices }).to_string().into_bytes()
+        let mut out = String::with_capacity(self.bytes + 32);
+        out.push_str(r#"{"devices":["#);
+        for (i, (d, services)) in self.devices.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(r#"{"device_id":"#);
+            out.push_str(d);
+            out.push_str(r#","services":["#);
+            out.push_str(&services.join(","));
+            out.push_str("]}");
+        }
+        out.push_str("]}");
+        out.into_bytes()
     }
 }
 

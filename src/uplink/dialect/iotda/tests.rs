@@ -268,3 +268,28 @@ fn own_properties() {
         r#"{"services":[{"event_time":"20190606T121212Z","properties":{"children_online":2,"version":"0.1.0"},"service_id":"gateway"}]}"#
     );
 }
+
+#[test]
+fn report_batch_is_valid_json_with_awkward_ids_and_values() {
+    let r = Report {
+        child: "c".into(),
+        service: "s\"vc".into(),
+        properties: BTreeMap::from([("k\n".into(), Value::Text("a\\b\"".into()))]),
+        ts_ms: T0,
+    };
+    let mut b = ReportBatch::default();
+    assert!(b.push("dev\"1", &r, usize::MAX));
+    assert!(b.push("dev\"1", &r, usize::MAX));
+    assert!(b.push("dev2", &r, usize::MAX));
+    let j: Json = serde_json::from_slice(&b.encode()).unwrap_or(Json::Null);
+    assert_eq!(j["devices"][0]["device_id"], "dev\"1");
+    assert_eq!(
+        j["devices"][0]["services"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(
+        j["devices"][1]["services"][0]["properties"]["k\n"],
+        "a\\b\""
+    );
+    assert_eq!(j["devices"][1]["services"][0]["service_id"], "s\"vc");
+}
