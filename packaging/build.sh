@@ -14,7 +14,7 @@ trap 'rm -rf "$stage"' EXIT
 
 # The installed tree, shared by both packages.
 tree="$stage/tree"
-install -D -m 0755 target/release/fieldgate "$tree/usr/bin/fieldgate"
+install -D -m 0755 "${CARGO_TARGET_DIR:-target}/release/fieldgate" "$tree/usr/bin/fieldgate"
 install -D -m 0644 config/default.toml "$tree/etc/fieldgate/fieldgate.toml"
 install -D -m 0644 README.md "$tree/usr/share/doc/fieldgate/README.md"
 for f in config/*.toml; do install -D -m 0644 "$f" "$tree/usr/share/doc/fieldgate/examples/$(basename "$f")"; done
