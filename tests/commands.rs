@@ -153,18 +153,6 @@ fn events(p: &TestPlatform, event_type: &str) -> Vec<Json> {
         .collect()
 }
 
-/// Send a request and wait for its response (topic `{kind}/response/request_id={rid}`).
-fn ask(p: &TestPlatform, kind: &str, rid: &str, body: &[u8]) -> Json {
-    p.send(&p.topic(&format!("{kind}/request_id={rid}")), body);
-    let suffix = format!("{kind}/response/request_id={rid}");
-    wait_until(
-        Duration::from_secs(15),
-        &format!("response to {rid}"),
-        || !p.responses(&suffix).is_empty(),
-    );
-    p.responses(&suffix).remove(0)
-}
-
 fn started(
     dir: &Path,
     devices: &str,
@@ -202,15 +190,14 @@ fn commands_reach_the_registers_and_hostile_requests_never_do() {
     };
 
     // Declared commands: a fixed value on a read-only point, a platform value, a coil.
-    let r = ask(&p, "commands", "c1", br#"{"object_device_id":"meter_m1","service_id":"control","command_name":"reset_counter","paras":{}}"#);
+    let r = p.ask("commands", "c1", br#"{"object_device_id":"meter_m1","service_id":"control","command_name":"reset_counter","paras":{}}"#);
     assert_eq!(
         (r["result_code"].clone(), r["paras"]["reset"].clone()),
         (json!(0), json!(1)),
         "{r}"
     );
     assert_eq!(reg(1, 6), Some(1));
-    let r = ask(
-        &p,
+    let r = p.ask(
         "commands",
         "c2",
         br#"{"object_device_id":"meter_m1","command_name":"set_limit","paras":{"value":42}}"#,
@@ -221,7 +208,7 @@ fn commands_reach_the_registers_and_hostile_requests_never_do() {
         "{r}"
     );
     assert_eq!(reg(1, 4), Some(420), "inverse scaling: 42 / 0.1");
-    let r = ask(&p, "commands", "c3", br#"{"object_device_id":"meter_m1","service_id":"control","command_name":"relay_on","paras":{}}"#);
+    let r = p.ask("commands", "c3", br#"{"object_device_id":"meter_m1","service_id":"control","command_name":"relay_on","paras":{}}"#);
     assert_eq!(r["result_code"], 0, "{r}");
     assert_eq!(
         sim_a
@@ -234,10 +221,9 @@ fn commands_reach_the_registers_and_hostile_requests_never_do() {
     );
 
     // Property set and get round trip.
-    let r = ask(&p, "properties/set", "s1", br#"{"object_device_id":"meter_m1","services":[{"service_id":"control","properties":{"relay":false,"demand_limit":12.5}}]}"#);
+    let r = p.ask("properties/set", "s1", br#"{"object_device_id":"meter_m1","services":[{"service_id":"control","properties":{"relay":false,"demand_limit":12.5}}]}"#);
     assert_eq!(r["result_code"], 0, "{r}");
-    let r = ask(
-        &p,
+    let r = p.ask(
         "properties/get",
         "g1",
         br#"{"object_device_id":"meter_m1","service_id":"control"}"#,
@@ -256,8 +242,7 @@ fn commands_reach_the_registers_and_hostile_requests_never_do() {
     // A hung write answers with the timeout code long before the platform's 20 s.
     sim_a.state.silent_writes.store(true, Ordering::SeqCst);
     let t0 = Instant::now();
-    let r = ask(
-        &p,
+    let r = p.ask(
         "commands",
         "t1",
         br#"{"object_device_id":"meter_m1","command_name":"set_limit","paras":{"value":10}}"#,
@@ -276,8 +261,7 @@ fn commands_reach_the_registers_and_hostile_requests_never_do() {
         statuses(&p, "meter_m2", "OFFLINE") > 0
     });
     let t0 = Instant::now();
-    let r = ask(
-        &p,
+    let r = p.ask(
         "commands",
         "o1",
         br#"{"object_device_id":"meter_m2","command_name":"set_limit","paras":{"value":10}}"#,
@@ -324,7 +308,7 @@ fn commands_reach_the_registers_and_hostile_requests_never_do() {
     ];
     assert!(corpus.len() >= 20);
     for (i, (kind, body, code)) in corpus.iter().enumerate() {
-        let r = ask(&p, kind, &format!("h{i}"), body.as_bytes());
+        let r = p.ask(kind, &format!("h{i}"), body.as_bytes());
         assert_eq!(
             r["result_code"],
             json!(code),

@@ -324,19 +324,8 @@ fn modbus_to_iotda_end_to_end() {
 
     // --- property set reaches the register (inverse scaling); a read-only point is refused
     let set = r#"{"object_device_id":"meter_m1","services":[{"service_id":"control","properties":{"demand_limit":123.4}}]}"#;
-    platform.send(
-        &platform.topic("properties/set/request_id=s1"),
-        set.as_bytes(),
-    );
-    wait_until(Duration::from_secs(5), "set response", || {
-        !platform
-            .responses("properties/set/response/request_id=s1")
-            .is_empty()
-    });
-    assert_eq!(
-        platform.responses("properties/set/response/request_id=s1")[0]["result_code"],
-        Json::from(0)
-    );
+    let r = platform.ask("properties/set", "s1", set.as_bytes());
+    assert_eq!(r["result_code"], Json::from(0));
     assert_eq!(
         sim_a
             .state
@@ -347,19 +336,8 @@ fn modbus_to_iotda_end_to_end() {
         Some(1234)
     );
     let ro = r#"{"object_device_id":"meter_m1","services":[{"service_id":"control","properties":{"mode":1}}]}"#;
-    platform.send(
-        &platform.topic("properties/set/request_id=s2"),
-        ro.as_bytes(),
-    );
-    wait_until(Duration::from_secs(5), "refusal", || {
-        !platform
-            .responses("properties/set/response/request_id=s2")
-            .is_empty()
-    });
-    assert_eq!(
-        platform.responses("properties/set/response/request_id=s2")[0]["result_code"],
-        Json::from(3)
-    );
+    let r = platform.ask("properties/set", "s2", ro.as_bytes());
+    assert_eq!(r["result_code"], Json::from(3));
     let writes = sim_a
         .state
         .writes

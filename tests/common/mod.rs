@@ -503,6 +503,18 @@ impl TestPlatform {
             .map(|m| m.json)
             .collect()
     }
+
+    /// Send a request (`{kind}/request_id={rid}`) and wait for its response.
+    pub fn ask(&self, kind: &str, rid: &str, body: &[u8]) -> Json {
+        self.send(&self.topic(&format!("{kind}/request_id={rid}")), body);
+        let suffix = format!("{kind}/response/request_id={rid}");
+        wait_until(
+            Duration::from_secs(15),
+            &format!("response to {rid}"),
+            || !self.responses(&suffix).is_empty(),
+        );
+        self.responses(&suffix).remove(0)
+    }
 }
 
 /// Answer add and delete requests like IoTDA (device id = `{product_id}_{node_id}`).
