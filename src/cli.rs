@@ -70,13 +70,32 @@ pub enum Cmd {
     },
 }
 
+/// Where a Modbus probe goes: a TCP endpoint, or an RTU serial line.
+#[derive(Debug, clap::Args)]
+pub struct Line {
+    /// `host:port` of a Modbus TCP server or gateway.
+    #[arg(long, required_unless_present = "port", conflicts_with = "port")]
+    pub endpoint: Option<String>,
+    /// Modbus RTU: the serial device, e.g. /dev/ttyUSB0.
+    #[arg(long)]
+    pub port: Option<String>,
+    #[arg(long, default_value_t = 9600)]
+    pub baud: u32,
+    /// none, even or odd.
+    #[arg(long, default_value = "none")]
+    pub parity: String,
+    #[arg(long, default_value_t = 8)]
+    pub data_bits: u8,
+    #[arg(long, default_value_t = 1)]
+    pub stop_bits: u8,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ModbusProbe {
     /// Read registers or bits once and decode them as the daemon would.
     Read {
-        /// `host:port` of the Modbus TCP server or gateway.
-        #[arg(long)]
-        endpoint: String,
+        #[command(flatten)]
+        line: Line,
         /// Unit id (slave address).
         #[arg(long, default_value_t = 1)]
         unit: u8,
@@ -107,8 +126,8 @@ pub enum ModbusProbe {
     },
     /// Find which unit ids answer on a bus.
     Scan {
-        #[arg(long)]
-        endpoint: String,
+        #[command(flatten)]
+        line: Line,
         /// Unit ids: `1-247`, `1,2,10-20`.
         #[arg(long, default_value = "1-247")]
         units: String,

@@ -93,6 +93,10 @@ impl StatusSource {
                 BusKind::ModbusTcp { endpoint } => {
                     json!({"name": b.name, "driver": "modbus-tcp", "endpoint": endpoint})
                 }
+                BusKind::ModbusRtu { port, .. } => {
+                    json!({"name": b.name, "driver": "modbus-rtu", "endpoint": port.path,
+                           "baud": port.baud})
+                }
             })
             .collect();
         json!({

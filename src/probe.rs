@@ -1,10 +1,14 @@
-//! `fieldgate modbus read|scan`: run the driver crate's probes and format what they found for a
-//! person with a laptop at the cabinet.
+//! `fieldgate modbus read|scan` (TCP or RTU) and `fieldgate serial sniff`: run the driver crates'
+//! probes and format what they found for a person with a laptop at the cabinet.
 
 use fieldgate_modbus::point::{parse_location, DataType, Order, PointSpec};
-use fieldgate_modbus::probe::{self, Presence};
+use std::time::Duration;
 
-use crate::cli::{ModbusProbe, SerialProbe};
+use fieldgate_modbus::probe::{self, Presence};
+use fieldgate_modbus::Transport;
+use fieldgate_serial::{Parity, PortSettings};
+
+use crate::cli::{Line, ModbusProbe, SerialProbe};
 
 fn units(spec: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
@@ -23,6 +27,30 @@ fn units(spec: &str) -> Result<Vec<u8>, String> {
         return Err("no unit ids given".into());
     }
     Ok(out)
+}
+
+/// The probe's transport, and how to name it in the output.
+fn target(line: Line, timeout: Duration) -> Result<(Transport, String), String> {
+    match (line.endpoint, line.port) {
+        (Some(e), _) => Ok((Transport::Tcp(e.clone()), e)),
+        (None, Some(path)) => {
+            let port = PortSettings {
+                path,
+                baud: line.baud,
+                parity: Parity::parse(&line.parity)?,
+                data_bits: line.data_bits,
+                stop_bits: line.stop_bits,
+            };
+            port.validate()?;
+            let t = Transport::Rtu {
+                port,
+                settle: timeout,
+            };
+            let name = t.describe();
+            Ok((t, name))
+        }
+        (None, None) => Err("give --endpoint host:port (TCP) or --port /dev/tty… (RTU)".into()),
+    }
 }
 
 fn point(address: &str, dtype: &str, length: Option<u16>) -> Result<PointSpec, String> {
@@ -45,7 +73,7 @@ pub fn modbus(cmd: ModbusProbe) -> Result<String, String> {
     rt.block_on(async move {
         match cmd {
             ModbusProbe::Read {
-                endpoint,
+                line,
                 unit,
                 address,
                 dtype,
@@ -65,7 +93,8 @@ pub fn modbus(cmd: ModbusProbe) -> Result<String, String> {
                 if let Some(e) = p.validate().into_iter().next() {
                     return Err(e);
                 }
-                let mut ctx = probe::connect(&endpoint, timeout)
+                let (target, endpoint) = target(line, timeout)?;
+                let mut ctx = probe::connect(&target, timeout)
                     .await
                     .map_err(|e| e.to_string())?;
                 let r = probe::read(&mut ctx, unit, &p, count, timeout)
@@ -95,14 +124,15 @@ pub fn modbus(cmd: ModbusProbe) -> Result<String, String> {
                 Ok(lines.join("\n"))
             }
             ModbusProbe::Scan {
-                endpoint,
+                line,
                 units: spec,
                 address,
                 timeout,
             } => {
                 let ids = units(&spec)?;
                 let p = point(&address, "u16", None)?;
-                let found = probe::scan(&endpoint, ids.iter().copied(), &p, timeout)
+                let (target, endpoint) = target(line, timeout)?;
+                let found = probe::scan(&target, ids.iter().copied(), &p, timeout)
                     .await
                     .map_err(|e| e.to_string())?;
                 let mut lines = Vec::new();

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use fieldgate_driver::{CommandOutcome, CommandRequest, Driver, DriverContext, ErrorCode, Event};
-use fieldgate_modbus::{BusSpec, DeviceSpec, ModbusTcpDriver};
+use fieldgate_modbus::{BusSpec, DeviceSpec, ModbusDriver, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -40,22 +40,28 @@ fn build(bus: &Bus, devices: &[Device]) -> Box<dyn Driver> {
             points: d.points.clone(),
             max_gap: d.max_gap,
             commands: d.commands.clone(),
+            turnaround: d.turnaround,
         })
         .collect();
-    match &bus.kind {
-        BusKind::ModbusTcp { endpoint } => Box::new(ModbusTcpDriver::new(
-            BusSpec {
-                name: bus.name.clone(),
-                endpoint: endpoint.clone(),
-                timeout: bus.timeout,
-                offline_after: bus.offline_after,
-                reconnect_min: bus.reconnect_min,
-                reconnect_max: bus.reconnect_max,
-                max_backoff: bus.max_backoff,
-            },
-            devices,
-        )),
-    }
+    let transport = match &bus.kind {
+        BusKind::ModbusTcp { endpoint } => Transport::Tcp(endpoint.clone()),
+        BusKind::ModbusRtu { port, settle } => Transport::Rtu {
+            port: port.clone(),
+            settle: *settle,
+        },
+    };
+    Box::new(ModbusDriver::new(
+        BusSpec {
+            name: bus.name.clone(),
+            transport,
+            timeout: bus.timeout,
+            offline_after: bus.offline_after,
+            reconnect_min: bus.reconnect_min,
+            reconnect_max: bus.reconnect_max,
+            max_backoff: bus.max_backoff,
+        },
+        devices,
+    ))
 }
 
 impl Supervisor {

@@ -130,3 +130,67 @@ fn serial_sniff_shows_frames_split_on_silence() {
         "{text}"
     );
 }
+
+/// The same probes over Modbus RTU, against Debian's pymodbus on the far end of a pty pair.
+#[test]
+fn modbus_rtu_read_and_scan_against_pymodbus() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pty = PtyPair::new(dir.path());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("drivers/modbus/tests/pymodbus_rtu_server.py");
+    let mut server = std::process::Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&pty.a)
+        .arg("38400")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3: {e}"));
+    let mut out = server.stdout.take().unwrap_or_else(|| panic!("stdout"));
+    let mut first = [0u8; 7];
+    let started = std::io::Read::read_exact(&mut out, &mut first).is_ok();
+    if !started {
+        let _ = server.kill();
+        panic!("pymodbus server did not start (apt-get install python3-pymodbus python3-serial-asyncio)");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let port = pty.b.to_string_lossy().to_string();
+    let line = ["--port", port.as_str(), "--baud", "38400"];
+
+    let mut args = vec!["modbus", "read"];
+    args.extend(line);
+    args.extend([
+        "--unit",
+        "2",
+        "--address",
+        "holding:20",
+        "--type",
+        "u32",
+        "--count",
+        "2",
+    ]);
+    let (code, read_out, err) = fieldgate(&args);
+
+    let mut args = vec!["modbus", "scan"];
+    args.extend(line);
+    args.extend(["--units", "1-4", "--timeout", "150ms"]);
+    let (scan_code, scan_out, scan_err) = fieldgate(&args);
+    let _ = server.kill();
+    let _ = server.wait();
+
+    assert_eq!(code, 0, "{read_out}{err}");
+    assert!(
+        read_out.contains("38400/8N1 unit 2 holding:20"),
+        "{read_out}"
+    );
+    // registers 2020, 2021 → (2020 << 16) | 2021
+    assert!(
+        read_out.contains(&((2020u64 << 16) | 2021).to_string()),
+        "{read_out}"
+    );
+    assert_eq!(scan_code, 0, "{scan_out}{scan_err}");
+    assert!(scan_out.contains("2 of 4 unit ids answer"), "{scan_out}");
+    assert!(
+        scan_out.contains("unit   1  answers") && scan_out.contains("unit   2  answers"),
+        "{scan_out}"
+    );
+}

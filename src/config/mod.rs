@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fieldgate_modbus::point::{parse_location, CommandSpec, DataType, Order, PointSpec};
+use fieldgate_serial::{Parity, PortSettings};
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
@@ -157,7 +158,14 @@ pub struct Store {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum BusKind {
-    ModbusTcp { endpoint: String },
+    ModbusTcp {
+        endpoint: String,
+    },
+    ModbusRtu {
+        port: PortSettings,
+        /// Late bytes are discarded for this long after a failed exchange.
+        settle: Duration,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -178,6 +186,8 @@ pub struct Device {
     pub bus: String,
     pub unit: u8,
     pub poll: Duration,
+    /// Extra silence before each request to this device (Modbus RTU).
+    pub turnaround: Duration,
     pub product_id: String,
     pub profile: String,
     pub points: Arc<[PointSpec]>,
@@ -650,15 +660,49 @@ impl<'a> Checker<'a> {
                         None
                     }
                 },
+                "modbus-rtu" => {
+                    let port = self.serial_port(&b, &path);
+                    let settle = match &b.settle {
+                        Some(s) if s.get_ref().0 > Duration::from_secs(10) => {
+                            self.err(
+                                Some(s.span()),
+                                format!("{path}.settle"),
+                                "settle must be at most 10s",
+                            );
+                            None
+                        }
+                        Some(s) => Some(s.get_ref().0),
+                        // A device's late reply comes within about one more timeout.
+                        None => Some(
+                            b.timeout
+                                .as_ref()
+                                .map_or(Duration::from_secs(1), |t| t.get_ref().0),
+                        ),
+                    };
+                    port.zip(settle)
+                        .map(|(port, settle)| BusKind::ModbusRtu { port, settle })
+                }
                 other => {
                     self.err(
                         Some(b.driver.span()),
                         format!("{path}.driver"),
-                        format!("unknown driver `{other}` (supported: modbus-tcp)"),
+                        format!("unknown driver `{other}` (supported: modbus-tcp, modbus-rtu)"),
                     );
                     None
                 }
             };
+            if kind.is_some() && !matches!(kind, Some(BusKind::ModbusTcp { .. })) {
+                if let Some(e) = &b.endpoint {
+                    self.err(
+                        Some(e.span()),
+                        format!("{path}.endpoint"),
+                        format!(
+                            "`endpoint` is for TCP buses; driver `{}` uses `port`",
+                            b.driver.get_ref()
+                        ),
+                    );
+                }
+            }
             let timeout = b
                 .timeout
                 .map_or(Duration::from_secs(1), |t| t.into_inner().0);
@@ -701,6 +745,60 @@ impl<'a> Checker<'a> {
             }
         }
         out
+    }
+
+    /// Port settings of a serial bus; 9600 8N1 unless said otherwise.
+    fn serial_port(&mut self, b: &RawBus, path: &str) -> Option<PortSettings> {
+        let Some(port) = &b.port else {
+            self.err(
+                Some(b.driver.span()),
+                format!("{path}.port"),
+                format!(
+                    "a {} bus needs `port = \"/dev/ttyUSB0\"` (the serial device)",
+                    b.driver.get_ref()
+                ),
+            );
+            return None;
+        };
+        let mut ok = true;
+        if !port.get_ref().starts_with('/') {
+            self.err(
+                Some(port.span()),
+                format!("{path}.port"),
+                format!("port `{}` must be an absolute device path", port.get_ref()),
+            );
+            ok = false;
+        }
+        let parity = match &b.parity {
+            None => Parity::None,
+            Some(p) => match Parity::parse(p.get_ref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.err(Some(p.span()), format!("{path}.parity"), e);
+                    ok = false;
+                    Parity::None
+                }
+            },
+        };
+        let s = PortSettings {
+            path: port.get_ref().clone(),
+            baud: b.baud.as_ref().map_or(9600, |v| *v.get_ref()),
+            parity,
+            data_bits: b.data_bits.as_ref().map_or(8, |v| *v.get_ref()),
+            stop_bits: b.stop_bits.as_ref().map_or(1, |v| *v.get_ref()),
+        };
+        if let Err(e) = s.validate() {
+            let (key, span) = if e.starts_with("baud") {
+                ("baud", b.baud.as_ref().map(|v| v.span()))
+            } else if e.starts_with("data") {
+                ("data_bits", b.data_bits.as_ref().map(|v| v.span()))
+            } else {
+                ("stop_bits", b.stop_bits.as_ref().map(|v| v.span()))
+            };
+            self.err(span, format!("{path}.{key}"), e);
+            ok = false;
+        }
+        ok.then_some(s)
     }
 
     fn profiles(
@@ -1010,6 +1108,31 @@ impl<'a> Checker<'a> {
                 None => Duration::from_secs(10),
             };
             let unit = d.unit.unwrap_or(1);
+            if let Some(Bus {
+                kind: BusKind::ModbusRtu { .. },
+                ..
+            }) = bus
+            {
+                if !(1..=247).contains(&unit) {
+                    self.err(
+                        None,
+                        format!("{path}.unit"),
+                        format!("unit {unit} is not a Modbus RTU device address (1..=247)"),
+                    );
+                }
+            }
+            let turnaround = match d.turnaround {
+                Some(t) if t.get_ref().0 > Duration::from_secs(1) => {
+                    self.err(
+                        Some(t.span()),
+                        format!("{path}.turnaround"),
+                        "turnaround must be at most 1s",
+                    );
+                    Duration::ZERO
+                }
+                Some(t) => t.into_inner().0,
+                None => Duration::ZERO,
+            };
             if let (Some(_), Some(p)) = (bus, profile) {
                 out.push(Device {
                     name: d.name.unwrap_or_else(|| node_id.clone()),
@@ -1017,6 +1140,7 @@ impl<'a> Checker<'a> {
                     bus: d.bus.into_inner(),
                     unit,
                     poll,
+                    turnaround,
                     product_id: d.product_id.unwrap_or_else(|| p.product_id.clone()),
                     profile: d.profile.into_inner(),
                     points: p.points.clone(),

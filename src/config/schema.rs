@@ -99,6 +99,21 @@ pub struct RawBus {
     pub reconnect_max: Option<Dur>,
     #[serde(default)]
     pub max_backoff: Option<Dur>,
+    /// Serial buses: the device path, e.g. `/dev/ttyUSB0`.
+    #[serde(default)]
+    pub port: Option<Spanned<String>>,
+    #[serde(default)]
+    pub baud: Option<Spanned<u32>>,
+    /// `none`, `even` or `odd`.
+    #[serde(default)]
+    pub parity: Option<Spanned<String>>,
+    #[serde(default)]
+    pub data_bits: Option<Spanned<u8>>,
+    #[serde(default)]
+    pub stop_bits: Option<Spanned<u8>>,
+    /// Modbus RTU: how long late bytes are discarded after a failed exchange.
+    #[serde(default)]
+    pub settle: Option<Spanned<Dur>>,
 }
 
 /// A profile without its points (they are read one by one, so each gets its own errors).
@@ -164,6 +179,9 @@ pub struct RawDevice {
     pub name: Option<String>,
     #[serde(default)]
     pub product_id: Option<String>,
+    /// Modbus RTU: extra silence before each request to this device.
+    #[serde(default)]
+    pub turnaround: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -352,3 +352,104 @@ fn command_timeout_stays_under_the_platform_deadline() {
         Some(Duration::from_secs(2))
     );
 }
+
+/// GOOD with its bus turned into an RTU line.
+fn rtu(extra_bus: &str, extra_device: &str) -> String {
+    GOOD.replace(
+        "driver = \"modbus-tcp\"\nendpoint = \"127.0.0.1:502\"",
+        &format!("driver = \"modbus-rtu\"\nport = \"/dev/ttyUSB0\"\nbaud = 19200\nparity = \"even\"\n{extra_bus}"),
+    )
+    .replace("poll = \"1s\"", &format!("poll = \"1s\"\n{extra_device}"))
+}
+
+#[test]
+fn modbus_rtu_buses() {
+    let c = parse(
+        &rtu("settle = \"300ms\"", "turnaround = \"5ms\""),
+        Path::new("t.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    match &c.buses[0].kind {
+        BusKind::ModbusRtu { port, settle } => {
+            assert_eq!(port.path, "/dev/ttyUSB0");
+            assert_eq!(port.baud, 19200);
+            assert_eq!(port.parity, Parity::Even);
+            assert_eq!((port.data_bits, port.stop_bits), (8, 1));
+            assert_eq!(*settle, Duration::from_millis(300));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.devices[0].turnaround, Duration::from_millis(5));
+    // settle defaults to the timeout
+    let c = parse(&rtu("timeout = \"400ms\"", ""), Path::new("t.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(&c.buses[0].kind, BusKind::ModbusRtu { settle, .. } if *settle == Duration::from_millis(400))
+    );
+
+    let cases = [
+        ("baud = 19200", "baud = 7", "bus[0].baud", "out of range"),
+        (
+            "parity = \"even\"",
+            "parity = \"mark\"",
+            "bus[0].parity",
+            "unknown parity",
+        ),
+        (
+            "parity = \"even\"",
+            "parity = \"even\"\ndata_bits = 9",
+            "bus[0].data_bits",
+            "5..=8",
+        ),
+        (
+            "parity = \"even\"",
+            "parity = \"even\"\nstop_bits = 3",
+            "bus[0].stop_bits",
+            "1 or 2",
+        ),
+        (
+            "port = \"/dev/ttyUSB0\"",
+            "port = \"ttyUSB0\"",
+            "bus[0].port",
+            "absolute",
+        ),
+        (
+            "port = \"/dev/ttyUSB0\"\n",
+            "",
+            "bus[0].port",
+            "needs `port",
+        ),
+        (
+            "parity = \"even\"",
+            "parity = \"even\"\nendpoint = \"h:1\"",
+            "bus[0].endpoint",
+            "uses `port`",
+        ),
+        ("unit = 1", "unit = 0", "device[0].unit", "1..=247"),
+        (
+            "poll = \"1s\"",
+            "poll = \"1s\"\nturnaround = \"2s\"",
+            "device[0].turnaround",
+            "at most 1s",
+        ),
+        (
+            "parity = \"even\"",
+            "parity = \"even\"\nsettle = \"1min\"",
+            "bus[0].settle",
+            "at most 10s",
+        ),
+    ];
+    let base = rtu("", "");
+    for (from, to, path, words) in cases {
+        assert!(base.contains(from), "{from}");
+        let src = base.replacen(from, to, 1);
+        let d = errors(&src);
+        assert_eq!(d.len(), 1, "case {to:?}: {d:#?}");
+        assert_eq!(d[0].path, path, "case {to:?}");
+        assert!(
+            d[0].message.contains(words),
+            "case {to:?}: {}",
+            d[0].message
+        );
+    }
+}

@@ -1,36 +1,88 @@
-//! The Modbus bus task: one per configured bus, polling every device on it.
+//! The Modbus bus task: one per configured bus (a TCP endpoint or an RTU serial port), polling
+//! every device on it.
 //!
 //! Devices are polled one request at a time (a bus is a shared line, and many TCP gateways
 //! serialise anyway) on their own fixed-rate schedules. Every request runs under the bus
 //! timeout — tokio-modbus has none of its own — and after a timeout or I/O error the
 //! connection is dropped and rebuilt, so a late reply can never be taken as the answer to the
-//! next request. Connecting backs off exponentially; a failing device is polled less often
+//! next request. On RTU that is not enough (the late bytes sit in the port, or are still on
+//! the wire), so the port is reopened only after a *settle* window in which everything that
+//! arrives is discarded and the line has gone quiet, then flushed; requests keep the 3.5
+//! character inter-frame silence plus any per-device turnaround delay. Connecting backs off exponentially; a failing device is polled less often
 //! (up to `max_backoff`) so a dead meter does not eat its neighbours' time. Health follows
 //! [`fieldgate_driver::Health`]: one status event and one log line per transition.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
     now_ms, Command, CommandOutcome, CommandRequest, Driver, DriverContext, DriverError,
     DriverFuture, ErrorCode, Event, Health, Report, Schedule, Value,
 };
+use fieldgate_serial::{Parity, PortSettings};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio_modbus::client::{Client, Context, Reader, Writer};
 use tokio_modbus::slave::{Slave, SlaveContext};
+use tokio_serial::{ClearBuffer, SerialPort, SerialStream};
 use tracing::{debug, info, warn};
 
 use crate::codec::{decode_registers, encode_registers};
 use crate::plan::{plan, ReadBlock};
 use crate::point::{CommandSpec, PointSpec, Table};
 
+/// How the bus reaches its devices.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    /// `host:port` of the Modbus TCP server or gateway.
+    Tcp(String),
+    /// A serial line (RS-485/RS-232) speaking Modbus RTU.
+    Rtu {
+        port: PortSettings,
+        /// After a failed exchange, bytes arriving within this window are discarded before
+        /// the port is reopened (a device's late reply must not answer the next request).
+        settle: Duration,
+    },
+}
+
+impl Transport {
+    /// What log lines and `fieldgate status` call it.
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::Tcp(e) => e.clone(),
+            Transport::Rtu { port, .. } => format!(
+                "{} {}/{}{}{}",
+                port.path,
+                port.baud,
+                port.data_bits,
+                match port.parity {
+                    Parity::None => 'N',
+                    Parity::Even => 'E',
+                    Parity::Odd => 'O',
+                },
+                port.stop_bits
+            ),
+        }
+    }
+
+    /// Silence required between two frames on the line.
+    fn frame_gap(&self) -> Duration {
+        match self {
+            Transport::Tcp(_) => Duration::ZERO,
+            Transport::Rtu { port, .. } => port.frame_gap(),
+        }
+    }
+}
+
 /// Transport-level settings of one bus.
 #[derive(Debug, Clone)]
 pub struct BusSpec {
     pub name: String,
-    /// `host:port` of the Modbus TCP server or gateway.
-    pub endpoint: String,
+    pub transport: Transport,
     pub timeout: Duration,
     pub offline_after: u32,
     pub reconnect_min: Duration,
@@ -49,21 +101,23 @@ pub struct DeviceSpec {
     pub max_gap: u16,
     /// Commands declared in the profile.
     pub commands: Arc<[CommandSpec]>,
+    /// Extra silence before each request to this device (slow RS-485 transceivers).
+    pub turnaround: Duration,
 }
 
-/// The driver for one Modbus TCP bus.
-pub struct ModbusTcpDriver {
+/// The driver for one Modbus bus (TCP or RTU).
+pub struct ModbusDriver {
     bus: BusSpec,
     devices: Vec<DeviceSpec>,
 }
 
-impl ModbusTcpDriver {
+impl ModbusDriver {
     pub fn new(bus: BusSpec, devices: Vec<DeviceSpec>) -> Self {
         Self { bus, devices }
     }
 }
 
-impl Driver for ModbusTcpDriver {
+impl Driver for ModbusDriver {
     fn bus(&self) -> &str {
         &self.bus.name
     }
@@ -107,6 +161,12 @@ struct BusTask {
     next_connect: Instant,
     connect_backoff: Duration,
     connect_error: Option<String>,
+    /// Bytes received on the RTU line (counted under tokio-modbus's framing).
+    rx: Arc<AtomicU64>,
+    /// When the last exchange ended: the next frame waits for the inter-frame silence.
+    last_io: Instant,
+    /// An RTU exchange failed at this instant: settle the line before reopening.
+    unsettled: Option<Instant>,
 }
 
 impl BusTask {
@@ -136,11 +196,14 @@ impl BusTask {
             conn: None,
             next_connect: start,
             connect_error: None,
+            rx: Arc::new(AtomicU64::new(0)),
+            last_io: start,
+            unsettled: None,
         }
     }
 
     async fn run(mut self, mut ctx: DriverContext) -> Result<(), DriverError> {
-        info!(bus = %self.bus.name, endpoint = %self.bus.endpoint, devices = self.devices.len(), "modbus bus started");
+        info!(bus = %self.bus.name, endpoint = %self.bus.transport.describe(), devices = self.devices.len(), "modbus bus started");
         if self.devices.is_empty() {
             // Nothing to poll: still answer commands until told to stop.
             return self.idle(ctx).await;
@@ -196,20 +259,55 @@ impl BusTask {
                     .unwrap_or_else(|| "not connected".into());
                 return Err(Failure::Link(why));
             }
+            let transport = self.bus.transport.clone();
+            let rx = self.rx.clone();
+            let unsettled = self.unsettled;
             let attempt = async {
-                let addr: SocketAddr = match tokio::net::lookup_host(&self.bus.endpoint)
-                    .await?
-                    .next()
-                {
-                    Some(a) => a,
-                    None => return Err(std::io::Error::other("endpoint resolves to no address")),
-                };
-                tokio_modbus::client::tcp::connect(addr).await
+                match &transport {
+                    Transport::Tcp(endpoint) => {
+                        let addr: SocketAddr = match tokio::net::lookup_host(endpoint).await?.next()
+                        {
+                            Some(a) => a,
+                            None => {
+                                return Err(std::io::Error::other(
+                                    "endpoint resolves to no address",
+                                ))
+                            }
+                        };
+                        tokio_modbus::client::tcp::connect(addr).await
+                    }
+                    Transport::Rtu { port, settle } => {
+                        let mut stream = fieldgate_serial::open(port)
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        if let Some(failed_at) = unsettled {
+                            let dropped =
+                                settle_line(&mut stream, failed_at + *settle, port.frame_gap())
+                                    .await;
+                            if dropped > 0 {
+                                debug!(bytes = dropped, "discarded late bytes before reopening");
+                            }
+                        }
+                        stream
+                            .clear(ClearBuffer::All)
+                            .map_err(std::io::Error::other)?;
+                        Ok(tokio_modbus::client::rtu::attach_slave(
+                            Tap { inner: stream, rx },
+                            Slave(0),
+                        ))
+                    }
+                }
             };
-            match tokio::time::timeout(self.bus.timeout, attempt).await {
+            // Settling may take up to the settle window plus a timeout of its own.
+            let limit = match &self.bus.transport {
+                Transport::Rtu { settle, .. } => self.bus.timeout + *settle * 2,
+                Transport::Tcp(_) => self.bus.timeout,
+            };
+            match tokio::time::timeout(limit, attempt).await {
                 Ok(Ok(ctx)) => {
                     debug!(bus = %self.bus.name, "connected");
                     self.conn = Some(ctx);
+                    self.unsettled = None;
+                    self.last_io = Instant::now();
                     self.connect_backoff = self.bus.reconnect_min;
                     self.connect_error = None;
                 }
@@ -232,15 +330,50 @@ impl BusTask {
         self.next_connect = Instant::now() + jitter(self.connect_backoff);
         self.connect_backoff = (self.connect_backoff * 2).min(self.bus.reconnect_max);
         if self.connect_error.as_deref() != Some(why.as_str()) {
-            warn!(bus = %self.bus.name, endpoint = %self.bus.endpoint, reason = %why, "modbus connection failed");
+            warn!(bus = %self.bus.name, endpoint = %self.bus.transport.describe(), reason = %why, "modbus connection failed");
         }
         self.connect_error = Some(why.clone());
         Failure::Link(why)
     }
 
+    /// Wait for the inter-frame silence (and the device's turnaround) since the last exchange.
+    fn quiet(&self, turnaround: Duration) -> tokio::time::Sleep {
+        let gap = self.bus.transport.frame_gap().max(turnaround);
+        tokio::time::sleep_until((self.last_io + gap).into())
+    }
+
+    /// The link is broken or out of step: drop it; an RTU line settles before reopening.
+    fn link_failed(&mut self) {
+        self.conn = None;
+        if matches!(self.bus.transport, Transport::Rtu { .. }) {
+            self.unsettled = Some(Instant::now());
+        }
+    }
+
+    /// Why an exchange timed out: silence, or bytes that never made a valid frame.
+    fn timeout_reason(&self, rx_before: u64) -> String {
+        let got = self.rx.load(Ordering::Relaxed).saturating_sub(rx_before);
+        if got > 0 {
+            format!(
+                "no valid reply within {:?}: {got} bytes with bad CRC or framing",
+                self.bus.timeout
+            )
+        } else {
+            format!("timeout after {:?}", self.bus.timeout)
+        }
+    }
+
     /// Read one block from one unit under the bus timeout.
-    async fn read(&mut self, unit: u8, b: &ReadBlock) -> Result<Raw, Failure> {
+    async fn read(
+        &mut self,
+        unit: u8,
+        turnaround: Duration,
+        b: &ReadBlock,
+    ) -> Result<Raw, Failure> {
         let timeout = self.bus.timeout;
+        self.connect().await?;
+        self.quiet(turnaround).await;
+        let rx_before = self.rx.load(Ordering::Relaxed);
         let conn = self.connect().await?;
         conn.set_slave(Slave(unit));
         let res = match b.table {
@@ -263,17 +396,20 @@ impl BusTask {
                     .map(|r| r.map(|r| r.map(Raw::Words)))
             }
         };
+        self.last_io = Instant::now();
         let failure = match res {
             Ok(Ok(Ok(raw))) => {
-                if raw.len() < usize::from(b.count) {
-                    Failure::Link(format!(
-                        "short response: {} of {} items",
-                        raw.len(),
-                        b.count
-                    ))
-                } else {
+                let n = raw.len();
+                let want = usize::from(b.count);
+                // Bits come padded to whole bytes; registers must match exactly.
+                let fits = match raw {
+                    Raw::Bits(_) => n >= want,
+                    Raw::Words(_) => n == want,
+                };
+                if fits {
                     return Ok(raw);
                 }
+                Failure::Link(format!("wrong item count in response: {n}, asked {want}"))
             }
             Ok(Ok(Err(exc))) => {
                 return Err(Failure::Exception(format!(
@@ -284,21 +420,22 @@ impl BusTask {
             }
             Ok(Err(tokio_modbus::Error::Transport(e))) => Failure::Link(io_reason(&e)),
             Ok(Err(tokio_modbus::Error::Protocol(e))) => Failure::Link(format!("protocol: {e}")),
-            Err(_) => Failure::Link(format!("timeout after {timeout:?}")),
+            Err(_) => Failure::Link(self.timeout_reason(rx_before)),
         };
         // Out of step or broken: a late reply must never be read as the next answer.
-        self.conn = None;
+        self.link_failed();
         Err(failure)
     }
 
     async fn poll(&mut self, idx: usize, ctx: &DriverContext) -> Result<(), DriverError> {
         let started = now_ms();
         let unit = self.devices[idx].spec.unit;
+        let turnaround = self.devices[idx].spec.turnaround;
         let blocks = self.devices[idx].blocks.clone();
         let mut values: Vec<(usize, Value)> = Vec::new();
         let mut failure = None;
         for b in &blocks {
-            match self.read(unit, b).await {
+            match self.read(unit, turnaround, b).await {
                 Ok(raw) => self.decode_block(idx, b, &raw, &mut values),
                 Err(f) => {
                     failure = Some(f);
@@ -535,6 +672,11 @@ impl BusTask {
         let unit = self.devices[idx].spec.unit;
         let name = &p.property;
         let timeout = self.bus.timeout;
+        self.connect()
+            .await
+            .map_err(|f| fail(ErrorCode::DeviceError, f.reason().to_string()))?;
+        self.quiet(self.devices[idx].spec.turnaround).await;
+        let rx_before = self.rx.load(Ordering::Relaxed);
         let conn = self
             .connect()
             .await
@@ -562,6 +704,7 @@ impl BusTask {
                 ))
             }
         };
+        self.last_io = Instant::now();
         match res {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(exc))) => Err(fail(
@@ -569,15 +712,13 @@ impl BusTask {
                 format!("exception {}", exc_name(exc)),
             )),
             Ok(Err(e)) => {
-                self.conn = None;
+                self.link_failed();
                 Err(fail(ErrorCode::DeviceError, e.to_string()))
             }
             Err(_) => {
-                self.conn = None;
-                Err(fail(
-                    ErrorCode::Timeout,
-                    format!("write timed out after {timeout:?}"),
-                ))
+                let why = self.timeout_reason(rx_before);
+                self.link_failed();
+                Err(fail(ErrorCode::Timeout, format!("write: {why}")))
             }
         }
     }
@@ -597,9 +738,10 @@ impl BusTask {
             .cloned()
             .collect();
         let unit = spec.unit;
+        let turnaround = spec.turnaround;
         let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
         for b in plan(&wanted, spec.max_gap) {
-            let raw = match self.read(unit, &b).await {
+            let raw = match self.read(unit, turnaround, &b).await {
                 Ok(r) => r,
                 Err(f) => return fail(ErrorCode::DeviceError, f.reason().to_string()),
             };
@@ -620,6 +762,71 @@ impl BusTask {
             }
         }
         CommandOutcome::Done(out)
+    }
+}
+
+/// Read and discard whatever arrives until `until`, and after that until the line has been
+/// silent for a frame gap (bounded, so a babbling line cannot hold the bus forever).
+async fn settle_line(stream: &mut SerialStream, until: Instant, gap: Duration) -> usize {
+    let mut dropped = 0;
+    let mut buf = [0u8; 256];
+    let quiet = gap.max(Duration::from_millis(5));
+    let hard_stop = until.max(Instant::now()) + Duration::from_secs(1);
+    loop {
+        let now = Instant::now();
+        let wait_until = if now < until { until } else { now + quiet };
+        if now >= hard_stop {
+            return dropped;
+        }
+        match tokio::time::timeout_at(wait_until.min(hard_stop).into(), stream.read(&mut buf)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return dropped,
+            Ok(Ok(n)) => dropped += n,
+            Err(_) if Instant::now() >= until => return dropped,
+            Err(_) => {}
+        }
+    }
+}
+
+/// Counts the bytes tokio-modbus reads, so a timeout can say whether anything (garbled)
+/// arrived: its RTU codec skips bytes with a bad CRC silently.
+struct Tap<T> {
+    inner: T,
+    rx: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tap<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let got = buf.filled().len().saturating_sub(before);
+        self.rx.fetch_add(got as u64, Ordering::Relaxed);
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -9,7 +9,10 @@ use fieldgate_driver::Value;
 use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::slave::{Slave, SlaveContext};
 
+use tokio_serial::{ClearBuffer, SerialPort};
+
 use crate::codec::decode_registers;
+use crate::driver::Transport;
 use crate::point::{PointSpec, Table};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +39,22 @@ pub struct Reading {
     pub value: Option<Value>,
 }
 
-pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Context, ProbeError> {
+/// Connect over TCP, or open the serial port (flushed) for RTU.
+pub async fn connect(target: &Transport, timeout: Duration) -> Result<Context, ProbeError> {
+    match target {
+        Transport::Tcp(endpoint) => connect_tcp(endpoint, timeout).await,
+        Transport::Rtu { port, .. } => {
+            let stream = fieldgate_serial::open(port)
+                .map_err(|e| ProbeError::Connect(port.path.clone(), e.to_string()))?;
+            stream
+                .clear(ClearBuffer::All)
+                .map_err(|e| ProbeError::Io(e.to_string()))?;
+            Ok(tokio_modbus::client::rtu::attach_slave(stream, Slave(1)))
+        }
+    }
+}
+
+async fn connect_tcp(endpoint: &str, timeout: Duration) -> Result<Context, ProbeError> {
     let addr: SocketAddr = tokio::net::lookup_host(endpoint)
         .await
         .map_err(|_| ProbeError::Resolve(endpoint.into()))?
@@ -103,22 +121,27 @@ pub enum Presence {
     Silent,
 }
 
-/// Ask each unit id for one item of `p`'s table and address. A TCP connection is rebuilt after
-/// every silent unit, so a late answer can never be credited to the next unit.
+/// Ask each unit id for one item of `p`'s table and address. The connection is rebuilt after
+/// every silent unit (an RTU port after its settle window), so a late answer can never be
+/// credited to the next unit.
 pub async fn scan(
-    endpoint: &str,
+    target: &Transport,
     units: impl IntoIterator<Item = u8>,
     p: &PointSpec,
     timeout: Duration,
 ) -> Result<Vec<(u8, Presence)>, ProbeError> {
     let mut out = Vec::new();
-    let mut ctx = connect(endpoint, timeout).await?;
+    let mut ctx = connect(target, timeout).await?;
     for unit in units {
         let presence = match read(&mut ctx, unit, p, p.width(), timeout).await {
             Ok(_) | Err(ProbeError::Decode(_)) => Presence::Answered,
             Err(ProbeError::Exception(e)) => Presence::Exception(e),
             Err(_) => {
-                ctx = connect(endpoint, timeout).await?;
+                drop(ctx);
+                if let Transport::Rtu { settle, .. } = target {
+                    tokio::time::sleep(*settle).await;
+                }
+                ctx = connect(target, timeout).await?;
                 Presence::Silent
             }
         };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fieldgate_driver::{Driver, DriverContext, Event, Value};
 use fieldgate_modbus::point::parse_location;
-use fieldgate_modbus::{BusSpec, DataType, DeviceSpec, ModbusTcpDriver, Order, PointSpec};
+use fieldgate_modbus::{BusSpec, DataType, DeviceSpec, ModbusDriver, Order, PointSpec, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio_modbus::prelude::*;
 use tokio_modbus::server::tcp::Server;
@@ -97,13 +97,14 @@ fn device(node: &str, unit: u8, points: Vec<PointSpec>) -> DeviceSpec {
         points: Arc::from(points),
         max_gap: 8,
         commands: Arc::from(Vec::new()),
+        turnaround: Duration::ZERO,
     }
 }
 
 fn bus(port: u16) -> BusSpec {
     BusSpec {
         name: "t".into(),
-        endpoint: format!("127.0.0.1:{port}"),
+        transport: Transport::Tcp(format!("127.0.0.1:{port}")),
         timeout: Duration::from_millis(200),
         offline_after: 2,
         reconnect_min: Duration::from_millis(50),
@@ -113,7 +114,7 @@ fn bus(port: u16) -> BusSpec {
 }
 
 /// Run a driver for `d`, collecting its events.
-async fn collect(driver: ModbusTcpDriver, d: Duration) -> Vec<Event> {
+async fn collect(driver: ModbusDriver, d: Duration) -> Vec<Event> {
     let (tx, mut rx) = mpsc::channel(1024);
     let (_cmd_tx, cmd_rx) = mpsc::channel(1);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -157,7 +158,7 @@ fn reports(ev: &[Event], child: &str) -> Vec<BTreeMap<String, Value>> {
 #[tokio::test]
 async fn exceptions_become_the_offline_reason_and_neighbours_keep_reporting() {
     let port = server().await;
-    let driver = ModbusTcpDriver::new(
+    let driver = ModbusDriver::new(
         bus(port),
         vec![
             device(
@@ -206,7 +207,7 @@ async fn exceptions_become_the_offline_reason_and_neighbours_keep_reporting() {
 #[tokio::test]
 async fn a_silent_peer_times_out_and_refused_connections_are_named() {
     let port = silent().await;
-    let driver = ModbusTcpDriver::new(
+    let driver = ModbusDriver::new(
         bus(port),
         vec![device(
             "mute",
@@ -225,7 +226,7 @@ async fn a_silent_peer_times_out_and_refused_connections_are_named() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
         l.local_addr().map(|a| a.port()).unwrap_or(0)
     };
-    let driver = ModbusTcpDriver::new(
+    let driver = ModbusDriver::new(
         bus(closed),
         vec![device(
             "gone",
@@ -243,7 +244,7 @@ async fn a_silent_peer_times_out_and_refused_connections_are_named() {
 #[tokio::test]
 async fn status_comes_before_the_first_report_and_every_poll_reports() {
     let port = server().await;
-    let driver = ModbusTcpDriver::new(
+    let driver = ModbusDriver::new(
         bus(port),
         vec![device(
             "d",
