@@ -72,6 +72,13 @@ impl Health {
             ts_ms: now_ms(),
         })
     }
+
+    /// A failure that needs no confirmation (a stream device silent past its staleness
+    /// timeout): OFFLINE now, whatever the streak.
+    pub fn offline_now(&mut self, reason: impl Into<String>) -> Option<DeviceStatus> {
+        self.streak = self.streak.max(self.offline_after - 1);
+        self.failure(reason)
+    }
 }
 
 #[cfg(test)]
@@ -103,5 +110,14 @@ mod tests {
         let mut h = Health::new("m1", 1);
         assert!(h.success().is_some());
         assert!(h.failure("t").is_some());
+    }
+
+    #[test]
+    fn staleness_goes_offline_at_once_and_only_once() {
+        let mut h = Health::new("m1", 3);
+        assert!(h.success().is_some());
+        let s = h.offline_now("no frame for 30s");
+        assert!(s.is_some_and(|s| !s.online && s.reason == "no frame for 30s"));
+        assert!(h.offline_now("no frame for 30s").is_none());
     }
 }

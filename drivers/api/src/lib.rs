@@ -8,9 +8,11 @@
 //! deadline. Nothing in here knows about MQTT, SQLite or any platform.
 
 mod health;
+pub mod params;
 mod schedule;
 
 pub use health::Health;
+pub use params::{DeclaredCommand, ParamKind, ParamSpec};
 pub use schedule::Schedule;
 
 use std::collections::BTreeMap;

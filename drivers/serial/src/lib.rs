@@ -1,9 +1,14 @@
 //! Serial lines for fieldgate: port settings as the config and CLI name them, opening a port
-//! with tokio-serial, and the sniffer behind `fieldgate serial sniff` — bytes grouped into
-//! frames by line silence, shown as timestamped hex and ASCII. The serial-instrument and
-//! Modbus RTU drivers build on the same settings and opening code.
+//! with tokio-serial, the sniffer behind `fieldgate serial sniff` (bytes grouped into frames by
+//! line silence), and the serial-instrument driver for ASCII devices — framing, checksums,
+//! field extraction, and the bus task. The Modbus RTU driver builds on the same settings and
+//! opening code.
 
+pub mod frame;
+pub mod instrument;
+pub mod parse;
 pub mod port;
 pub mod sniff;
 
+pub use instrument::{AsciiBus, AsciiDevice, Instrument, SerialAsciiDriver, TemplateCommand};
 pub use port::{open, Parity, PortSettings};

@@ -1,0 +1,207 @@
+//! Declared commands with typed parameters, for drivers whose commands are not point writes
+//! (serial instruments' command templates, external drivers). The profile declares each
+//! command's parameters; the daemon checks every platform value against them before anything
+//! reaches a driver, so a driver only ever sees values it was told to expect.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value as Json;
+
+use crate::Value;
+
+/// The type and bounds of one parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamKind {
+    Int {
+        min: Option<i64>,
+        max: Option<i64>,
+    },
+    Float {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    Bool,
+    /// Printable ASCII only (it ends up on a wire), at most `max_len` characters.
+    Text {
+        max_len: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub kind: ParamKind,
+}
+
+/// A command a profile declares: the platform may invoke `service.name` with these parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredCommand {
+    pub service: String,
+    pub name: String,
+    pub params: Vec<ParamSpec>,
+}
+
+impl ParamKind {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "int" => ParamKind::Int {
+                min: None,
+                max: None,
+            },
+            "float" => ParamKind::Float {
+                min: None,
+                max: None,
+            },
+            "bool" => ParamKind::Bool,
+            "string" => ParamKind::Text { max_len: 32 },
+            other => {
+                return Err(format!(
+                    "unknown parameter type `{other}` (int, float, bool, string)"
+                ))
+            }
+        })
+    }
+}
+
+impl ParamSpec {
+    /// Check one platform value; the error says why in words for the platform's answer.
+    pub fn check(&self, v: &Json) -> Result<Value, String> {
+        let name = &self.name;
+        match (&self.kind, v) {
+            (ParamKind::Bool, Json::Bool(b)) => Ok(Value::Bool(*b)),
+            (ParamKind::Int { min, max }, Json::Number(n)) => {
+                let i = n
+                    .as_i64()
+                    .ok_or_else(|| format!("`{name}` must be a whole number, got {n}"))?;
+                if min.is_some_and(|m| i < m) || max.is_some_and(|m| i > m) {
+                    return Err(format!("`{name}` = {i} is outside {}", range(min, max)));
+                }
+                Ok(Value::Int(i))
+            }
+            (ParamKind::Float { min, max }, Json::Number(n)) => {
+                let f = n
+                    .as_f64()
+                    .filter(|f| f.is_finite())
+                    .ok_or_else(|| format!("`{name}` must be a finite number"))?;
+                if min.is_some_and(|m| f < m) || max.is_some_and(|m| f > m) {
+                    return Err(format!("`{name}` = {f} is outside {}", range(min, max)));
+                }
+                Ok(Value::Float(f))
+            }
+            (ParamKind::Text { max_len }, Json::String(s)) => {
+                if s.len() > *max_len {
+                    return Err(format!("`{name}` is longer than {max_len} characters"));
+                }
+                if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                    return Err(format!("`{name}` must be printable ASCII"));
+                }
+                Ok(Value::Text(s.clone()))
+            }
+            (kind, other) => Err(format!("`{name}` must be {}, got {other}", kind_name(kind))),
+        }
+    }
+}
+
+impl DeclaredCommand {
+    /// Check the platform's parameters: every declared one present and valid, nothing else.
+    pub fn check(&self, paras: &BTreeMap<String, Json>) -> Result<BTreeMap<String, Value>, String> {
+        if let Some(extra) = paras
+            .keys()
+            .find(|k| !self.params.iter().any(|p| &p.name == *k))
+        {
+            return Err(format!(
+                "command `{}` has no parameter `{extra}`",
+                self.name
+            ));
+        }
+        let mut out = BTreeMap::new();
+        for p in &self.params {
+            let v = paras
+                .get(&p.name)
+                .ok_or_else(|| format!("command `{}` needs `{}`", self.name, p.name))?;
+            out.insert(p.name.clone(), p.check(v)?);
+        }
+        Ok(out)
+    }
+}
+
+fn kind_name(k: &ParamKind) -> &'static str {
+    match k {
+        ParamKind::Int { .. } => "a whole number",
+        ParamKind::Float { .. } => "a number",
+        ParamKind::Bool => "true or false",
+        ParamKind::Text { .. } => "a string",
+    }
+}
+
+fn range<T: std::fmt::Display>(min: &Option<T>, max: &Option<T>) -> String {
+    let show = |v: &Option<T>| v.as_ref().map(|v| v.to_string()).unwrap_or_default();
+    format!("{}..{}", show(min), show(max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cmd() -> DeclaredCommand {
+        DeclaredCommand {
+            service: "s".into(),
+            name: "zero".into(),
+            params: vec![
+                ParamSpec {
+                    name: "band".into(),
+                    kind: ParamKind::Int {
+                        min: Some(0),
+                        max: Some(100),
+                    },
+                },
+                ParamSpec {
+                    name: "label".into(),
+                    kind: ParamKind::Text { max_len: 8 },
+                },
+            ],
+        }
+    }
+
+    fn paras(v: Json) -> BTreeMap<String, Json> {
+        serde_json::from_value(v).unwrap_or_default()
+    }
+
+    #[test]
+    fn values_are_checked_against_the_declaration() {
+        let c = cmd();
+        let ok = c.check(&paras(json!({"band": 7, "label": "A1"})));
+        assert_eq!(
+            ok,
+            Ok(BTreeMap::from([
+                ("band".to_string(), Value::Int(7)),
+                ("label".to_string(), Value::Text("A1".into()))
+            ]))
+        );
+        for (bad, why) in [
+            (json!({"band": 101, "label": "x"}), "outside 0..100"),
+            (json!({"band": 1.5, "label": "x"}), "whole number"),
+            (json!({"band": "1", "label": "x"}), "must be a whole number"),
+            (json!({"label": "x"}), "needs `band`"),
+            (
+                json!({"band": 1, "label": "x", "more": 1}),
+                "no parameter `more`",
+            ),
+            (json!({"band": 1, "label": "x\r\nT"}), "printable ASCII"),
+            (json!({"band": 1, "label": "123456789"}), "longer than 8"),
+        ] {
+            let e = c.check(&paras(bad.clone())).err().unwrap_or_default();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let f = ParamSpec {
+            name: "f".into(),
+            kind: ParamKind::Float {
+                min: None,
+                max: Some(1.0),
+            },
+        };
+        assert!(f.check(&json!(2.0)).is_err());
+        assert_eq!(f.check(&json!(0.5)), Ok(Value::Float(0.5)));
+    }
+}
