@@ -93,6 +93,10 @@ impl StatusSource {
                 BusKind::ModbusTcp { endpoint } => {
                     json!({"name": b.name, "driver": "modbus-tcp", "endpoint": endpoint})
                 }
+                BusKind::SerialAscii { port, .. } => {
+                    json!({"name": b.name, "driver": "serial-ascii", "endpoint": port.path,
+                           "baud": port.baud})
+                }
                 BusKind::ModbusRtu { port, .. } => {
                     json!({"name": b.name, "driver": "modbus-rtu", "endpoint": port.path,
                            "baud": port.baud})

@@ -73,6 +73,7 @@ fn targets(cfg: &Config, sup: &Supervisor) -> HashMap<String, Target> {
                     bus: sup.commands(&d.bus)?,
                     points: d.points.clone(),
                     commands: d.commands.clone(),
+                    declared: d.declared.clone(),
                 },
             ))
         })

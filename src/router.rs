@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use fieldgate_driver::{now_ms, Command, CommandOutcome, CommandRequest, ErrorCode, Value};
+use fieldgate_driver::{
+    now_ms, Command, CommandOutcome, CommandRequest, DeclaredCommand, ErrorCode, Value,
+};
 use fieldgate_modbus::{CommandSpec, DataType, PointSpec, Table};
 use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, oneshot};
@@ -103,6 +105,8 @@ pub struct Target {
     pub bus: mpsc::Sender<CommandRequest>,
     pub points: Arc<[PointSpec]>,
     pub commands: Arc<[CommandSpec]>,
+    /// Template commands with typed parameters (serial instruments).
+    pub declared: Arc<[DeclaredCommand]>,
 }
 
 /// Routes requests to bus tasks.
@@ -297,6 +301,22 @@ impl Router {
                 paras,
                 ..
             } => {
+                if let Some(d) = target
+                    .declared
+                    .iter()
+                    .find(|c| &c.name == name && service.as_ref().is_none_or(|s| s == &c.service))
+                {
+                    let params = d.check(paras).map_err(|why| (ErrorCode::BadValue, why))?;
+                    return Ok((
+                        target.clone(),
+                        Command::Invoke {
+                            child: node,
+                            service: d.service.clone(),
+                            name: name.clone(),
+                            params,
+                        },
+                    ));
+                }
                 let declared = target
                     .commands
                     .iter()

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use fieldgate_driver::{CommandOutcome, CommandRequest, Driver, DriverContext, ErrorCode, Event};
 use fieldgate_modbus::{BusSpec, DeviceSpec, ModbusDriver, Transport};
+use fieldgate_serial::{AsciiBus, AsciiDevice, SerialAsciiDriver};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -30,8 +31,8 @@ pub struct Supervisor {
     buses: BTreeMap<String, Running>,
 }
 
-fn build(bus: &Bus, devices: &[Device]) -> Box<dyn Driver> {
-    let devices: Vec<DeviceSpec> = devices
+fn build(bus: &Bus, devices_cfg: &[Device]) -> Box<dyn Driver> {
+    let devices: Vec<DeviceSpec> = devices_cfg
         .iter()
         .map(|d| DeviceSpec {
             node_id: d.node_id.clone(),
@@ -49,6 +50,35 @@ fn build(bus: &Bus, devices: &[Device]) -> Box<dyn Driver> {
             port: port.clone(),
             settle: *settle,
         },
+        BusKind::SerialAscii {
+            port,
+            framing,
+            max_frame,
+        } => {
+            let devices = devices_cfg
+                .iter()
+                .filter_map(|d| {
+                    Some(AsciiDevice {
+                        node_id: d.node_id.clone(),
+                        poll: d.poll,
+                        instrument: d.ascii.as_ref()?.0.clone(),
+                    })
+                })
+                .collect();
+            return Box::new(SerialAsciiDriver::new(
+                AsciiBus {
+                    name: bus.name.clone(),
+                    port: port.clone(),
+                    framing: framing.clone(),
+                    max_frame: *max_frame,
+                    timeout: bus.timeout,
+                    offline_after: bus.offline_after,
+                    reconnect_min: bus.reconnect_min,
+                    reconnect_max: bus.reconnect_max,
+                },
+                devices,
+            ));
+        }
     };
     Box::new(ModbusDriver::new(
         BusSpec {

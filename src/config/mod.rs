@@ -6,6 +6,7 @@
 //! point that does not fit its table). Every problem becomes a [`Diagnostic`] with line, column
 //! and key path; `fieldgate check` prints them all and `run` refuses to start (exit 78).
 
+mod ascii;
 mod duration;
 mod schema;
 mod size;
@@ -17,8 +18,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fieldgate_driver::DeclaredCommand;
 use fieldgate_modbus::point::{parse_location, CommandSpec, DataType, Order, PointSpec};
+use fieldgate_serial::frame::Framing;
 use fieldgate_serial::{Parity, PortSettings};
+
+pub use ascii::AsciiProfile;
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
@@ -166,6 +171,11 @@ pub enum BusKind {
         /// Late bytes are discarded for this long after a failed exchange.
         settle: Duration,
     },
+    SerialAscii {
+        port: PortSettings,
+        framing: Framing,
+        max_frame: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -194,6 +204,10 @@ pub struct Device {
     pub max_gap: u16,
     /// Commands declared in the profile.
     pub commands: Arc<[CommandSpec]>,
+    /// A serial instrument's model (its profile has fields, not points).
+    pub ascii: Option<AsciiProfile>,
+    /// Template commands with typed parameters (serial instruments).
+    pub declared: Arc<[DeclaredCommand]>,
 }
 
 pub const DEFAULT_PATH: &str = "/etc/fieldgate/fieldgate.toml";
@@ -682,11 +696,37 @@ impl<'a> Checker<'a> {
                     port.zip(settle)
                         .map(|(port, settle)| BusKind::ModbusRtu { port, settle })
                 }
+                "serial-ascii" => {
+                    let port = self.serial_port(&b, &path);
+                    let framing = self.framing(&b, &path);
+                    let max_frame = match &b.max_frame {
+                        Some(m) if !(8..=65536).contains(m.get_ref()) => {
+                            self.err(
+                                Some(m.span()),
+                                format!("{path}.max_frame"),
+                                "max_frame must be 8..=65536 bytes",
+                            );
+                            None
+                        }
+                        Some(m) => Some(*m.get_ref()),
+                        None => Some(256),
+                    };
+                    match (port, framing, max_frame) {
+                        (Some(port), Some(framing), Some(max_frame)) => {
+                            Some(BusKind::SerialAscii {
+                                port,
+                                framing,
+                                max_frame,
+                            })
+                        }
+                        _ => None,
+                    }
+                }
                 other => {
                     self.err(
                         Some(b.driver.span()),
                         format!("{path}.driver"),
-                        format!("unknown driver `{other}` (supported: modbus-tcp, modbus-rtu)"),
+                        format!("unknown driver `{other}` (supported: modbus-tcp, modbus-rtu, serial-ascii)"),
                     );
                     None
                 }
@@ -824,6 +864,22 @@ impl<'a> Checker<'a> {
                 self.err(Some(pv.span()), &path, "expected a table");
                 continue;
             };
+            if ascii::is_ascii(pt) {
+                if let Some(a) = self.ascii_profile(name, pt.clone(), pv.span(), &path) {
+                    out.insert(
+                        name.to_string(),
+                        Profile {
+                            product_id: a.product_id,
+                            max_gap: 0,
+                            points: Vec::new().into(),
+                            commands: Vec::new().into(),
+                            ascii: Some(a.profile),
+                            declared: a.declared.into(),
+                        },
+                    );
+                }
+                continue;
+            }
             let mut head = pt.clone();
             let points = head.remove("point");
             let commands = head.remove("command");
@@ -880,6 +936,8 @@ impl<'a> Checker<'a> {
                     max_gap: raw.max_gap.map_or(8, |g| g.into_inner()),
                     points: specs.into(),
                     commands: cmds.into(),
+                    ascii: None,
+                    declared: Vec::new().into(),
                 },
             );
         }
@@ -1133,7 +1191,20 @@ impl<'a> Checker<'a> {
                 Some(t) => t.into_inner().0,
                 None => Duration::ZERO,
             };
-            if let (Some(_), Some(p)) = (bus, profile) {
+            if let (Some(b), Some(p)) = (bus, profile) {
+                let serial = matches!(b.kind, BusKind::SerialAscii { .. });
+                if serial != p.ascii.is_some() {
+                    self.err(
+                        Some(d.profile.span()),
+                        format!("{path}.profile"),
+                        if serial {
+                            format!("bus `{}` is a serial-ascii bus; profile `{}` is a Modbus point map (a serial instrument profile has `field`s)", b.name, d.profile.get_ref())
+                        } else {
+                            format!("bus `{}` is a Modbus bus; profile `{}` describes a serial instrument", b.name, d.profile.get_ref())
+                        },
+                    );
+                    continue;
+                }
                 out.push(Device {
                     name: d.name.unwrap_or_else(|| node_id.clone()),
                     node_id,
@@ -1146,6 +1217,8 @@ impl<'a> Checker<'a> {
                     points: p.points.clone(),
                     max_gap: p.max_gap,
                     commands: p.commands.clone(),
+                    ascii: p.ascii.clone(),
+                    declared: p.declared.clone(),
                 });
             }
         }
@@ -1166,6 +1239,8 @@ struct Profile {
     max_gap: u16,
     points: Arc<[PointSpec]>,
     commands: Arc<[CommandSpec]>,
+    ascii: Option<AsciiProfile>,
+    declared: Arc<[DeclaredCommand]>,
 }
 
 fn list(names: &[&str]) -> String {

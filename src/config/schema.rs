@@ -114,6 +114,20 @@ pub struct RawBus {
     /// Modbus RTU: how long late bytes are discarded after a failed exchange.
     #[serde(default)]
     pub settle: Option<Spanned<Dur>>,
+    /// Serial instruments: frames end with this (default "\n")…
+    #[serde(default)]
+    pub terminator: Option<Spanned<String>>,
+    /// …or have this fixed length…
+    #[serde(default)]
+    pub length: Option<Spanned<usize>>,
+    /// …or run from `start` to `end`.
+    #[serde(default)]
+    pub start: Option<Spanned<String>>,
+    #[serde(default)]
+    pub end: Option<Spanned<String>>,
+    /// Longest frame kept (longer ones are counted and skipped).
+    #[serde(default)]
+    pub max_frame: Option<Spanned<usize>>,
 }
 
 /// A profile without its points (they are read one by one, so each gets its own errors).

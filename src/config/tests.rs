@@ -453,3 +453,176 @@ fn modbus_rtu_buses() {
         );
     }
 }
+
+const ASCII: &str = r#"
+[platform]
+dialect = "iotda"
+host = "127.0.0.1"
+device_id = "gw_1"
+secret = "s3cret"
+
+[[bus]]
+name = "com"
+driver = "serial-ascii"
+port = "/dev/ttyS0"
+terminator = "\r\n"
+
+[profile.scale]
+request = "SI\r\n"
+regex = '^S(?P<st>[ T]),(?P<w>[-+0-9.]+)kg'
+checksum = "xor8"
+
+[[profile.scale.field]]
+property = "weight"
+capture = "w"
+
+[[profile.scale.command]]
+name = "preset"
+send = "PT {grams}\r\n"
+params = [{ name = "grams", type = "int", min = 0, max = 100 }]
+expect = "^PT A"
+
+[[device]]
+node_id = "s1"
+bus = "com"
+profile = "scale"
+poll = "1s"
+"#;
+
+#[test]
+fn serial_instrument_profiles() {
+    let c = parse(ASCII, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let d = &c.devices[0];
+    let ins = d
+        .ascii
+        .as_ref()
+        .map(|a| a.0.clone())
+        .unwrap_or_else(|| panic!("ascii"));
+    assert_eq!(ins.request.as_deref(), Some(b"SI\r\n".as_slice()));
+    assert_eq!(
+        ins.fields[0].source,
+        fieldgate_serial::parse::Source::Name("w".into())
+    );
+    assert_eq!(d.declared.len(), 1);
+    assert_eq!(d.declared[0].params[0].name, "grams");
+    assert!(
+        matches!(&c.buses[0].kind, BusKind::SerialAscii { framing: Framing::Terminator(t), max_frame: 256, .. } if t == b"\r\n")
+    );
+
+    let cases = [
+        (
+            "capture = \"w\"",
+            "capture = \"x\"",
+            "profile.scale.field[0].capture",
+            "no group `x`",
+        ),
+        (
+            "capture = \"w\"",
+            "index = 1",
+            "profile.scale.field[0].index",
+            "take a `capture`",
+        ),
+        (
+            "(?P<w>[-+0-9.]+)kg'",
+            "(?P<w>[-+0-9.]+kg'",
+            "profile.scale.regex",
+            "bad regex",
+        ),
+        (
+            "checksum = \"xor8\"",
+            "checksum = \"md5\"",
+            "profile.scale.checksum",
+            "unknown checksum",
+        ),
+        (
+            "send = \"PT {grams}\\r\\n\"",
+            "send = \"PT {gram}\\r\\n\"",
+            "profile.scale.command[0].send",
+            "placeholder `{gram}`",
+        ),
+        (
+            "send = \"PT {grams}\\r\\n\"",
+            "send = \"PT\\r\\n\"",
+            "profile.scale.command[0].send",
+            "not used",
+        ),
+        (
+            "type = \"int\", min",
+            "type = \"long\", min",
+            "profile.scale.command[0].params[0].type",
+            "unknown parameter type",
+        ),
+        (
+            "expect = \"^PT A\"",
+            "expect = \"(\"",
+            "profile.scale.command[0].expect",
+            "bad regex",
+        ),
+        (
+            "terminator = \"\\r\\n\"",
+            "terminator = \"\\r\\n\"\nlength = 8",
+            "bus[0].terminator",
+            "one framing",
+        ),
+        (
+            "terminator = \"\\r\\n\"",
+            "start = \"\\u0002\"",
+            "bus[0].start",
+            "go together",
+        ),
+        (
+            "terminator = \"\\r\\n\"",
+            "max_frame = 2",
+            "bus[0].max_frame",
+            "8..=65536",
+        ),
+        (
+            "checksum = \"xor8\"",
+            "checksum = \"xor8\"\nsplit = \",\"",
+            "profile.scale.regex",
+            "not both",
+        ),
+        (
+            "checksum = \"xor8\"",
+            "checksum = \"xor8\"\nstale_after = \"1ms\"",
+            "profile.scale.stale_after",
+            "at least 100ms",
+        ),
+        (
+            "capture = \"w\"",
+            "capture = \"w\"\ntype = \"decimal\"",
+            "profile.scale.field[0].type",
+            "unknown field type",
+        ),
+        (
+            "capture = \"w\"",
+            "capture = \"w\"\ncolour = 1",
+            "profile.scale.field[0]",
+            "unknown field `colour`",
+        ),
+    ];
+    for (from, to, path, words) in cases {
+        assert!(ASCII.contains(from), "{from}");
+        let src = ASCII.replacen(from, to, 1);
+        let d = errors(&src);
+        assert_eq!(d.len(), 1, "case {to:?}: {d:#?}");
+        assert_eq!(d[0].path, path, "case {to:?}: {d:?}");
+        assert!(
+            d[0].message.contains(words),
+            "case {to:?}: {}",
+            d[0].message
+        );
+        assert!(d[0].line > 1, "case {to:?} has a position: {d:?}");
+    }
+
+    // A Modbus profile on a serial-ascii bus, and the other way round.
+    let d = errors(&format!(
+        "{GOOD}\n[[device]]\nnode_id = \"x\"\nbus = \"plant\"\nprofile = \"scale\"\n{}",
+        &ASCII[ASCII.find("[profile.scale]").unwrap_or(0)..ASCII.find("[[device]]").unwrap_or(0)]
+    ));
+    assert!(
+        d.iter()
+            .any(|d| d.message.contains("describes a serial instrument")),
+        "{d:#?}"
+    );
+}

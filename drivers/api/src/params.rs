@@ -103,8 +103,15 @@ impl ParamSpec {
 }
 
 impl DeclaredCommand {
-    /// Check the platform's parameters: every declared one present and valid, nothing else.
-    pub fn check(&self, paras: &BTreeMap<String, Json>) -> Result<BTreeMap<String, Value>, String> {
+    /// Check the platform's parameters (a JSON object, or null for none): every declared one
+    /// present and valid, nothing else.
+    pub fn check(&self, paras: &Json) -> Result<BTreeMap<String, Value>, String> {
+        let empty = serde_json::Map::new();
+        let paras = match paras {
+            Json::Object(m) => m,
+            Json::Null => &empty,
+            other => return Err(format!("parameters must be an object, got {other}")),
+        };
         if let Some(extra) = paras
             .keys()
             .find(|k| !self.params.iter().any(|p| &p.name == *k))
@@ -164,8 +171,8 @@ mod tests {
         }
     }
 
-    fn paras(v: Json) -> BTreeMap<String, Json> {
-        serde_json::from_value(v).unwrap_or_default()
+    fn paras(v: Json) -> Json {
+        v
     }
 
     #[test]
@@ -202,6 +209,12 @@ mod tests {
             },
         };
         assert!(f.check(&json!(2.0)).is_err());
+        assert!(c.check(&json!([1])).is_err());
+        let none = DeclaredCommand {
+            params: Vec::new(),
+            ..cmd()
+        };
+        assert_eq!(none.check(&Json::Null), Ok(BTreeMap::new()));
         assert_eq!(f.check(&json!(0.5)), Ok(Value::Float(0.5)));
     }
 }

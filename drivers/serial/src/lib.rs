@@ -12,3 +12,4 @@ pub mod sniff;
 
 pub use instrument::{AsciiBus, AsciiDevice, Instrument, SerialAsciiDriver, TemplateCommand};
 pub use port::{open, Parity, PortSettings};
+pub use regex::Regex;
