@@ -18,6 +18,9 @@ install -D -m 0755 "${CARGO_TARGET_DIR:-target}/release/fieldgate" "$tree/usr/bi
 install -D -m 0644 config/default.toml "$tree/etc/fieldgate/fieldgate.toml"
 install -D -m 0644 README.md "$tree/usr/share/doc/fieldgate/README.md"
 for f in config/*.toml; do install -D -m 0644 "$f" "$tree/usr/share/doc/fieldgate/examples/$(basename "$f")"; done
+# The external-driver protocol and its runnable example program.
+install -D -m 0644 drivers/exec/README.md "$tree/usr/share/doc/fieldgate/exec-drivers.md"
+install -D -m 0755 drivers/exec/examples/thermostat.py "$tree/usr/share/doc/fieldgate/examples/thermostat.py"
 
 # .deb (Debian: units under /lib/systemd/system)
 deb="$stage/deb"
@@ -36,7 +39,8 @@ Section: net
 Priority: optional
 Installed-Size: $(du -sk "$deb" | cut -f1)
 Description: edge gateway daemon: field devices to an IoT platform over MQTT
- fieldgate reads Modbus TCP devices, keeps every reading in a durable
+ fieldgate reads Modbus TCP/RTU devices, serial ASCII instruments and
+ external driver programs, keeps every reading in a durable
  store-and-forward queue (SQLite) and delivers them over one MQTT session,
  adding child devices and reporting their status on the platform.
 CTL

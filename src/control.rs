@@ -93,6 +93,9 @@ impl StatusSource {
                 BusKind::ModbusTcp { endpoint } => {
                     json!({"name": b.name, "driver": "modbus-tcp", "endpoint": endpoint})
                 }
+                BusKind::Exec(e) => {
+                    json!({"name": b.name, "driver": "exec", "endpoint": e.argv.first()})
+                }
                 BusKind::SerialAscii { port, .. } => {
                     json!({"name": b.name, "driver": "serial-ascii", "endpoint": port.path,
                            "baud": port.baud})

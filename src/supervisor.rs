@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use fieldgate_driver::{CommandOutcome, CommandRequest, Driver, DriverContext, ErrorCode, Event};
+use fieldgate_exec::{ExecDevice, ExecDriver};
 use fieldgate_modbus::{BusSpec, DeviceSpec, ModbusDriver, Transport};
 use fieldgate_serial::{AsciiBus, AsciiDevice, SerialAsciiDriver};
 use tokio::sync::{mpsc, watch};
@@ -50,6 +51,16 @@ fn build(bus: &Bus, devices_cfg: &[Device]) -> Box<dyn Driver> {
             port: port.clone(),
             settle: *settle,
         },
+        BusKind::Exec(e) => {
+            let devices = devices_cfg
+                .iter()
+                .map(|d| ExecDevice {
+                    node_id: d.node_id.clone(),
+                    options: d.options.clone(),
+                })
+                .collect();
+            return Box::new(ExecDriver::new(e.clone(), devices));
+        }
         BusKind::SerialAscii {
             port,
             framing,

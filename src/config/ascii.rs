@@ -96,7 +96,7 @@ struct RawTemplate {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawParam {
+pub(super) struct RawParam {
     name: String,
     #[serde(rename = "type")]
     kind: String,
@@ -116,13 +116,57 @@ pub(super) struct Parsed {
 }
 
 /// Does this profile table describe a serial instrument (rather than a Modbus point map)?
-pub(super) fn is_ascii(t: &toml::de::DeTable<'_>) -> bool {
+pub(super) fn looks_ascii(t: &toml::de::DeTable<'_>) -> bool {
     ["field", "request", "regex", "split"]
         .iter()
         .any(|k| t.get(*k).is_some())
 }
 
 impl Checker<'_> {
+    /// Typed parameters of a declared command (`params = [{ name, type, min, max, max_len }]`).
+    pub(super) fn params(
+        &mut self,
+        raw: &[RawParam],
+        at: &Spanned<String>,
+        path: &str,
+    ) -> Option<Vec<ParamSpec>> {
+        let mut params: Vec<ParamSpec> = Vec::new();
+        for (i, p) in raw.iter().enumerate() {
+            let ppath = format!("{path}.params[{i}]");
+            let kind = match ParamKind::parse(&p.kind) {
+                Ok(ParamKind::Int { .. }) => {
+                    let (min, max) = (p.min.map(|v| v as i64), p.max.map(|v| v as i64));
+                    ParamKind::Int { min, max }
+                }
+                Ok(ParamKind::Float { .. }) => ParamKind::Float {
+                    min: p.min,
+                    max: p.max,
+                },
+                Ok(ParamKind::Text { max_len }) => ParamKind::Text {
+                    max_len: p.max_len.unwrap_or(max_len),
+                },
+                Ok(k) => k,
+                Err(e) => {
+                    self.err(Some(at.span()), format!("{ppath}.type"), e);
+                    return None;
+                }
+            };
+            if p.name.is_empty() || params.iter().any(|q| q.name == p.name) {
+                self.err(
+                    Some(at.span()),
+                    format!("{ppath}.name"),
+                    format!("parameter name `{}` is empty or declared twice", p.name),
+                );
+                return None;
+            }
+            params.push(ParamSpec {
+                name: p.name.clone(),
+                kind,
+            });
+        }
+        Some(params)
+    }
+
     fn regex(&mut self, s: &Spanned<String>, path: String) -> Option<Regex> {
         match Regex::new(s.get_ref()) {
             Ok(r) => Some(r),
@@ -496,32 +540,7 @@ impl Checker<'_> {
             );
             return None;
         }
-        let mut params = Vec::new();
-        for (i, p) in rc.params.iter().enumerate() {
-            let ppath = format!("{path}.params[{i}]");
-            let kind = match ParamKind::parse(&p.kind) {
-                Ok(ParamKind::Int { .. }) => {
-                    let (min, max) = (p.min.map(|v| v as i64), p.max.map(|v| v as i64));
-                    ParamKind::Int { min, max }
-                }
-                Ok(ParamKind::Float { .. }) => ParamKind::Float {
-                    min: p.min,
-                    max: p.max,
-                },
-                Ok(ParamKind::Text { max_len }) => ParamKind::Text {
-                    max_len: p.max_len.unwrap_or(max_len),
-                },
-                Ok(k) => k,
-                Err(e) => {
-                    self.err(Some(rc.name.span()), format!("{ppath}.type"), e);
-                    return None;
-                }
-            };
-            params.push(ParamSpec {
-                name: p.name.clone(),
-                kind,
-            });
-        }
+        let params = self.params(&rc.params, &rc.name, path)?;
         let used = match placeholders(rc.send.get_ref()) {
             Ok(u) => u,
             Err(e) => {

@@ -8,6 +8,7 @@
 
 mod ascii;
 mod duration;
+mod exec;
 mod schema;
 mod size;
 
@@ -176,6 +177,8 @@ pub enum BusKind {
         framing: Framing,
         max_frame: usize,
     },
+    /// An external driver program (restart backoff from the bus's reconnect_min/max).
+    Exec(fieldgate_exec::ExecBus),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -206,8 +209,10 @@ pub struct Device {
     pub commands: Arc<[CommandSpec]>,
     /// A serial instrument's model (its profile has fields, not points).
     pub ascii: Option<AsciiProfile>,
-    /// Template commands with typed parameters (serial instruments).
+    /// Template commands with typed parameters (serial instruments, exec devices).
     pub declared: Arc<[DeclaredCommand]>,
+    /// Exec devices: handed to the program verbatim.
+    pub options: serde_json::Value,
 }
 
 pub const DEFAULT_PATH: &str = "/etc/fieldgate/fieldgate.toml";
@@ -722,11 +727,19 @@ impl<'a> Checker<'a> {
                         _ => None,
                     }
                 }
+                "exec" => self.exec_settings(&b, &path).map(|e| {
+                    let min = b.reconnect_min.map_or(Duration::from_secs(1), |d| d.0);
+                    let max = b
+                        .reconnect_max
+                        .map_or(Duration::from_secs(60), |d| d.0)
+                        .max(min);
+                    BusKind::Exec(e.bus(&name, min, max))
+                }),
                 other => {
                     self.err(
                         Some(b.driver.span()),
                         format!("{path}.driver"),
-                        format!("unknown driver `{other}` (supported: modbus-tcp, modbus-rtu, serial-ascii)"),
+                        format!("unknown driver `{other}` (supported: modbus-tcp, modbus-rtu, serial-ascii, exec)"),
                     );
                     None
                 }
@@ -864,7 +877,44 @@ impl<'a> Checker<'a> {
                 self.err(Some(pv.span()), &path, "expected a table");
                 continue;
             };
-            if ascii::is_ascii(pt) {
+            let mut pt = pt.clone();
+            let kind = match pt.remove("kind") {
+                None if ascii::looks_ascii(&pt) => ProfileKind::Ascii,
+                None => ProfileKind::Modbus,
+                Some(k) => match k.get_ref().as_str() {
+                    Some("modbus") => ProfileKind::Modbus,
+                    Some("serial-ascii") => ProfileKind::Ascii,
+                    Some("exec") => ProfileKind::Exec,
+                    _ => {
+                        self.err(
+                            Some(k.span()),
+                            format!("{path}.kind"),
+                            "kind must be \"modbus\", \"serial-ascii\" or \"exec\"",
+                        );
+                        continue;
+                    }
+                },
+            };
+            if kind == ProfileKind::Exec {
+                if let Some((product_id, declared)) = self.exec_profile(name, pt, pv.span(), &path)
+                {
+                    out.insert(
+                        name.to_string(),
+                        Profile {
+                            product_id,
+                            max_gap: 0,
+                            points: Vec::new().into(),
+                            commands: Vec::new().into(),
+                            ascii: None,
+                            declared: declared.into(),
+                            kind,
+                        },
+                    );
+                }
+                continue;
+            }
+            let pt = &pt;
+            if kind == ProfileKind::Ascii {
                 if let Some(a) = self.ascii_profile(name, pt.clone(), pv.span(), &path) {
                     out.insert(
                         name.to_string(),
@@ -875,6 +925,7 @@ impl<'a> Checker<'a> {
                             commands: Vec::new().into(),
                             ascii: Some(a.profile),
                             declared: a.declared.into(),
+                            kind,
                         },
                     );
                 }
@@ -938,6 +989,7 @@ impl<'a> Checker<'a> {
                     commands: cmds.into(),
                     ascii: None,
                     declared: Vec::new().into(),
+                    kind,
                 },
             );
         }
@@ -1192,18 +1244,31 @@ impl<'a> Checker<'a> {
                 None => Duration::ZERO,
             };
             if let (Some(b), Some(p)) = (bus, profile) {
-                let serial = matches!(b.kind, BusKind::SerialAscii { .. });
-                if serial != p.ascii.is_some() {
+                let wants = match b.kind {
+                    BusKind::SerialAscii { .. } => ProfileKind::Ascii,
+                    BusKind::Exec(_) => ProfileKind::Exec,
+                    _ => ProfileKind::Modbus,
+                };
+                if wants != p.kind {
                     self.err(
                         Some(d.profile.span()),
                         format!("{path}.profile"),
-                        if serial {
-                            format!("bus `{}` is a serial-ascii bus; profile `{}` is a Modbus point map (a serial instrument profile has `field`s)", b.name, d.profile.get_ref())
-                        } else {
-                            format!("bus `{}` is a Modbus bus; profile `{}` describes a serial instrument", b.name, d.profile.get_ref())
-                        },
+                        format!(
+                            "bus `{}` needs {} profile; profile `{}` describes {}",
+                            b.name,
+                            wants.describe(),
+                            d.profile.get_ref(),
+                            p.kind.describe()
+                        ),
                     );
                     continue;
+                }
+                if d.options.is_some() && p.kind != ProfileKind::Exec {
+                    self.err(
+                        Some(d.node_id.span()),
+                        format!("{path}.options"),
+                        "`options` is for devices on an exec bus",
+                    );
                 }
                 out.push(Device {
                     name: d.name.unwrap_or_else(|| node_id.clone()),
@@ -1219,6 +1284,7 @@ impl<'a> Checker<'a> {
                     commands: p.commands.clone(),
                     ascii: p.ascii.clone(),
                     declared: p.declared.clone(),
+                    options: d.options.clone().unwrap_or(serde_json::Value::Null),
                 });
             }
         }
@@ -1241,6 +1307,24 @@ struct Profile {
     commands: Arc<[CommandSpec]>,
     ascii: Option<AsciiProfile>,
     declared: Arc<[DeclaredCommand]>,
+    kind: ProfileKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProfileKind {
+    Modbus,
+    Ascii,
+    Exec,
+}
+
+impl ProfileKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ProfileKind::Modbus => "a Modbus point map",
+            ProfileKind::Ascii => "a serial instrument",
+            ProfileKind::Exec => "an external-driver (exec) device",
+        }
+    }
 }
 
 fn list(names: &[&str]) -> String {

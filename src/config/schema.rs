@@ -128,6 +128,17 @@ pub struct RawBus {
     /// Longest frame kept (longer ones are counted and skipped).
     #[serde(default)]
     pub max_frame: Option<Spanned<usize>>,
+    /// Exec: the program and its arguments.
+    #[serde(default)]
+    pub command: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub env: Option<super::exec::Env>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub max_line: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub stop_grace: Option<Spanned<Dur>>,
 }
 
 /// A profile without its points (they are read one by one, so each gets its own errors).
@@ -196,6 +207,9 @@ pub struct RawDevice {
     /// Modbus RTU: extra silence before each request to this device.
     #[serde(default)]
     pub turnaround: Option<Spanned<Dur>>,
+    /// Exec: handed to the program verbatim.
+    #[serde(default)]
+    pub options: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]

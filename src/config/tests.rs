@@ -626,3 +626,112 @@ fn serial_instrument_profiles() {
         "{d:#?}"
     );
 }
+
+const EXEC: &str = r#"
+[platform]
+dialect = "iotda"
+host = "127.0.0.1"
+device_id = "gw_1"
+secret = "s3cret"
+
+[[bus]]
+name = "ext"
+driver = "exec"
+command = ["/usr/bin/python3", "/opt/drv.py"]
+env = { A = "1" }
+stop_grace = "1s"
+
+[profile.thermo]
+kind = "exec"
+product_id = "thermo"
+
+[[profile.thermo.command]]
+name = "set"
+params = [{ name = "value", type = "float", min = 5.0, max = 30.0 }]
+
+[[device]]
+node_id = "t1"
+bus = "ext"
+profile = "thermo"
+options = { interval = 5 }
+"#;
+
+#[test]
+fn exec_buses_and_profiles() {
+    let c = parse(EXEC, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    match &c.buses[0].kind {
+        BusKind::Exec(e) => {
+            assert_eq!(e.argv, vec!["/usr/bin/python3", "/opt/drv.py"]);
+            assert_eq!(e.env, vec![("A".to_string(), "1".to_string())]);
+            assert_eq!(e.stop_grace, Duration::from_secs(1));
+            assert_eq!(e.max_line, 65536);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.devices[0].options, serde_json::json!({"interval": 5}));
+    assert_eq!(c.devices[0].declared[0].name, "set");
+    let cases = [
+        (
+            "command = [\"/usr/bin/python3\", \"/opt/drv.py\"]\n",
+            "",
+            "bus[0].command",
+            "needs `command",
+        ),
+        (
+            "command = [\"/usr/bin/python3\", \"/opt/drv.py\"]",
+            "command = []",
+            "bus[0].command",
+            "at least the program",
+        ),
+        (
+            "command = [\"/usr/bin/python3\", \"/opt/drv.py\"]",
+            "command = \"/usr/bin/python3 x\"",
+            "bus[0]",
+            "expected a sequence",
+        ),
+        (
+            "stop_grace = \"1s\"",
+            "stop_grace = \"1m\"",
+            "bus[0].stop_grace",
+            "at most 30s",
+        ),
+        (
+            "stop_grace = \"1s\"",
+            "max_line = 10",
+            "bus[0].max_line",
+            "256 bytes",
+        ),
+        (
+            "kind = \"exec\"",
+            "kind = \"plugin\"",
+            "profile.thermo.kind",
+            "kind must be",
+        ),
+        (
+            "type = \"float\"",
+            "type = \"double\"",
+            "profile.thermo.command[0].params[0].type",
+            "unknown parameter type",
+        ),
+        (
+            "kind = \"exec\"",
+            "kind = \"modbus\"",
+            "device[0].profile",
+            "describes a Modbus point map",
+        ),
+    ];
+    for (from, to, path, words) in cases {
+        assert!(EXEC.contains(from), "{from}");
+        let src = EXEC.replacen(from, to, 1);
+        let d = errors(&src);
+        assert!(!d.is_empty(), "case {to:?}");
+        assert!(
+            d.iter()
+                .any(|d| d.path == path && d.message.contains(words)),
+            "case {to:?}: {d:#?}"
+        );
+    }
+    // options only on exec devices
+    let d = errors(&GOOD.replace("poll = \"1s\"", "poll = \"1s\"\noptions = { a = 1 }"));
+    assert!(d.iter().any(|d| d.path == "device[0].options"), "{d:#?}");
+}

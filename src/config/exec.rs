@@ -1,0 +1,181 @@
+//! External-driver (`exec`) settings in the config: the bus's program (argv, environment,
+//! working directory, bounds) and `kind = "exec"` profiles, which declare only a product id
+//! and the commands the platform may send, each with typed parameters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fieldgate_driver::DeclaredCommand;
+use fieldgate_exec::ExecBus;
+use serde::Deserialize;
+use toml::de::DeValue;
+use toml::Spanned;
+
+use super::ascii::RawParam;
+use super::schema::RawBus;
+use super::Checker;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecProfile {
+    #[serde(default)]
+    product_id: Option<String>,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecCommand {
+    name: Spanned<String>,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    params: Vec<RawParam>,
+}
+
+/// The bus's program settings, as far as the bus table holds them.
+pub(super) struct ExecSettings {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<PathBuf>,
+    pub max_line: usize,
+    pub stop_grace: Duration,
+}
+
+impl ExecSettings {
+    pub fn bus(&self, name: &str, restart_min: Duration, restart_max: Duration) -> ExecBus {
+        ExecBus {
+            name: name.to_string(),
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            working_dir: self.working_dir.clone(),
+            restart_min,
+            restart_max,
+            max_line: self.max_line,
+            stop_grace: self.stop_grace,
+        }
+    }
+}
+
+impl Checker<'_> {
+    pub(super) fn exec_settings(&mut self, b: &RawBus, path: &str) -> Option<ExecSettings> {
+        let Some(cmd) = &b.command else {
+            self.err(
+                Some(b.driver.span()),
+                format!("{path}.command"),
+                "an exec bus needs `command = [\"/path/to/program\", \"arg\", …]`",
+            );
+            return None;
+        };
+        let argv = cmd.get_ref().clone();
+        if argv.first().is_none_or(|p| p.is_empty()) {
+            self.err(
+                Some(cmd.span()),
+                format!("{path}.command"),
+                "`command` needs at least the program",
+            );
+            return None;
+        }
+        let max_line = match &b.max_line {
+            Some(m) if !(256..=16 * 1024 * 1024).contains(m.get_ref()) => {
+                self.err(
+                    Some(m.span()),
+                    format!("{path}.max_line"),
+                    "max_line must be 256 bytes..16 MiB",
+                );
+                return None;
+            }
+            Some(m) => *m.get_ref(),
+            None => 64 * 1024,
+        };
+        let stop_grace = b
+            .stop_grace
+            .as_ref()
+            .map_or(Duration::from_secs(2), |d| d.get_ref().0);
+        if stop_grace > Duration::from_secs(30) {
+            self.err(
+                b.stop_grace.as_ref().map(|d| d.span()),
+                format!("{path}.stop_grace"),
+                "stop_grace must be at most 30s (systemd stops the service within 45s)",
+            );
+            return None;
+        }
+        Some(ExecSettings {
+            argv,
+            env: b.env.clone().unwrap_or_default().into_iter().collect(),
+            working_dir: b.working_dir.clone().map(PathBuf::from),
+            max_line,
+            stop_grace,
+        })
+    }
+
+    /// A `kind = "exec"` profile: its product id and declared commands.
+    pub(super) fn exec_profile(
+        &mut self,
+        name: &str,
+        mut head: toml::de::DeTable<'_>,
+        span: std::ops::Range<usize>,
+        path: &str,
+    ) -> Option<(String, Vec<DeclaredCommand>)> {
+        let commands_v = head.remove("command");
+        for k in ["point", "field"] {
+            if let Some(v) = head.remove(k) {
+                self.err(
+                    Some(v.span()),
+                    format!("{path}.{k}"),
+                    format!("an exec profile has no `{k}`s: the program decides what it reports"),
+                );
+            }
+        }
+        let raw: RawExecProfile = self.de(&Spanned::new(span, DeValue::Table(head)), path)?;
+        let service = raw.service.unwrap_or_else(|| "data".into());
+        let mut out = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut ok = true;
+        if let Some(cv) = &commands_v {
+            for (i, item) in self
+                .array(cv, &format!("{path}.command"))
+                .into_iter()
+                .enumerate()
+            {
+                let cpath = format!("{path}.command[{i}]");
+                let Some(rc): Option<RawExecCommand> = self.de(item, &cpath) else {
+                    ok = false;
+                    continue;
+                };
+                let svc = rc.service.clone().unwrap_or_else(|| service.clone());
+                if rc.name.get_ref().is_empty()
+                    || !names.insert((svc.clone(), rc.name.get_ref().clone()))
+                {
+                    self.err(
+                        Some(rc.name.span()),
+                        format!("{cpath}.name"),
+                        format!(
+                            "command name `{}` is empty or declared twice for service `{svc}`",
+                            rc.name.get_ref()
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+                match self.params(&rc.params, &rc.name, &cpath) {
+                    Some(params) => out.push(DeclaredCommand {
+                        service: svc,
+                        name: rc.name.into_inner(),
+                        params,
+                    }),
+                    None => ok = false,
+                }
+            }
+        }
+        ok.then(|| (raw.product_id.unwrap_or_else(|| name.to_string()), out))
+    }
+}
+
+/// Environment given to the program, for the bus table.
+pub type Env = BTreeMap<String, String>;

@@ -1,0 +1,130 @@
+//! External drivers end to end: the `fieldgate` binary runs the documented example program
+//! (`drivers/exec/examples/thermostat.py`) on an exec bus, with a real mosquitto and the test
+//! platform. Readings reach the platform; a platform command with a checked parameter reaches
+//! the program and its result comes back; an out-of-range one never does; SIGTERM stops the
+//! program with the gateway (no process left behind).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                out.push(cmd);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn an_external_driver_program_reports_and_takes_commands() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // A private copy, so the process check below only sees this test's program.
+    let script = dir.path().join("thermostat-under-test.py");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("drivers/exec/examples/thermostat.py"),
+        &script,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start(dir.path());
+    let platform = TestPlatform::start(broker.port, "gw_exec");
+    let cfg = dir.path().join("fieldgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[gateway]
+runtime_dir = "{dir}/run"
+
+[platform]
+dialect = "iotda"
+host = "127.0.0.1"
+port = {mqtt}
+tls = false
+device_id = "gw_exec"
+secret = "s"
+
+[store]
+path = "{dir}/fg.db"
+
+[[bus]]
+name = "ext"
+driver = "exec"
+command = ["python3", "{script}"]
+stop_grace = "3s"
+
+[profile.thermo]
+kind = "exec"
+product_id = "thermo"
+service = "thermostat"
+
+[[profile.thermo.command]]
+name = "set_setpoint"
+params = [{{ name = "value", type = "float", min = 5.0, max = 30.0 }}]
+
+[[device]]
+node_id = "office"
+bus = "ext"
+profile = "thermo"
+options = {{ interval = 0.2, setpoint = 21.0 }}
+"#,
+            dir = dir.path().display(),
+            mqtt = broker.port,
+            script = script.display(),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut gw = Gateway::start(&cfg);
+
+    wait_until(Duration::from_secs(20), "thermostat readings", || {
+        platform
+            .reports()
+            .iter()
+            .filter(|(d, s)| d == "thermo_office" && s["service_id"] == "thermostat")
+            .count()
+            >= 3
+    });
+    assert!(platform
+        .statuses()
+        .iter()
+        .any(|(d, s)| d == "thermo_office" && s == "ONLINE"));
+
+    let r = platform.ask("commands", "s1", br#"{"object_device_id":"thermo_office","service_id":"thermostat","command_name":"set_setpoint","paras":{"value":24.5}}"#);
+    assert_eq!(r["result_code"], json!(0), "{r}");
+    assert_eq!(r["paras"]["setpoint"], json!(24.5), "{r}");
+    wait_until(Duration::from_secs(10), "the new setpoint reported", || {
+        platform
+            .reports()
+            .iter()
+            .any(|(d, s)| d == "thermo_office" && s["properties"]["setpoint"] == json!(24.5))
+    });
+    let r = platform.ask("commands", "s2", br#"{"object_device_id":"thermo_office","service_id":"thermostat","command_name":"set_setpoint","paras":{"value":99}}"#);
+    assert_ne!(r["result_code"], json!(0), "out of range is refused: {r}");
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        !platform
+            .reports()
+            .iter()
+            .any(|(d, s)| d == "thermo_office" && s["properties"]["setpoint"] == json!(99.0)),
+        "the refused value never reached the program"
+    );
+
+    let needle = script.display().to_string();
+    assert_eq!(processes_with(&needle).len(), 1, "the program runs once");
+    assert_eq!(gw.terminate(), Some(0));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        processes_with(&needle).is_empty(),
+        "the program stops with the gateway"
+    );
+}
