@@ -1,0 +1,401 @@
+//! The BLE bus task against BlueZ's D-Bus API as python-dbusmock's `bluez5` template provides
+//! it, on a private D-Bus daemon the test starts (there is no Bluetooth in this kernel). What
+//! is real: the D-Bus traffic, bluer, the discovery and property-change flow, the decoders and
+//! the driver. What is simulated: the adapter and the sensors (advertisement data and GATT
+//! objects are set through dbusmock). Nothing here has been run against a radio.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use fieldgate_ble::driver::BleDriver;
+use fieldgate_ble::spec::{uuid, CharType};
+use fieldgate_ble::{BleBus, BleDevice, Format, GattChar, GattCommand, Kind};
+use fieldgate_driver::{
+    Command, CommandOutcome, CommandRequest, DeclaredCommand, Driver, DriverContext, Event,
+    ParamKind, ParamSpec, Value,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// libdbus reads the system bus address once per process, so one mock serves every scenario
+/// of this test binary: they run in one test, one after the other.
+#[tokio::test]
+async fn bluez_through_dbusmock() {
+    let mut m = MockBluez::start();
+    advertisement_sensors_are_decoded_reported_on_change_and_go_stale(&mut m).await;
+    gatt_devices_are_read_subscribed_to_and_written(&mut m).await;
+}
+
+struct MockBluez {
+    daemon: Child,
+    mock: Child,
+    ctl: Child,
+    ctl_in: ChildStdin,
+    ctl_out: BufReader<ChildStdout>,
+}
+
+impl MockBluez {
+    fn start() -> Self {
+        let mut daemon = Process::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("dbus-daemon (apt-get install dbus): {e}"));
+        let mut line = String::new();
+        let out = daemon.stdout.take().unwrap_or_else(|| panic!("stdout"));
+        BufReader::new(out)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = line.trim().to_string();
+        assert!(addr.starts_with("unix:"), "dbus-daemon address: {addr:?}");
+        std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", &addr);
+        let mock = Process::new("/usr/bin/python3")
+            .args(["-m", "dbusmock", "--template", "bluez5", "-s"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &addr)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3-dbusmock: {e}"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bluez_ctl.py");
+        let mut ctl = Process::new("/usr/bin/python3")
+            .arg(script)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &addr)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3: {e}"));
+        let ctl_in = ctl.stdin.take().unwrap_or_else(|| panic!("stdin"));
+        let ctl_out = BufReader::new(ctl.stdout.take().unwrap_or_else(|| panic!("stdout")));
+        let mut m = MockBluez {
+            daemon,
+            mock,
+            ctl,
+            ctl_in,
+            ctl_out,
+        };
+        // The mock owns org.bluez once its template loaded.
+        let t0 = Instant::now();
+        loop {
+            let r = m.try_cmd("adapter hci0");
+            if r.starts_with("ok") {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "dbusmock never came up: {r}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m
+    }
+
+    fn try_cmd(&mut self, c: &str) -> String {
+        let _ = writeln!(self.ctl_in, "{c}");
+        let _ = self.ctl_in.flush();
+        let mut line = String::new();
+        let _ = self.ctl_out.read_line(&mut line);
+        line.trim().to_string()
+    }
+
+    fn cmd(&mut self, c: &str) -> String {
+        let r = self.try_cmd(c);
+        assert!(r.starts_with("ok"), "{c}: {r}");
+        r.trim_start_matches("ok").trim().to_string()
+    }
+}
+
+impl Drop for MockBluez {
+    fn drop(&mut self) {
+        for p in [&mut self.ctl, &mut self.mock, &mut self.daemon] {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+fn bus() -> BleBus {
+    BleBus {
+        name: "ble".into(),
+        adapter: Some("hci0".into()),
+        timeout: Duration::from_secs(2),
+        offline_after: 2,
+        reconnect_min: Duration::from_millis(200),
+        reconnect_max: Duration::from_secs(1),
+    }
+}
+
+fn advert(node: &str, addr: &str, format: Format, stale_ms: u64) -> BleDevice {
+    BleDevice {
+        node_id: node.into(),
+        address: addr.into(),
+        service: "env".into(),
+        kind: Kind::Advert { format },
+        poll: Duration::from_millis(100),
+        stale_after: Duration::from_millis(stale_ms),
+    }
+}
+
+struct Running {
+    events: mpsc::Receiver<Event>,
+    seen: Vec<Event>,
+    commands: mpsc::Sender<CommandRequest>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), fieldgate_driver::DriverError>>,
+}
+
+fn start(driver: BleDriver) -> Running {
+    let (tx, events) = mpsc::channel(4096);
+    let (commands, cmd_rx) = mpsc::channel(4);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(Box::new(driver).run(DriverContext {
+        events: tx,
+        commands: cmd_rx,
+        shutdown: stop_rx,
+    }));
+    Running {
+        events,
+        seen: Vec::new(),
+        commands,
+        stop,
+        task,
+    }
+}
+
+impl Running {
+    async fn until(&mut self, what: &str, f: impl Fn(&[Event]) -> bool) {
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !f(&self.seen) {
+            match tokio::time::timeout_at(end, self.events.recv()).await {
+                Ok(Some(e)) => self.seen.push(e),
+                _ => panic!("timed out waiting for {what}: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Take whatever arrives within `d`.
+    async fn settle(&mut self, d: Duration) {
+        let end = tokio::time::Instant::now() + d;
+        while let Ok(Some(e)) = tokio::time::timeout_at(end, self.events.recv()).await {
+            self.seen.push(e);
+        }
+    }
+
+    async fn finish(self) -> Vec<Event> {
+        let _ = self.stop.send(true);
+        let r = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        assert!(matches!(r, Ok(Ok(Ok(())))), "driver stops cleanly: {r:?}");
+        self.seen
+    }
+}
+
+fn reports(ev: &[Event], child: &str) -> Vec<BTreeMap<String, Value>> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::Report(r) if r.child == child => Some(r.properties.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn statuses(ev: &[Event], child: &str) -> Vec<(bool, String)> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::Status(s) if s.child == child => Some((s.online, s.reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+const BTHOME: &str = "A4:C1:38:00:00:01";
+const RUUVI: &str = "C0:FF:EE:00:00:02";
+const ATC: &str = "A4:C1:38:00:00:03";
+
+async fn advertisement_sensors_are_decoded_reported_on_change_and_go_stale(m: &mut MockBluez) {
+    for (a, n) in [
+        (BTHOME, "bthome"),
+        (RUUVI, "Ruuvi 884F"),
+        (ATC, "ATC_000003"),
+        ("11:22:33:44:55:66", "phone"),
+    ] {
+        m.cmd(&format!("device hci0 {a} {n}"));
+    }
+    m.cmd(&format!("sd {BTHOME} fcd2 4002C40903BF13"));
+    m.cmd(&format!(
+        "md {RUUVI} 0499 0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F"
+    ));
+    m.cmd(&format!("sd {ATC} 181a A4C13800000300EA38590B8907"));
+    let mut r = start(BleDriver::new(
+        bus(),
+        vec![
+            advert("th1", BTHOME, Format::Auto, 1500),
+            advert("ruuvi", RUUVI, Format::Ruuvi, 60_000),
+            advert("atc", ATC, Format::Atc, 60_000),
+        ],
+    ));
+    r.until("all three decoded", |ev| {
+        ["th1", "ruuvi", "atc"]
+            .iter()
+            .all(|c| !reports(ev, c).is_empty())
+    })
+    .await;
+    assert_eq!(
+        reports(&r.seen, "th1")[0]["temperature"],
+        Value::Float(25.0)
+    );
+    assert_eq!(reports(&r.seen, "th1")[0]["humidity"], Value::Float(50.55));
+    assert_eq!(
+        reports(&r.seen, "ruuvi")[0]["pressure"],
+        Value::UInt(100_044)
+    );
+    assert_eq!(
+        reports(&r.seen, "atc")[0]["temperature"],
+        Value::Float(23.4)
+    );
+
+    // A new temperature is reported; the same advertisement again is not.
+    m.cmd(&format!("sd {BTHOME} fcd2 40025E0A03BF13"));
+    r.until("the new temperature", |ev| {
+        reports(ev, "th1")
+            .iter()
+            .any(|p| p["temperature"] == Value::Float(26.54))
+    })
+    .await;
+    for _ in 0..3 {
+        m.cmd(&format!("sd {BTHOME} fcd2 40025E0A03BF13"));
+    }
+    r.settle(Duration::from_millis(400)).await;
+    assert_eq!(
+        reports(&r.seen, "th1").len(),
+        2,
+        "unchanged values are not reported again"
+    );
+
+    // Encrypted frames are never values; two in a row take the sensor OFFLINE.
+    m.cmd(&format!("sd {BTHOME} fcd2 4102C409"));
+    m.cmd(&format!("sd {BTHOME} fcd2 4102C40A"));
+    r.until("OFFLINE on undecodable frames", |ev| {
+        statuses(ev, "th1")
+            .iter()
+            .any(|(on, why)| !on && why.contains("encrypted"))
+    })
+    .await;
+    m.cmd(&format!("sd {BTHOME} fcd2 4002C40903BF13"));
+    r.until("ONLINE again", |ev| {
+        statuses(ev, "th1").last().is_some_and(|s| s.0)
+    })
+    .await;
+
+    // Silence: after 1.5 s without an advertisement it goes OFFLINE, once.
+    r.until("stale", |ev| {
+        statuses(ev, "th1")
+            .iter()
+            .any(|(on, why)| !on && why.contains("no advertisement"))
+    })
+    .await;
+    r.settle(Duration::from_millis(600)).await;
+    let ev = r.finish().await;
+    let th = statuses(&ev, "th1");
+    assert_eq!(
+        th.iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![true, false, true, false],
+        "{th:?}"
+    );
+    assert!(reports(&ev, "th1")
+        .iter()
+        .all(|p| p.contains_key("temperature")));
+    assert_eq!(statuses(&ev, "ruuvi"), vec![(true, String::new())]);
+    assert!(ev.iter().all(|e| match e {
+        Event::Report(r) => r.child != "phone",
+        _ => true,
+    }));
+}
+
+async fn gatt_devices_are_read_subscribed_to_and_written(m: &mut MockBluez) {
+    let addr = "D0:00:00:00:00:0A";
+    m.cmd(&format!("device hci0 {addr} sensor"));
+    let temp = uuid("2a6e").unwrap_or_default();
+    let count = uuid("6e400002-b5a3-f393-e0a9-e50e24dcca9e").unwrap_or_default();
+    let led = uuid("6e400003-b5a3-f393-e0a9-e50e24dcca9e").unwrap_or_default();
+    m.cmd(&format!("gatt {addr} 0010 0011 {temp} 1AFE"));
+    m.cmd(&format!("gatt {addr} 0010 0012 {count} 05"));
+    m.cmd(&format!("gatt {addr} 0010 0013 {led} 00"));
+    let ch = |property: &str, uuid: &str, kind, scale, notify| GattChar {
+        service: "env".into(),
+        property: property.into(),
+        uuid: uuid.into(),
+        kind,
+        scale,
+        offset: None,
+        notify,
+    };
+    let dev = BleDevice {
+        node_id: "g1".into(),
+        address: addr.into(),
+        service: "env".into(),
+        kind: Kind::Gatt {
+            chars: vec![
+                ch("temperature", &temp, CharType::I16, Some(0.01), false),
+                ch("count", &count, CharType::U8, None, true),
+            ],
+            commands: vec![GattCommand {
+                decl: DeclaredCommand {
+                    service: "env".into(),
+                    name: "set_led".into(),
+                    params: vec![ParamSpec {
+                        name: "value".into(),
+                        kind: ParamKind::Int {
+                            min: Some(0),
+                            max: Some(255),
+                        },
+                    }],
+                },
+                uuid: led.clone(),
+                kind: CharType::U8,
+            }],
+        },
+        poll: Duration::from_millis(200),
+        stale_after: Duration::from_secs(60),
+    };
+    let mut r = start(BleDriver::new(bus(), vec![dev]));
+    r.until("a read", |ev| {
+        reports(ev, "g1")
+            .iter()
+            .any(|p| p.get("temperature") == Some(&Value::Float(-4.86)))
+    })
+    .await;
+    m.cmd(&format!("notify {addr} 0010 0012 2A"));
+    r.until("a notification", |ev| {
+        reports(ev, "g1")
+            .iter()
+            .any(|p| p.get("count") == Some(&Value::UInt(42)))
+    })
+    .await;
+    let (reply, answer) = oneshot::channel();
+    let sent = r
+        .commands
+        .send(CommandRequest {
+            command: Command::Invoke {
+                child: "g1".into(),
+                service: "env".into(),
+                name: "set_led".into(),
+                params: BTreeMap::from([("value".to_string(), Value::Int(200))]),
+            },
+            deadline: Instant::now() + Duration::from_secs(3),
+            reply,
+        })
+        .await;
+    assert!(sent.is_ok());
+    let outcome = tokio::time::timeout(Duration::from_secs(5), answer).await;
+    assert!(
+        matches!(outcome, Ok(Ok(CommandOutcome::Done(_)))),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        m.cmd(&format!("value {addr} 0010 0013")),
+        "c8",
+        "the write reached the characteristic"
+    );
+    let ev = r.finish().await;
+    assert_eq!(statuses(&ev, "g1"), vec![(true, String::new())]);
+}
