@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Build the .deb and .rpm from one release build:  bash packaging/build.sh  → dist/
-# Needs dpkg-deb (Debian) and rpmbuild (Debian package `rpm`); no cargo plugins.
+# Needs dpkg-deb (Debian), rpmbuild (Debian package `rpm`) and libdbus-1-dev + pkg-config (the
+# BLE feature); no cargo plugins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 deb_arch=$(dpkg --print-architecture)
 rpm_arch=$(uname -m)
-cargo build --release --locked --bin fieldgate
+cargo build --release --locked --bin fieldgate --features ble
 
 rm -rf dist && mkdir -p dist
 stage=$(mktemp -d)
@@ -34,13 +35,13 @@ Package: fieldgate
 Version: $version
 Architecture: $deb_arch
 Maintainer: fieldgate developers <fieldgate@localhost>
-Depends: adduser, libc6
+Depends: adduser, libc6, libdbus-1-3
 Section: net
 Priority: optional
 Installed-Size: $(du -sk "$deb" | cut -f1)
 Description: edge gateway daemon: field devices to an IoT platform over MQTT
- fieldgate reads Modbus TCP/RTU devices, serial ASCII instruments and
- external driver programs, keeps every reading in a durable
+ fieldgate reads Modbus TCP/RTU devices, serial ASCII instruments, BLE
+ sensors and external driver programs, keeps every reading in a durable
  store-and-forward queue (SQLite) and delivers them over one MQTT session,
  adding child devices and reporting their status on the platform.
 CTL

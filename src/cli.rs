@@ -62,6 +62,11 @@ pub enum Cmd {
         #[command(subcommand)]
         probe: SerialProbe,
     },
+    /// Field probes for BLE sensors (BlueZ), before a config exists.
+    Ble {
+        #[command(subcommand)]
+        probe: BleProbe,
+    },
     /// Validate a configuration file and print every problem with its line and column.
     Check {
         /// Configuration file.
@@ -136,6 +141,19 @@ pub enum ModbusProbe {
         address: String,
         #[arg(long, default_value = "300ms", value_parser = parse_duration)]
         timeout: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BleProbe {
+    /// Listen for advertisements and list every device heard, decoded like the daemon would.
+    Scan {
+        /// The adapter, e.g. hci0; default: BlueZ's default adapter.
+        #[arg(long)]
+        adapter: Option<String>,
+        /// How long to listen.
+        #[arg(long = "for", default_value = "10s", value_parser = parse_duration)]
+        duration: std::time::Duration,
     },
 }
 

@@ -93,6 +93,9 @@ impl StatusSource {
                 BusKind::ModbusTcp { endpoint } => {
                     json!({"name": b.name, "driver": "modbus-tcp", "endpoint": endpoint})
                 }
+                BusKind::Ble { adapter } => {
+                    json!({"name": b.name, "driver": "ble", "endpoint": adapter.as_deref().unwrap_or("default adapter")})
+                }
                 BusKind::Exec(e) => {
                     json!({"name": b.name, "driver": "exec", "endpoint": e.argv.first()})
                 }

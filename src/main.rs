@@ -64,6 +64,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Ble { probe } => match fieldgate::probe::ble(probe) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fieldgate ble: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Serial { probe } => match fieldgate::probe::serial(probe) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -8,7 +8,7 @@ use fieldgate_modbus::probe::{self, Presence};
 use fieldgate_modbus::Transport;
 use fieldgate_serial::{Parity, PortSettings};
 
-use crate::cli::{Line, ModbusProbe, SerialProbe};
+use crate::cli::{BleProbe, Line, ModbusProbe, SerialProbe};
 
 fn units(spec: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
@@ -210,6 +210,58 @@ pub fn serial(cmd: SerialProbe) -> Result<(), String> {
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
+}
+
+/// `fieldgate ble scan`: every device heard, with RSSI and what the daemon's decoders make of it.
+#[cfg(feature = "ble")]
+pub fn ble(cmd: BleProbe) -> Result<String, String> {
+    let BleProbe::Scan { adapter, duration } = cmd;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let seen = rt.block_on(fieldgate_ble::scan::scan(adapter.as_deref(), duration))?;
+    let mut lines = vec![format!(
+        "{} device(s) heard on {} in {duration:?}",
+        seen.len(),
+        adapter.as_deref().unwrap_or("the default adapter")
+    )];
+    for s in &seen {
+        let what = match &s.decoded {
+            Some(Ok(p)) => p
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.to_json()))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Some(Err(e)) => format!("undecodable: {e}"),
+            None => {
+                let uuids: Vec<String> =
+                    s.service_uuids.iter().map(|u| format!("{u:04x}")).collect();
+                let companies: Vec<String> =
+                    s.companies.iter().map(|c| format!("{c:04x}")).collect();
+                format!(
+                    "no known format (service data [{}], manufacturer [{}])",
+                    uuids.join(","),
+                    companies.join(",")
+                )
+            }
+        };
+        lines.push(format!(
+            "  {}  {:>4} dBm  {:<16}  {what}",
+            s.address,
+            s.rssi.map_or("?".to_string(), |r| r.to_string()),
+            s.name.as_deref().unwrap_or("-")
+        ));
+    }
+    Ok(lines.join("\n"))
+}
+
+#[cfg(not(feature = "ble"))]
+pub fn ble(_cmd: BleProbe) -> Result<String, String> {
+    Err(
+        "this fieldgate was built without BLE support (cargo feature `ble`; the packages have it)"
+            .into(),
+    )
 }
 
 #[cfg(test)]

@@ -32,6 +32,39 @@ pub struct Supervisor {
     buses: BTreeMap<String, Running>,
 }
 
+#[cfg(feature = "ble")]
+fn ble_driver(bus: &Bus, adapter: Option<String>, devices: &[Device]) -> Box<dyn Driver> {
+    let spec = fieldgate_ble::BleBus {
+        name: bus.name.clone(),
+        adapter,
+        timeout: bus.timeout,
+        offline_after: bus.offline_after,
+        reconnect_min: bus.reconnect_min,
+        reconnect_max: bus.reconnect_max,
+    };
+    let devices = devices.iter().filter_map(|d| d.ble.clone()).collect();
+    Box::new(fieldgate_ble::driver::BleDriver::new(spec, devices))
+}
+
+/// Unreachable in practice: the config refuses `ble` buses in a build without the feature.
+#[cfg(not(feature = "ble"))]
+fn ble_driver(bus: &Bus, _adapter: Option<String>, _devices: &[Device]) -> Box<dyn Driver> {
+    struct NoBle(String);
+    impl Driver for NoBle {
+        fn bus(&self) -> &str {
+            &self.0
+        }
+        fn run(self: Box<Self>, _ctx: DriverContext) -> fieldgate_driver::DriverFuture {
+            Box::pin(async {
+                Err(fieldgate_driver::DriverError::Config(
+                    "built without BLE support".into(),
+                ))
+            })
+        }
+    }
+    Box::new(NoBle(bus.name.clone()))
+}
+
 fn build(bus: &Bus, devices_cfg: &[Device]) -> Box<dyn Driver> {
     let devices: Vec<DeviceSpec> = devices_cfg
         .iter()
@@ -51,6 +84,7 @@ fn build(bus: &Bus, devices_cfg: &[Device]) -> Box<dyn Driver> {
             port: port.clone(),
             settle: *settle,
         },
+        BusKind::Ble { adapter } => return ble_driver(bus, adapter.clone(), devices_cfg),
         BusKind::Exec(e) => {
             let devices = devices_cfg
                 .iter()

@@ -7,6 +7,7 @@
 //! and key path; `fieldgate check` prints them all and `run` refuses to start (exit 78).
 
 mod ascii;
+mod ble;
 mod duration;
 mod exec;
 mod schema;
@@ -25,6 +26,7 @@ use fieldgate_serial::frame::Framing;
 use fieldgate_serial::{Parity, PortSettings};
 
 pub use ascii::AsciiProfile;
+pub use ble::BleProfile;
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
@@ -179,6 +181,10 @@ pub enum BusKind {
     },
     /// An external driver program (restart backoff from the bus's reconnect_min/max).
     Exec(fieldgate_exec::ExecBus),
+    /// A BLE adapter through BlueZ.
+    Ble {
+        adapter: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -213,6 +219,8 @@ pub struct Device {
     pub declared: Arc<[DeclaredCommand]>,
     /// Exec devices: handed to the program verbatim.
     pub options: serde_json::Value,
+    /// BLE devices: address, advertisement format or GATT map.
+    pub ble: Option<fieldgate_ble::BleDevice>,
 }
 
 pub const DEFAULT_PATH: &str = "/etc/fieldgate/fieldgate.toml";
@@ -727,6 +735,17 @@ impl<'a> Checker<'a> {
                         _ => None,
                     }
                 }
+                "ble" if !cfg!(feature = "ble") => {
+                    self.err(
+                        Some(b.driver.span()),
+                        format!("{path}.driver"),
+                        "this fieldgate was built without BLE support (cargo feature `ble`; the packages have it)",
+                    );
+                    None
+                }
+                "ble" => Some(BusKind::Ble {
+                    adapter: b.adapter.as_ref().map(|a| a.get_ref().clone()),
+                }),
                 "exec" => self.exec_settings(&b, &path).map(|e| {
                     let min = b.reconnect_min.map_or(Duration::from_secs(1), |d| d.0);
                     let max = b
@@ -756,9 +775,11 @@ impl<'a> Checker<'a> {
                     );
                 }
             }
+            // A BLE connection takes seconds; a Modbus answer milliseconds.
+            let default_timeout = if b.driver.get_ref() == "ble" { 10 } else { 1 };
             let timeout = b
                 .timeout
-                .map_or(Duration::from_secs(1), |t| t.into_inner().0);
+                .map_or(Duration::from_secs(default_timeout), |t| t.into_inner().0);
             if timeout.is_zero() {
                 self.err(
                     None,
@@ -880,21 +901,45 @@ impl<'a> Checker<'a> {
             let mut pt = pt.clone();
             let kind = match pt.remove("kind") {
                 None if ascii::looks_ascii(&pt) => ProfileKind::Ascii,
+                None if pt.get("format").is_some() || pt.get("characteristic").is_some() => {
+                    ProfileKind::Ble
+                }
                 None => ProfileKind::Modbus,
                 Some(k) => match k.get_ref().as_str() {
                     Some("modbus") => ProfileKind::Modbus,
                     Some("serial-ascii") => ProfileKind::Ascii,
                     Some("exec") => ProfileKind::Exec,
+                    Some("ble") => ProfileKind::Ble,
                     _ => {
                         self.err(
                             Some(k.span()),
                             format!("{path}.kind"),
-                            "kind must be \"modbus\", \"serial-ascii\" or \"exec\"",
+                            "kind must be \"modbus\", \"serial-ascii\", \"ble\" or \"exec\"",
                         );
                         continue;
                     }
                 },
             };
+            if kind == ProfileKind::Ble {
+                if let Some((product_id, ble, declared)) =
+                    self.ble_profile(name, pt, pv.span(), &path)
+                {
+                    out.insert(
+                        name.to_string(),
+                        Profile {
+                            product_id,
+                            max_gap: 0,
+                            points: Vec::new().into(),
+                            commands: Vec::new().into(),
+                            ascii: None,
+                            ble: Some(ble),
+                            declared: declared.into(),
+                            kind,
+                        },
+                    );
+                }
+                continue;
+            }
             if kind == ProfileKind::Exec {
                 if let Some((product_id, declared)) = self.exec_profile(name, pt, pv.span(), &path)
                 {
@@ -906,6 +951,7 @@ impl<'a> Checker<'a> {
                             points: Vec::new().into(),
                             commands: Vec::new().into(),
                             ascii: None,
+                            ble: None,
                             declared: declared.into(),
                             kind,
                         },
@@ -924,6 +970,7 @@ impl<'a> Checker<'a> {
                             points: Vec::new().into(),
                             commands: Vec::new().into(),
                             ascii: Some(a.profile),
+                            ble: None,
                             declared: a.declared.into(),
                             kind,
                         },
@@ -988,6 +1035,7 @@ impl<'a> Checker<'a> {
                     points: specs.into(),
                     commands: cmds.into(),
                     ascii: None,
+                    ble: None,
                     declared: Vec::new().into(),
                     kind,
                 },
@@ -1247,6 +1295,7 @@ impl<'a> Checker<'a> {
                 let wants = match b.kind {
                     BusKind::SerialAscii { .. } => ProfileKind::Ascii,
                     BusKind::Exec(_) => ProfileKind::Exec,
+                    BusKind::Ble { .. } => ProfileKind::Ble,
                     _ => ProfileKind::Modbus,
                 };
                 if wants != p.kind {
@@ -1270,6 +1319,39 @@ impl<'a> Checker<'a> {
                         "`options` is for devices on an exec bus",
                     );
                 }
+                let ble = match (&p.ble, &d.address) {
+                    (Some(bp), Some(a)) => match fieldgate_ble::spec::address(a.get_ref()) {
+                        Ok(address) => Some(fieldgate_ble::BleDevice {
+                            node_id: node_id.clone(),
+                            address,
+                            service: bp.service.clone(),
+                            kind: bp.kind.clone(),
+                            poll,
+                            stale_after: bp.stale_after,
+                        }),
+                        Err(e) => {
+                            self.err(Some(a.span()), format!("{path}.address"), e);
+                            continue;
+                        }
+                    },
+                    (Some(_), None) => {
+                        self.err(
+                            Some(d.node_id.span()),
+                            format!("{path}.address"),
+                            "a BLE device needs `address = \"AA:BB:CC:DD:EE:FF\"`",
+                        );
+                        continue;
+                    }
+                    (None, Some(a)) => {
+                        self.err(
+                            Some(a.span()),
+                            format!("{path}.address"),
+                            "`address` is for devices on a BLE bus",
+                        );
+                        continue;
+                    }
+                    (None, None) => None,
+                };
                 out.push(Device {
                     name: d.name.unwrap_or_else(|| node_id.clone()),
                     node_id,
@@ -1285,6 +1367,7 @@ impl<'a> Checker<'a> {
                     ascii: p.ascii.clone(),
                     declared: p.declared.clone(),
                     options: d.options.clone().unwrap_or(serde_json::Value::Null),
+                    ble,
                 });
             }
         }
@@ -1306,6 +1389,7 @@ struct Profile {
     points: Arc<[PointSpec]>,
     commands: Arc<[CommandSpec]>,
     ascii: Option<AsciiProfile>,
+    ble: Option<BleProfile>,
     declared: Arc<[DeclaredCommand]>,
     kind: ProfileKind,
 }
@@ -1315,6 +1399,7 @@ enum ProfileKind {
     Modbus,
     Ascii,
     Exec,
+    Ble,
 }
 
 impl ProfileKind {
@@ -1323,6 +1408,7 @@ impl ProfileKind {
             ProfileKind::Modbus => "a Modbus point map",
             ProfileKind::Ascii => "a serial instrument",
             ProfileKind::Exec => "an external-driver (exec) device",
+            ProfileKind::Ble => "a BLE device",
         }
     }
 }

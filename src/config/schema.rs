@@ -139,6 +139,9 @@ pub struct RawBus {
     pub max_line: Option<Spanned<usize>>,
     #[serde(default)]
     pub stop_grace: Option<Spanned<Dur>>,
+    /// BLE: the adapter (`hci0`); default BlueZ's default adapter.
+    #[serde(default)]
+    pub adapter: Option<Spanned<String>>,
 }
 
 /// A profile without its points (they are read one by one, so each gets its own errors).
@@ -210,6 +213,9 @@ pub struct RawDevice {
     /// Exec: handed to the program verbatim.
     #[serde(default)]
     pub options: Option<serde_json::Value>,
+    /// BLE: the device's address.
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -735,3 +735,79 @@ fn exec_buses_and_profiles() {
     let d = errors(&GOOD.replace("poll = \"1s\"", "poll = \"1s\"\noptions = { a = 1 }"));
     assert!(d.iter().any(|d| d.path == "device[0].options"), "{d:#?}");
 }
+
+#[cfg(feature = "ble")]
+#[test]
+fn ble_buses_and_profiles() {
+    let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ble.toml"))
+        .unwrap_or_default();
+    let c = parse(&base, Path::new("ble.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let valve = c
+        .devices
+        .iter()
+        .find(|d| d.node_id == "valve-1")
+        .and_then(|d| d.ble.clone())
+        .unwrap_or_else(|| panic!("valve"));
+    match &valve.kind {
+        fieldgate_ble::Kind::Gatt { chars, commands } => {
+            assert_eq!(chars[0].uuid, "00002a6e-0000-1000-8000-00805f9b34fb");
+            assert!(chars[1].notify);
+            assert_eq!(commands[0].decl.name, "set_position");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.buses[0].timeout, Duration::from_secs(10));
+    let cases = [
+        (
+            "address = \"A4:C1:38:12:34:56\"",
+            "address = \"A4:C1:38\"",
+            "device[0].address",
+            "not a Bluetooth address",
+        ),
+        (
+            "address = \"A4:C1:38:12:34:56\"\n",
+            "",
+            "device[0].address",
+            "needs `address",
+        ),
+        (
+            "format = \"auto\"",
+            "format = \"eddystone\"",
+            "profile.thermometer.format",
+            "unknown advertisement format",
+        ),
+        (
+            "uuid = \"2a6e\"",
+            "uuid = \"2a6e0\"",
+            "profile.valve.characteristic[0].uuid",
+            "not a UUID",
+        ),
+        (
+            "type = \"i16\"",
+            "type = \"i24\"",
+            "profile.valve.characteristic[0].type",
+            "unknown characteristic type",
+        ),
+        (
+            "stale_after = \"5m\"",
+            "stale_after = \"10ms\"",
+            "profile.thermometer.stale_after",
+            "at least 1s",
+        ),
+        (
+            "kind = \"ble\"\nproduct_id = \"valve\"",
+            "kind = \"ble\"\nproduct_id = \"valve\"\nformat = \"auto\"",
+            "profile.valve.format",
+            "advertisement sensors",
+        ),
+    ];
+    for (from, to, path, words) in cases {
+        assert!(base.contains(from), "{from}");
+        let d = errors(&base.replacen(from, to, 1));
+        assert!(
+            d.iter()
+                .any(|d| d.path == path && d.message.contains(words)),
+            "case {to:?}: {d:#?}"
+        );
+    }
+}

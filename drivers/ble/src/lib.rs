@@ -10,6 +10,8 @@ pub mod driver;
 #[cfg(feature = "bluez")]
 pub mod scan;
 pub mod spec;
+#[cfg(feature = "bluez")]
+pub mod testing;
 
 pub use decode::Format;
 pub use spec::{BleBus, BleDevice, GattChar, GattCommand, Kind};

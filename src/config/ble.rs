@@ -1,0 +1,257 @@
+//! BLE settings in the config: a `ble` bus (the adapter) and `kind = "ble"` profiles — an
+//! advertisement `format`, or GATT `[[profile.NAME.characteristic]]`s to read or subscribe to
+//! and `[[profile.NAME.command]]`s that write a characteristic — checked key by key into the
+//! driver's [`BleDevice`] parts. Devices on a BLE bus are keyed by their `address`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fieldgate_ble::spec::{uuid, CharType};
+use fieldgate_ble::{Format, GattChar, GattCommand, Kind};
+use fieldgate_driver::{DeclaredCommand, ParamKind, ParamSpec};
+use serde::Deserialize;
+use toml::de::DeValue;
+use toml::Spanned;
+
+use super::duration::Dur;
+use super::Checker;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBleProfile {
+    #[serde(default)]
+    product_id: Option<String>,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+    /// Advertisement sensors: auto, bthome, ruuvi, atc.
+    #[serde(default)]
+    format: Option<Spanned<String>>,
+    #[serde(default)]
+    stale_after: Option<Spanned<Dur>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChar {
+    property: Spanned<String>,
+    #[serde(default)]
+    service: Option<String>,
+    uuid: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    #[serde(default)]
+    scale: Option<f64>,
+    #[serde(default)]
+    offset: Option<f64>,
+    #[serde(default)]
+    notify: bool,
+    #[serde(default)]
+    #[allow(dead_code)]
+    unit: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBleCommand {
+    name: Spanned<String>,
+    #[serde(default)]
+    service: Option<String>,
+    /// The characteristic written with the command's `value`.
+    characteristic: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    #[serde(default)]
+    min: Option<f64>,
+    #[serde(default)]
+    max: Option<f64>,
+}
+
+/// A checked BLE profile: what every device of the model shares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BleProfile {
+    pub service: String,
+    pub kind: Kind,
+    pub stale_after: Duration,
+}
+
+impl Checker<'_> {
+    pub(super) fn ble_profile(
+        &mut self,
+        name: &str,
+        mut head: toml::de::DeTable<'_>,
+        span: std::ops::Range<usize>,
+        path: &str,
+    ) -> Option<(String, BleProfile, Vec<DeclaredCommand>)> {
+        let chars_v = head.remove("characteristic");
+        let commands_v = head.remove("command");
+        let raw: RawBleProfile =
+            self.de(&Spanned::new(span.clone(), DeValue::Table(head)), path)?;
+        let service = raw.service.clone().unwrap_or_else(|| "data".into());
+        let stale_after = raw
+            .stale_after
+            .as_ref()
+            .map_or(Duration::from_secs(300), |d| d.get_ref().0);
+        if stale_after < Duration::from_secs(1) {
+            self.err(
+                raw.stale_after.as_ref().map(|d| d.span()),
+                format!("{path}.stale_after"),
+                "stale_after must be at least 1s",
+            );
+            return None;
+        }
+        let mut ok = true;
+        let kind = if chars_v.is_none() && commands_v.is_none() {
+            let format = match &raw.format {
+                Some(f) => match Format::parse(f.get_ref()) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.err(Some(f.span()), format!("{path}.format"), e);
+                        return None;
+                    }
+                },
+                None => Format::Auto,
+            };
+            Kind::Advert { format }
+        } else {
+            if let Some(f) = &raw.format {
+                self.err(
+                    Some(f.span()),
+                    format!("{path}.format"),
+                    "`format` is for advertisement sensors; a GATT profile has `characteristic`s",
+                );
+                ok = false;
+            }
+            let mut chars = Vec::new();
+            let mut seen = BTreeSet::new();
+            if let Some(cv) = &chars_v {
+                for (i, item) in self
+                    .array(cv, &format!("{path}.characteristic"))
+                    .into_iter()
+                    .enumerate()
+                {
+                    let cpath = format!("{path}.characteristic[{i}]");
+                    let Some(rc): Option<RawChar> = self.de(item, &cpath) else {
+                        ok = false;
+                        continue;
+                    };
+                    let svc = rc.service.clone().unwrap_or_else(|| service.clone());
+                    if !seen.insert((svc.clone(), rc.property.get_ref().clone())) {
+                        self.err(
+                            Some(rc.property.span()),
+                            format!("{cpath}.property"),
+                            format!("property `{svc}.{}` declared twice", rc.property.get_ref()),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    let u = uuid(rc.uuid.get_ref())
+                        .map_err(|e| self.err(Some(rc.uuid.span()), format!("{cpath}.uuid"), e));
+                    let k = CharType::parse(rc.kind.get_ref())
+                        .map_err(|e| self.err(Some(rc.kind.span()), format!("{cpath}.type"), e));
+                    match (u, k) {
+                        (Ok(uuid), Ok(kind)) => chars.push(GattChar {
+                            service: svc,
+                            property: rc.property.into_inner(),
+                            uuid,
+                            kind,
+                            scale: rc.scale,
+                            offset: rc.offset,
+                            notify: rc.notify,
+                        }),
+                        _ => ok = false,
+                    }
+                }
+            }
+            let mut commands = Vec::new();
+            if let Some(cv) = &commands_v {
+                let mut names = BTreeSet::new();
+                for (i, item) in self
+                    .array(cv, &format!("{path}.command"))
+                    .into_iter()
+                    .enumerate()
+                {
+                    let cpath = format!("{path}.command[{i}]");
+                    let Some(rc): Option<RawBleCommand> = self.de(item, &cpath) else {
+                        ok = false;
+                        continue;
+                    };
+                    let svc = rc.service.clone().unwrap_or_else(|| service.clone());
+                    if !names.insert((svc.clone(), rc.name.get_ref().clone())) {
+                        self.err(
+                            Some(rc.name.span()),
+                            format!("{cpath}.name"),
+                            "command declared twice",
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    let u = uuid(rc.characteristic.get_ref()).map_err(|e| {
+                        self.err(
+                            Some(rc.characteristic.span()),
+                            format!("{cpath}.characteristic"),
+                            e,
+                        )
+                    });
+                    let k = CharType::parse(rc.kind.get_ref())
+                        .map_err(|e| self.err(Some(rc.kind.span()), format!("{cpath}.type"), e));
+                    let (Ok(uuid), Ok(kind)) = (u, k) else {
+                        ok = false;
+                        continue;
+                    };
+                    let param = match kind {
+                        CharType::Bool => ParamKind::Bool,
+                        CharType::F32 => ParamKind::Float {
+                            min: rc.min,
+                            max: rc.max,
+                        },
+                        CharType::Text => ParamKind::Text { max_len: 20 },
+                        _ => ParamKind::Int {
+                            min: rc.min.map(|v| v as i64),
+                            max: rc.max.map(|v| v as i64),
+                        },
+                    };
+                    commands.push(GattCommand {
+                        decl: DeclaredCommand {
+                            service: svc,
+                            name: rc.name.into_inner(),
+                            params: vec![ParamSpec {
+                                name: "value".into(),
+                                kind: param,
+                            }],
+                        },
+                        uuid,
+                        kind,
+                    });
+                }
+            }
+            if chars.is_empty() && commands.is_empty() {
+                self.err(
+                    Some(span),
+                    path,
+                    "a GATT profile needs at least one characteristic or command",
+                );
+                ok = false;
+            }
+            Kind::Gatt { chars, commands }
+        };
+        if !ok {
+            return None;
+        }
+        let declared = match &kind {
+            Kind::Gatt { commands, .. } => commands.iter().map(|c| c.decl.clone()).collect(),
+            Kind::Advert { .. } => Vec::new(),
+        };
+        Some((
+            raw.product_id.unwrap_or_else(|| name.to_string()),
+            BleProfile {
+                service,
+                kind,
+                stale_after,
+            },
+            declared,
+        ))
+    }
+}
