@@ -150,6 +150,7 @@ pub async fn serve(
     let (uplink_tx, mut uplink_rx) = mpsc::channel(64);
     let uplink = tokio::spawn(
         Uplink {
+            dialect: crate::uplink::dialect::for_platform(&cfg.platform),
             platform: cfg.platform.clone(),
             store: store.clone(),
             registry: registry.clone(),

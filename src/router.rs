@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
-    now_ms, Command, CommandOutcome, CommandRequest, DeclaredCommand, ErrorCode, Value,
+    Command, CommandOutcome, CommandRequest, DeclaredCommand, ErrorCode, Value,
 };
 use fieldgate_modbus::{CommandSpec, DataType, PointSpec, Table};
 use serde_json::{Map, Value as Json};
@@ -21,7 +21,8 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::uplink::dialect::iotda::{self, Inbound, Topics};
+use crate::uplink::dialect::iotda::Inbound;
+use crate::uplink::dialect::Respond;
 
 /// A response ready to publish.
 #[derive(Debug)]
@@ -134,71 +135,24 @@ impl Router {
     }
 
     /// Answer a request that could not be parsed.
-    pub fn refuse(
-        &self,
-        topics: &Topics,
-        topic: &str,
-        request_id: &str,
-        why: &str,
-        reply: &mpsc::Sender<Reply>,
-    ) {
+    pub fn refuse(&self, respond: &Respond, why: &str, reply: &mpsc::Sender<Reply>) {
         let outcome = CommandOutcome::Failed {
             code: ErrorCode::BadValue,
             message: format!("malformed request: {why}"),
         };
-        let (t, payload) = if topic.contains("/properties/set/") {
-            (
-                topics.set_response(request_id),
-                iotda::set_response(&outcome),
-            )
-        } else if topic.contains("/properties/get/") {
-            (
-                topics.get_response(request_id),
-                iotda::get_response(&outcome, now_ms()),
-            )
-        } else {
-            (
-                topics.command_response(request_id),
-                iotda::command_response(&outcome),
-            )
-        };
-        let _ = reply.try_send(Reply { topic: t, payload });
+        let _ = reply.try_send(respond(&outcome));
     }
 
+    /// Check a request, hand it to its child's bus, and answer it with `respond` — at once
+    /// when it is refused, else when the driver answers or the deadline passes.
     pub fn dispatch(
         &self,
-        topics: &Topics,
         req: Request,
+        respond: Respond,
         registry: &Mutex<Registry>,
         reply: &mpsc::Sender<Reply>,
     ) {
         let rid = req.request_id().to_string();
-        let respond = {
-            let topics_c = (
-                topics.command_response(&rid),
-                topics.set_response(&rid),
-                topics.get_response(&rid),
-            );
-            let kind = match &req {
-                Request::Command { .. } => 0,
-                Request::Set { .. } => 1,
-                Request::Get { .. } => 2,
-            };
-            move |o: &CommandOutcome| match kind {
-                0 => Reply {
-                    topic: topics_c.0.clone(),
-                    payload: iotda::command_response(o),
-                },
-                1 => Reply {
-                    topic: topics_c.1.clone(),
-                    payload: iotda::set_response(o),
-                },
-                _ => Reply {
-                    topic: topics_c.2.clone(),
-                    payload: iotda::get_response(o, now_ms()),
-                },
-            }
-        };
         let checked = self.check(&req, registry);
         let (target, command) = match checked {
             Ok(x) => x,

@@ -112,6 +112,7 @@ pub struct Gateway {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Iotda,
+    ThingsBoard,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -460,11 +461,12 @@ impl<'a> Checker<'a> {
     fn platform(&mut self, p: RawPlatform) -> Option<Platform> {
         let dialect = match p.dialect.get_ref().as_str() {
             "iotda" => Some(Dialect::Iotda),
+            "thingsboard" => Some(Dialect::ThingsBoard),
             other => {
                 self.err(
                     Some(p.dialect.span()),
                     "platform.dialect",
-                    format!("unknown dialect `{other}` (supported: iotda)"),
+                    format!("unknown dialect `{other}` (supported: iotda, thingsboard)"),
                 );
                 None
             }

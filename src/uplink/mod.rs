@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fieldgate_driver::{now_ms, Value};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport,
+};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
@@ -27,9 +29,9 @@ use crate::config::Platform;
 use crate::metrics::Metrics;
 use crate::queue::Record;
 use crate::registry::{Deleted, Registry};
-use crate::router::{Reply, Request, Router};
+use crate::router::{Reply, Router};
 use crate::store::{Store, StoreError};
-use dialect::iotda::{self, Inbound, Topics};
+use dialect::{ChildView, Dialect, Inbound, Out};
 
 /// How many rows one store scan returns.
 const SCAN: usize = 512;
@@ -43,9 +45,14 @@ const BEAT: Duration = Duration::from_millis(250);
 /// How often unanswered add requests are repeated.
 const ADD_RETRY: Duration = Duration::from_secs(30);
 
+/// Inbound packets larger than this are refused by the MQTT client.
+const MAX_INBOUND_PACKET: usize = 256 * 1024;
+
 /// Everything the uplink needs, built by the daemon.
 pub struct Uplink {
     pub platform: Platform,
+    /// The platform's protocol (`dialect::for_platform`).
+    pub dialect: Box<dyn Dialect>,
     pub store: Store,
     pub registry: Arc<Mutex<Registry>>,
     pub metrics: Arc<Metrics>,
@@ -100,12 +107,10 @@ struct Session {
     /// Highest sequence number examined; rows at or below it are in flight, acked, or waiting
     /// for their child to be confirmed (then the cursor is reset).
     cursor: u64,
-    event_seq: u64,
 }
 
 impl Uplink {
     pub async fn run(mut self) {
-        let topics = Topics::new(&self.platform.device_id);
         let mut backoff = self.platform.reconnect_min;
         let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(64);
         loop {
@@ -124,7 +129,7 @@ impl Uplink {
                 }
             };
             match self
-                .session(&topics, client, eventloop, &reply_tx, &mut reply_rx)
+                .session(client, eventloop, &reply_tx, &mut reply_rx)
                 .await
             {
                 End::Shutdown => break,
@@ -181,23 +186,23 @@ impl Uplink {
         }
     }
 
-    fn client(&self) -> Result<(AsyncClient, EventLoop), String> {
-        let p = &self.platform;
-        let hour = iotda::hour_stamp(now_ms());
-        let secret = p
+    fn client(&mut self) -> Result<(AsyncClient, EventLoop), String> {
+        let secret = self
+            .platform
             .secret
             .load()
             .map_err(|e| format!("cannot read the device secret: {e}"))?;
-        let mut o = MqttOptions::new(
-            iotda::client_id(&p.device_id, p.check_timestamp, &hour),
-            p.host.clone(),
-            p.port,
-        );
-        o.set_credentials(p.device_id.clone(), iotda::password(secret.expose(), &hour));
+        let c = self.dialect.connect(secret.expose(), now_ms());
+        let p = &self.platform;
+        let mut o = MqttOptions::new(c.client_id, p.host.clone(), p.port);
+        o.set_credentials(c.username, c.password);
+        if let Some(w) = c.will {
+            o.set_last_will(LastWill::new(w.topic, w.payload, QoS::AtLeastOnce, false));
+        }
         o.set_keep_alive(p.keepalive);
         o.set_clean_session(true);
         o.set_inflight(p.inflight.saturating_add(32));
-        o.set_max_packet_size(iotda::MAX_INBOUND * 4, p.max_packet);
+        o.set_max_packet_size(MAX_INBOUND_PACKET, p.max_packet);
         if p.tls {
             o.set_transport(Transport::tls_with_config(tls::config(
                 p.ca_file.as_deref(),
@@ -214,7 +219,6 @@ impl Uplink {
 
     async fn session(
         &mut self,
-        topics: &Topics,
         client: AsyncClient,
         mut ev: EventLoop,
         reply_tx: &mpsc::Sender<Reply>,
@@ -244,30 +248,33 @@ impl Uplink {
                     return End::Shutdown;
                 }
                 polled = ev.poll() => match polled {
-                    Ok(event) => self.on_event(topics, &client, &mut s, event, reply_tx).await,
+                    Ok(event) => self.on_event(&client, &mut s, event, reply_tx).await,
                     Err(e) => {
                         // What the broker acknowledged is delivered: do not send it again.
                         let _ = self.flush_acked(&mut s).await;
                         return End::Lost { error: e.to_string(), was_connected: s.connected, unacked: s.inflight.len() };
                     }
                 },
-                _ = self.wake.notified(), if s.connected => self.fill(topics, &client, &mut s).await,
+                _ = self.wake.notified(), if s.connected => self.fill(&client, &mut s).await,
                 Some(reply) = reply_rx.recv(), if s.connected => {
-                    publish(&client, &mut s, reply.topic, reply.payload, Vec::new())
+                    // Some answers are only logged (an empty topic): nothing to publish.
+                    if reply.topic.is_empty() {
+                        Ok(())
+                    } else {
+                        publish(&client, &mut s, reply.topic, reply.payload, Vec::new())
+                    }
                 }
-                _ = adds.tick(), if s.connected => {
-                    self.request_adds(topics, &client, &mut s).and_then(|()| self.request_deletes(topics, &client, &mut s))
-                }
+                _ = adds.tick(), if s.connected => self.reconcile_children(&client, &mut s).await,
                 _ = self.reconcile.notified(), if s.connected => {
                     // A reload changed the children: statuses of new ones follow from the queue.
                     s.cursor = 0;
-                    self.request_adds(topics, &client, &mut s).and_then(|()| self.request_deletes(topics, &client, &mut s))
+                    self.reconcile_children(&client, &mut s).await
                 }
-                _ = own.tick(), if s.connected => self.report_own(topics, &client, &mut s),
+                _ = own.tick(), if s.connected => self.report_own(&client, &mut s),
                 _ = beat.tick() => self.flush_acked(&mut s).await,
                 _ = tokio::time::sleep_until(s.paced_until.unwrap_or_else(tokio::time::Instant::now)), if s.paced_until.is_some() && s.connected => {
                     s.paced_until = None;
-                    self.fill(topics, &client, &mut s).await
+                    self.fill(&client, &mut s).await
                 }
             };
             if let Err(error) = step {
@@ -283,7 +290,6 @@ impl Uplink {
 
     async fn on_event(
         &mut self,
-        topics: &Topics,
         client: &AsyncClient,
         s: &mut Session,
         event: Event,
@@ -295,31 +301,30 @@ impl Uplink {
                 self.metrics.set_connected(true);
                 self.metrics.connects.fetch_add(1, Ordering::Relaxed);
                 info!(host = %self.platform.host, port = self.platform.port, device_id = %self.platform.device_id, "platform connected");
-                for t in &topics.subscriptions {
+                for t in self.dialect.subscriptions() {
                     client
-                        .try_subscribe(t.clone(), QoS::AtLeastOnce)
+                        .try_subscribe(t, QoS::AtLeastOnce)
                         .map_err(|e| e.to_string())?;
                 }
-                let version = self
-                    .store
-                    .get_meta("iotda.version")
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                publish(
-                    client,
-                    s,
-                    topics.events_up.clone(),
-                    iotda::encode_sync(version, now_ms()),
-                    Vec::new(),
-                )?;
-                self.request_adds(topics, client, s)?;
-                self.request_deletes(topics, client, s)?;
-                self.report_own(topics, client, s)?;
-                self.replay_statuses(topics, client, s)?;
-                self.fill(topics, client, s).await
+                let version = match self.dialect.version_key() {
+                    Some(key) => self
+                        .store
+                        .get_meta(key)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                    None => 0,
+                };
+                // Session replay: sync requests, statuses, announcements — per the dialect.
+                let children = self.children_view()?;
+                for o in self.dialect.on_connect(&children, version, now_ms()) {
+                    publish(client, s, o.topic, o.payload, Vec::new())?;
+                }
+                self.reconcile_children(client, s).await?;
+                self.report_own(client, s)?;
+                self.fill(client, s).await
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 match s.fifo.pop_front() {
@@ -350,11 +355,10 @@ impl Uplink {
                 if s.acked.len() >= ACK_BATCH {
                     self.flush_acked(s).await?;
                 }
-                self.fill(topics, client, s).await
+                self.fill(client, s).await
             }
             Event::Incoming(Packet::Publish(p)) => {
-                self.inbound(topics, s, &p.topic, &p.payload, reply_tx)
-                    .await;
+                self.inbound(s, &p.topic, &p.payload, reply_tx).await;
                 Ok(())
             }
             _ => Ok(()),
@@ -362,17 +366,12 @@ impl Uplink {
     }
 
     /// Hand the client as many queued records as the window allows.
-    async fn fill(
-        &mut self,
-        topics: &Topics,
-        client: &AsyncClient,
-        s: &mut Session,
-    ) -> Result<(), String> {
+    async fn fill(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), String> {
         let window = usize::from(self.platform.inflight);
+        let per_message = self.dialect.batch_limit().max(1);
         while s.outstanding < window {
             // Read about what the free part of the window can carry, not more.
-            let want = ((window - s.outstanding) * iotda::MAX_REPORT_DEVICES)
-                .clamp(iotda::MAX_REPORT_DEVICES, SCAN);
+            let want = ((window - s.outstanding) * per_message).clamp(per_message, SCAN);
             let rows = self
                 .store
                 .scan(s.cursor, want)
@@ -428,37 +427,15 @@ impl Uplink {
                     break;
                 }
                 let first = i;
-                let (topic, payload, seqs) = match &sendable[i].2 {
-                    Record::Report(_) => {
-                        let mut batch = iotda::ReportBatch::default();
-                        let mut seqs = Vec::new();
-                        while let Some((seq, dev, Record::Report(r))) = sendable.get(i) {
-                            if !batch.push(dev, r, self.platform.max_packet.saturating_sub(512)) {
-                                break;
-                            }
-                            seqs.push(*seq);
-                            i += 1;
-                        }
-                        (topics.report.clone(), batch.encode(), seqs)
-                    }
-                    Record::Status(_) => {
-                        let mut list = Vec::new();
-                        let mut seqs = Vec::new();
-                        while let Some((seq, dev, Record::Status(st))) = sendable.get(i) {
-                            if list.len() >= iotda::MAX_STATUS_DEVICES {
-                                break;
-                            }
-                            list.push((dev.clone(), st.online));
-                            seqs.push(*seq);
-                            i += 1;
-                        }
-                        (
-                            topics.events_up.clone(),
-                            iotda::encode_statuses(&list, now_ms()),
-                            seqs,
-                        )
-                    }
-                };
+                let (out, n) = self.dialect.pack(
+                    &sendable[i..],
+                    self.platform.max_packet.saturating_sub(512),
+                    now_ms(),
+                );
+                let n = n.clamp(1, sendable.len() - i);
+                let seqs: Vec<u64> = sendable[i..i + n].iter().map(|r| r.0).collect();
+                i += n;
+                let Out { topic, payload } = out;
                 if let Some(pace) = s.pace.as_mut() {
                     if let Err(wait) = pace.take(payload.len(), std::time::Instant::now()) {
                         // Not yet: these records go out when the bucket has refilled.
@@ -480,91 +457,152 @@ impl Uplink {
         Ok(())
     }
 
-    fn request_adds(
+    /// Every configured child as the dialect sees it.
+    fn children_view(&self) -> Result<Vec<ChildView>, String> {
+        let reg = self
+            .registry
+            .lock()
+            .map_err(|_| "registry lock poisoned".to_string())?;
+        Ok(reg
+            .children()
+            .map(|c| ChildView {
+                node_id: c.node_id.clone(),
+                device_id: c.device_id.clone(),
+                product_id: c.product_id.clone(),
+                name: c.name.clone(),
+                online: c.online,
+            })
+            .collect())
+    }
+
+    /// Ask the platform to add the children it does not know yet and to delete the ones the
+    /// config dropped. Where the platform assigns no ids (ThingsBoard), a child announced is a
+    /// child known by its node id, and a child forgotten is deleted, right away.
+    async fn reconcile_children(
         &mut self,
-        topics: &Topics,
         client: &AsyncClient,
         s: &mut Session,
     ) -> Result<(), String> {
-        let pending: Vec<(String, String, String)> = match self.registry.lock() {
-            Ok(reg) => reg
-                .unconfirmed()
+        let pending: Vec<ChildView> = {
+            let reg = self
+                .registry
+                .lock()
+                .map_err(|_| "registry lock poisoned".to_string())?;
+            reg.unconfirmed()
                 .iter()
-                .map(|c| (c.node_id.clone(), c.product_id.clone(), c.name.clone()))
-                .collect(),
-            Err(_) => return Err("registry lock poisoned".into()),
-        };
-        for chunk in pending.chunks(iotda::MAX_ADD_DEVICES) {
-            let children: Vec<iotda::NewChild<'_>> = chunk
-                .iter()
-                .map(|(n, p, name)| iotda::NewChild {
-                    node_id: n,
-                    product_id: p,
-                    name,
+                .map(|c| ChildView {
+                    node_id: c.node_id.clone(),
+                    device_id: None,
+                    product_id: c.product_id.clone(),
+                    name: c.name.clone(),
+                    online: c.online,
                 })
-                .collect();
-            s.event_seq += 1;
-            let event_id = format!("fg-add-{}-{}", now_ms(), s.event_seq);
-            info!(children = chunk.len(), event_id = %event_id, "asking the platform to add children");
-            publish(
-                client,
-                s,
-                topics.events_up.clone(),
-                iotda::encode_add(&children, &event_id, now_ms()),
-                Vec::new(),
-            )?;
+                .collect()
+        };
+        if !pending.is_empty() {
+            info!(
+                children = pending.len(),
+                "asking the platform to add children"
+            );
+            for o in self.dialect.add(&pending, now_ms()) {
+                publish(client, s, o.topic, o.payload, Vec::new())?;
+            }
+            if !self.dialect.assigns_ids() {
+                let devices = pending
+                    .iter()
+                    .map(|c| (c.node_id.clone(), c.node_id.clone()))
+                    .collect();
+                self.children_added(s, devices, Vec::new()).await;
+            }
+        }
+        let ids = self
+            .registry
+            .lock()
+            .map(|r| r.to_delete())
+            .map_err(|_| "registry lock poisoned".to_string())?;
+        if !ids.is_empty() {
+            info!(
+                children = ids.len(),
+                "asking the platform to delete children"
+            );
+            for o in self.dialect.delete(&ids, now_ms()) {
+                publish(client, s, o.topic, o.payload, Vec::new())?;
+            }
+            if !self.dialect.assigns_ids() {
+                for d in ids {
+                    self.platform_deleted(&d).await;
+                }
+            }
         }
         Ok(())
     }
 
-    /// After a connect: tell the platform the current status of every confirmed child.
-    fn replay_statuses(
+    /// The platform knows these children now (node id → platform id).
+    async fn children_added(
         &mut self,
-        topics: &Topics,
-        client: &AsyncClient,
         s: &mut Session,
-    ) -> Result<(), String> {
-        let list: Vec<(String, bool)> = match self.registry.lock() {
-            Ok(reg) => reg
-                .children()
-                .filter_map(|c| Some((c.device_id.clone()?, c.online?)))
-                .collect(),
-            Err(_) => return Err("registry lock poisoned".into()),
-        };
-        for chunk in list.chunks(iotda::MAX_STATUS_DEVICES) {
-            publish(
-                client,
-                s,
-                topics.events_up.clone(),
-                iotda::encode_statuses(chunk, now_ms()),
-                Vec::new(),
-            )?;
+        devices: Vec<(String, String)>,
+        failed: Vec<dialect::Failed>,
+    ) {
+        let mut learned = Vec::new();
+        if let Ok(mut reg) = self.registry.lock() {
+            for (node, dev) in &devices {
+                if reg.device_id(node) == Some(dev.as_str()) {
+                    continue;
+                }
+                if reg.confirm(node, dev) {
+                    learned.extend(reg.persisted(node));
+                } else {
+                    warn!(node_id = %node, device_id = %dev, "platform reports a child that is not in the config");
+                }
+            }
+            for f in &failed {
+                reg.refused(&f.id, format!("{}: {}", f.error_code, f.error_msg));
+            }
         }
-        Ok(())
+        for p in &learned {
+            info!(node_id = %p.node_id, device_id = ?p.device_id, "child confirmed by the platform");
+            if let Err(e) = self.store.save_child(p.clone()).await {
+                error!(node_id = %p.node_id, error = %e, "cannot persist the platform device id");
+            }
+        }
+        for f in failed {
+            error!(node_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, "platform refused to add child (retried later)");
+        }
+        if !learned.is_empty() {
+            // Their queued records (skipped until now) can go, and so can their status.
+            s.cursor = 0;
+            self.wake.notify_one();
+        }
     }
 
     async fn inbound(
         &mut self,
-        topics: &Topics,
         s: &mut Session,
         topic: &str,
         payload: &[u8],
         reply_tx: &mpsc::Sender<Reply>,
     ) {
-        let msg = match iotda::parse(topics, topic, payload) {
+        let msg = match self.dialect.parse(topic, payload) {
             Ok(m) => m,
             Err(e) => {
                 self.metrics
                     .inbound_rejected
                     .fetch_add(1, Ordering::Relaxed);
-                warn!(topic = %topic, bytes = payload.len(), error = %e, "ignoring malformed platform message");
+                warn!(topic = %topic, bytes = payload.len(), error = %e.message, "ignoring malformed platform message");
                 // A request we cannot read is still answered, so the platform does not wait.
-                if let Some(rid) = iotda::request_id(topic) {
-                    self.router
-                        .refuse(topics, topic, rid, &e.to_string(), reply_tx);
+                if let Some(respond) = e.respond {
+                    self.router.refuse(&respond, &e.message, reply_tx);
                 }
                 return;
             }
+        };
+        let msg = match msg {
+            Inbound::Notified { inbound, ack } => {
+                let _ = reply_tx.try_send(ack);
+                *inbound
+            }
+            other => other,
         };
         match msg {
             Inbound::Added {
@@ -572,37 +610,8 @@ impl Uplink {
                 failed,
                 version,
             } => {
-                let mut learned = Vec::new();
-                if let Ok(mut reg) = self.registry.lock() {
-                    for (node, dev) in &devices {
-                        if reg.device_id(node) == Some(dev.as_str()) {
-                            continue;
-                        }
-                        if reg.confirm(node, dev) {
-                            learned.extend(reg.persisted(node));
-                        } else {
-                            warn!(node_id = %node, device_id = %dev, "platform reports a child that is not in the config");
-                        }
-                    }
-                    for f in &failed {
-                        reg.refused(&f.id, format!("{}: {}", f.error_code, f.error_msg));
-                    }
-                }
-                for p in &learned {
-                    info!(node_id = %p.node_id, device_id = ?p.device_id, "child confirmed by the platform");
-                    if let Err(e) = self.store.save_child(p.clone()).await {
-                        error!(node_id = %p.node_id, error = %e, "cannot persist the platform device id");
-                    }
-                }
-                for f in failed {
-                    error!(node_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, "platform refused to add child (retried later)");
-                }
+                self.children_added(s, devices, failed).await;
                 self.save_version(version).await;
-                if !learned.is_empty() {
-                    // Their queued records (skipped until now) can go, and so can their status.
-                    s.cursor = 0;
-                    self.wake.notify_one();
-                }
             }
             Inbound::Deleted {
                 device_ids,
@@ -626,18 +635,17 @@ impl Uplink {
                     warn!(device_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, "platform refused a status update");
                 }
             }
+            Inbound::Renamed { from, to } => {
+                warn!(device_id = %from, new_name = %to, "the platform renamed a child; fieldgate keeps speaking for it by its configured id");
+            }
+            Inbound::Request { request, respond } => {
+                self.router
+                    .dispatch(request, respond, &self.registry, reply_tx);
+            }
             Inbound::Ignored(what) => {
                 debug!(topic = %topic, what = %what, "platform message ignored")
             }
-            req @ (Inbound::Command { .. }
-            | Inbound::PropertySet { .. }
-            | Inbound::PropertyGet { .. }) => {
-                let request = Request::from_iotda(req);
-                if let Some(request) = request {
-                    self.router
-                        .dispatch(topics, request, &self.registry, reply_tx);
-                }
-            }
+            Inbound::Notified { .. } => debug!(topic = %topic, "nested notification ignored"),
         }
     }
 
@@ -660,7 +668,10 @@ impl Uplink {
 
     async fn save_version(&self, version: Option<i64>) {
         if let Some(v) = version {
-            if let Err(e) = self.store.set_meta("iotda.version", v.to_string()).await {
+            let Some(key) = self.dialect.version_key() else {
+                return;
+            };
+            if let Err(e) = self.store.set_meta(key, v.to_string()).await {
                 warn!(error = %e, "cannot persist the sub-device version");
             }
         }
@@ -701,39 +712,8 @@ impl Uplink {
         }
     }
 
-    fn request_deletes(
-        &mut self,
-        topics: &Topics,
-        client: &AsyncClient,
-        s: &mut Session,
-    ) -> Result<(), String> {
-        let ids = self
-            .registry
-            .lock()
-            .map(|r| r.to_delete())
-            .map_err(|_| "registry lock poisoned".to_string())?;
-        for chunk in ids.chunks(iotda::MAX_ADD_DEVICES) {
-            s.event_seq += 1;
-            let event_id = format!("fg-del-{}-{}", now_ms(), s.event_seq);
-            info!(children = chunk.len(), event_id = %event_id, "asking the platform to delete children");
-            publish(
-                client,
-                s,
-                topics.events_up.clone(),
-                iotda::encode_delete(chunk, &event_id, now_ms()),
-                Vec::new(),
-            )?;
-        }
-        Ok(())
-    }
-
     /// The gateway's own properties, on connect and every `report_interval`.
-    fn report_own(
-        &mut self,
-        topics: &Topics,
-        client: &AsyncClient,
-        s: &mut Session,
-    ) -> Result<(), String> {
+    fn report_own(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), String> {
         let (online, total) = self
             .registry
             .lock()
@@ -760,13 +740,10 @@ impl Uplink {
             ("children_online".to_string(), Value::UInt(online as u64)),
             ("children_total".to_string(), Value::UInt(total as u64)),
         ]);
-        publish(
-            client,
-            s,
-            topics.own_report.clone(),
-            iotda::encode_own_properties(&props, now_ms()),
-            Vec::new(),
-        )
+        for o in self.dialect.own(&props, now_ms()) {
+            publish(client, s, o.topic, o.payload, Vec::new())?;
+        }
+        Ok(())
     }
 
     /// Graceful stop: stop feeding, give outstanding publishes a moment to be acknowledged

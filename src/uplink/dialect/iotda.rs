@@ -12,7 +12,11 @@ use fieldgate_driver::{CommandOutcome, ErrorCode, Report, Value};
 use serde::Deserialize;
 use serde_json::{json, Map, Value as Json};
 
-use super::utc;
+use std::sync::Arc;
+
+use super::{utc, ChildView, Connect, Out, ParseError, Respond};
+use crate::queue::Record;
+use crate::router::{Reply, Request};
 
 /// IoTDA's documented limits.
 pub const MAX_REPORT_DEVICES: usize = 100;
@@ -273,12 +277,7 @@ pub enum Inbound {
     Ignored(String),
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failed {
-    pub id: String,
-    pub error_code: String,
-    pub error_msg: String,
-}
+pub use super::Failed;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum InboundError {
@@ -597,6 +596,226 @@ pub fn get_response(o: &CommandOutcome, ts_ms: u64) -> Vec<u8> {
     }
     .to_string()
     .into_bytes()
+}
+
+/// IoTDA through the [`Dialect`](super::Dialect) trait.
+pub struct IotDa {
+    gw: String,
+    check_timestamp: bool,
+    topics: Arc<Topics>,
+    event_seq: u64,
+}
+
+impl IotDa {
+    pub fn new(gw: &str, check_timestamp: bool) -> Self {
+        IotDa {
+            gw: gw.to_string(),
+            check_timestamp,
+            topics: Arc::new(Topics::new(gw)),
+            event_seq: 0,
+        }
+    }
+
+    fn event_id(&mut self, what: &str, now_ms: u64) -> String {
+        self.event_seq += 1;
+        format!("fg-{what}-{now_ms}-{}", self.event_seq)
+    }
+
+    /// The answer to a request on `topic`, in IoTDA's words.
+    fn responder(&self, topic: &str, request_id: &str) -> Respond {
+        let topics = self.topics.clone();
+        let rid = request_id.to_string();
+        if topic.contains("/properties/set/") {
+            Arc::new(move |o| Reply {
+                topic: topics.set_response(&rid),
+                payload: set_response(o),
+            })
+        } else if topic.contains("/properties/get/") {
+            Arc::new(move |o| Reply {
+                topic: topics.get_response(&rid),
+                payload: get_response(o, fieldgate_driver::now_ms()),
+            })
+        } else {
+            Arc::new(move |o| Reply {
+                topic: topics.command_response(&rid),
+                payload: command_response(o),
+            })
+        }
+    }
+}
+
+impl super::Dialect for IotDa {
+    fn connect(&mut self, secret: &str, now_ms: u64) -> Connect {
+        let hour = hour_stamp(now_ms);
+        Connect {
+            client_id: client_id(&self.gw, self.check_timestamp, &hour),
+            username: self.gw.clone(),
+            password: password(secret, &hour),
+            will: None,
+        }
+    }
+
+    fn subscriptions(&self) -> Vec<String> {
+        self.topics.subscriptions.clone()
+    }
+
+    fn assigns_ids(&self) -> bool {
+        true
+    }
+
+    fn on_connect(&mut self, children: &[ChildView], version: i64, now_ms: u64) -> Vec<Out> {
+        // Notifies sent while we were away are not delivered: ask for them. Then every
+        // confirmed child's current status (the platform may have marked them offline).
+        let mut out = vec![Out::new(
+            self.topics.events_up.clone(),
+            encode_sync(version, now_ms),
+        )];
+        let list: Vec<(String, bool)> = children
+            .iter()
+            .filter_map(|c| Some((c.device_id.clone()?, c.online?)))
+            .collect();
+        for chunk in list.chunks(MAX_STATUS_DEVICES) {
+            out.push(Out::new(
+                self.topics.events_up.clone(),
+                encode_statuses(chunk, now_ms),
+            ));
+        }
+        out
+    }
+
+    fn add(&mut self, children: &[ChildView], now_ms: u64) -> Vec<Out> {
+        let mut out = Vec::new();
+        for chunk in children.chunks(MAX_ADD_DEVICES) {
+            let list: Vec<NewChild<'_>> = chunk
+                .iter()
+                .map(|c| NewChild {
+                    node_id: &c.node_id,
+                    product_id: &c.product_id,
+                    name: &c.name,
+                })
+                .collect();
+            let id = self.event_id("add", now_ms);
+            out.push(Out::new(
+                self.topics.events_up.clone(),
+                encode_add(&list, &id, now_ms),
+            ));
+        }
+        out
+    }
+
+    fn delete(&mut self, device_ids: &[String], now_ms: u64) -> Vec<Out> {
+        let mut out = Vec::new();
+        for chunk in device_ids.chunks(MAX_ADD_DEVICES) {
+            let id = self.event_id("del", now_ms);
+            out.push(Out::new(
+                self.topics.events_up.clone(),
+                encode_delete(chunk, &id, now_ms),
+            ));
+        }
+        out
+    }
+
+    fn batch_limit(&self) -> usize {
+        MAX_REPORT_DEVICES
+    }
+
+    fn pack(
+        &mut self,
+        recs: &[(u64, String, Record)],
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> (Out, usize) {
+        match recs.first() {
+            Some((_, _, Record::Status(_))) => {
+                let list: Vec<(String, bool)> = recs
+                    .iter()
+                    .take(MAX_STATUS_DEVICES)
+                    .map_while(|(_, dev, r)| match r {
+                        Record::Status(st) => Some((dev.clone(), st.online)),
+                        Record::Report(_) => None,
+                    })
+                    .collect();
+                let n = list.len();
+                (
+                    Out::new(
+                        self.topics.events_up.clone(),
+                        encode_statuses(&list, now_ms),
+                    ),
+                    n,
+                )
+            }
+            _ => {
+                let mut batch = ReportBatch::default();
+                let mut n = 0;
+                for (_, dev, r) in recs {
+                    let Record::Report(r) = r else { break };
+                    if !batch.push(dev, r, max_bytes) {
+                        break;
+                    }
+                    n += 1;
+                }
+                (
+                    Out::new(self.topics.report.clone(), batch.encode()),
+                    n.max(1),
+                )
+            }
+        }
+    }
+
+    fn own(&mut self, props: &BTreeMap<String, Value>, now_ms: u64) -> Vec<Out> {
+        vec![Out::new(
+            self.topics.own_report.clone(),
+            encode_own_properties(props, now_ms),
+        )]
+    }
+
+    fn parse(&mut self, topic: &str, payload: &[u8]) -> Result<super::Inbound, ParseError> {
+        let msg = match parse(&self.topics, topic, payload) {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(ParseError {
+                    message: e.to_string(),
+                    respond: request_id(topic).map(|rid| self.responder(topic, rid)),
+                })
+            }
+        };
+        Ok(match msg {
+            Inbound::Added {
+                devices,
+                failed,
+                version,
+            } => super::Inbound::Added {
+                devices,
+                failed,
+                version,
+            },
+            Inbound::Deleted {
+                device_ids,
+                version,
+            } => super::Inbound::Deleted {
+                device_ids,
+                version,
+            },
+            Inbound::DeleteResult { deleted, failed } => {
+                super::Inbound::DeleteResult { deleted, failed }
+            }
+            Inbound::StatusResult { failed } => super::Inbound::StatusResult { failed },
+            Inbound::Ignored(what) => super::Inbound::Ignored(what),
+            req @ (Inbound::Command { .. }
+            | Inbound::PropertySet { .. }
+            | Inbound::PropertyGet { .. }) => {
+                let respond = self.responder(topic, request_id(topic).unwrap_or_default());
+                match Request::from_iotda(req) {
+                    Some(request) => super::Inbound::Request { request, respond },
+                    None => super::Inbound::Ignored("not a request".into()),
+                }
+            }
+        })
+    }
+
+    fn version_key(&self) -> Option<&'static str> {
+        Some("iotda.version")
+    }
 }
 
 #[cfg(test)]

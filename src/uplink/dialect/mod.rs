@@ -1,8 +1,163 @@
 //! Platform dialects: pure translation between domain events and (topic, payload), one file per
 //! platform. No I/O here, so every message can be tested byte for byte against the platform's
-//! documentation. Shared helpers (UTC calendar formatting) live in this file.
+//! documentation. The uplink drives a session through the [`Dialect`] trait — identity, what to
+//! send after each CONNACK, child add/delete, packing queued records into messages, the
+//! gateway's own properties, and parsing inbound messages into dialect-neutral [`Inbound`]
+//! events and router [`Request`]s, each with a [`Respond`] that answers it in the platform's
+//! words. Shared helpers (UTC calendar formatting) live in this file.
 
 pub mod iotda;
+pub mod thingsboard;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fieldgate_driver::{CommandOutcome, Value};
+
+use crate::config::Platform;
+use crate::queue::Record;
+use crate::router::{Reply, Request};
+
+/// One message to publish (QoS 1 unless the dialect says otherwise).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Out {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+impl Out {
+    pub fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Out {
+            topic: topic.into(),
+            payload: payload.into(),
+        }
+    }
+}
+
+/// The MQTT identity of one connection attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connect {
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+    /// The last will, if the platform uses one.
+    pub will: Option<Out>,
+}
+
+/// A configured child as the dialect needs to see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildView {
+    pub node_id: String,
+    /// The platform's id, once known.
+    pub device_id: Option<String>,
+    pub product_id: String,
+    pub name: String,
+    pub online: Option<bool>,
+}
+
+/// Answers one platform request in the dialect's words.
+pub type Respond = Arc<dyn Fn(&CommandOutcome) -> Reply + Send + Sync>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failed {
+    pub id: String,
+    pub error_code: String,
+    pub error_msg: String,
+}
+
+/// What an inbound message means, whatever the platform.
+pub enum Inbound {
+    /// Children the platform now knows, node id → platform id.
+    Added {
+        devices: Vec<(String, String)>,
+        failed: Vec<Failed>,
+        version: Option<i64>,
+    },
+    /// Children the platform deleted on its own, by platform id.
+    Deleted {
+        device_ids: Vec<String>,
+        version: Option<i64>,
+    },
+    /// Answer to our delete request.
+    DeleteResult {
+        deleted: Vec<String>,
+        failed: Vec<Failed>,
+    },
+    /// Status update answer; only failures matter.
+    StatusResult { failed: Vec<Failed> },
+    /// A request for a child, to route to its driver and answer with `respond`.
+    Request { request: Request, respond: Respond },
+    /// The platform renamed a child (logged: the config owns names).
+    Renamed { from: String, to: String },
+    /// A platform notification that wants an acknowledgement, and what it says.
+    Notified { inbound: Box<Inbound>, ack: Reply },
+    /// Understood but nothing to do.
+    Ignored(String),
+}
+
+/// An inbound message that could not be read; `respond` answers it when it was a request.
+pub struct ParseError {
+    pub message: String,
+    pub respond: Option<Respond>,
+}
+
+impl ParseError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ParseError {
+            message: message.into(),
+            respond: None,
+        }
+    }
+}
+
+/// One platform's protocol, as the uplink uses it. Implementations are pure apart from their
+/// own counters (event ids, sequence numbers).
+pub trait Dialect: Send + Sync {
+    /// Client id, credentials and will for a connection attempt at `now_ms`.
+    fn connect(&mut self, secret: &str, now_ms: u64) -> Connect;
+    /// Topic filters to subscribe after every CONNACK.
+    fn subscriptions(&self) -> Vec<String>;
+    /// Does the platform assign child ids in answer to an add request (IoTDA)? Otherwise a
+    /// child is known by its node id as soon as it is announced.
+    fn assigns_ids(&self) -> bool;
+    /// After each CONNACK, before the queue drains: sync requests, status replay, announcements.
+    fn on_connect(&mut self, children: &[ChildView], version: i64, now_ms: u64) -> Vec<Out>;
+    /// Ask the platform to add (or announce) these children.
+    fn add(&mut self, children: &[ChildView], now_ms: u64) -> Vec<Out>;
+    /// Ask the platform to delete (or forget) these children, by platform id.
+    fn delete(&mut self, device_ids: &[String], now_ms: u64) -> Vec<Out>;
+    /// Records one message carries at most (sizes store scans).
+    fn batch_limit(&self) -> usize;
+    /// Pack the leading records (same kind, in order; ids are platform ids) into one message,
+    /// within `max_bytes` where possible. Returns the message and how many records it carries
+    /// (at least one).
+    fn pack(
+        &mut self,
+        recs: &[(u64, String, Record)],
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> (Out, usize);
+    /// The gateway's own properties.
+    fn own(&mut self, props: &BTreeMap<String, Value>, now_ms: u64) -> Vec<Out>;
+    /// Parse one inbound message on our subscriptions.
+    fn parse(&mut self, topic: &str, payload: &[u8]) -> Result<Inbound, ParseError>;
+    /// Where the platform's sub-device version is persisted (IoTDA), if it has one.
+    fn version_key(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// The dialect the config names.
+pub fn for_platform(p: &Platform) -> Box<dyn Dialect> {
+    match p.dialect {
+        crate::config::Dialect::Iotda => {
+            Box::new(iotda::IotDa::new(&p.device_id, p.check_timestamp))
+        }
+        crate::config::Dialect::ThingsBoard => {
+            Box::new(thingsboard::ThingsBoard::new(&p.device_id))
+        }
+    }
+}
 
 /// UTC calendar fields of a Unix time in milliseconds: (year, month, day, hour, minute, second, ms).
 pub fn utc(ts_ms: u64) -> (i64, u32, u32, u32, u32, u32, u32) {

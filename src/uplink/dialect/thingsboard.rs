@@ -1,0 +1,327 @@
+//! ThingsBoard's gateway MQTT API (PROTOCOLS.md §2).
+//!
+//! The gateway is a ThingsBoard device with "Is gateway" on; it connects with its access token
+//! as the MQTT username (`[platform] secret`/`secret_file`; password empty) and speaks for its
+//! children by name — fieldgate uses each child's node id as its ThingsBoard device name and
+//! its product id as the device type. Children are announced with `v1/gateway/connect` (again
+//! for every live child after each reconnect: the server drops child sessions with the
+//! gateway's) and an OFFLINE child with `v1/gateway/disconnect`; telemetry is batched on
+//! `v1/gateway/telemetry` with `ts` in ms; RPCs arrive on `v1/gateway/rpc` and are answered
+//! with the same `id`; shared-attribute updates and attribute responses (`value` or `values`)
+//! become property writes; `gateway_device_deleted`/`gateway_device_renamed` arrive as
+//! persistent RPCs on the gateway's own RPC topic and are acknowledged. Every payload is built
+//! with serde_json (valid JSON by construction: the server closes the whole gateway connection
+//! on a bad message). Telemetry keys are property names; ThingsBoard has no services.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fieldgate_driver::{CommandOutcome, Value};
+use serde_json::{json, Map, Value as Json};
+
+use super::{ChildView, Connect, Inbound, Out, ParseError, Respond};
+use crate::queue::Record;
+use crate::router::{Reply, Request};
+
+pub const CONNECT: &str = "v1/gateway/connect";
+pub const DISCONNECT: &str = "v1/gateway/disconnect";
+pub const TELEMETRY: &str = "v1/gateway/telemetry";
+pub const ATTRIBUTES: &str = "v1/gateway/attributes";
+pub const ATTRIBUTES_RESPONSE: &str = "v1/gateway/attributes/response";
+pub const RPC: &str = "v1/gateway/rpc";
+pub const OWN_TELEMETRY: &str = "v1/devices/me/telemetry";
+pub const OWN_RPC_REQUEST: &str = "v1/devices/me/rpc/request/";
+pub const OWN_RPC_RESPONSE: &str = "v1/devices/me/rpc/response/";
+/// Children per telemetry message at most.
+pub const MAX_TELEMETRY_DEVICES: usize = 100;
+/// Inbound payloads larger than this are refused before parsing.
+pub const MAX_INBOUND: usize = 64 * 1024;
+
+pub struct ThingsBoard {
+    client_id: String,
+}
+
+impl ThingsBoard {
+    /// `client_id`: the MQTT client id (the config's `device_id`).
+    pub fn new(client_id: &str) -> Self {
+        ThingsBoard {
+            client_id: client_id.to_string(),
+        }
+    }
+}
+
+pub fn connect_msg(device: &str, kind: &str) -> Out {
+    Out::new(CONNECT, json!({"device": device, "type": kind}).to_string())
+}
+
+pub fn disconnect_msg(device: &str) -> Out {
+    Out::new(DISCONNECT, json!({"device": device}).to_string())
+}
+
+fn values(p: &BTreeMap<String, Value>) -> Map<String, Json> {
+    p.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
+}
+
+/// The RPC answer: `{"device","id","data":{"success":true,…values}}` or success false + error.
+pub fn rpc_response(device: &str, id: &Json, o: &CommandOutcome) -> Vec<u8> {
+    let data = match o {
+        CommandOutcome::Done(by_service) => {
+            let mut m = Map::new();
+            m.insert("success".into(), Json::Bool(true));
+            for props in by_service.values() {
+                m.extend(values(props));
+            }
+            Json::Object(m)
+        }
+        CommandOutcome::Failed { code, message } => {
+            json!({"success": false, "error": message, "code": format!("{code:?}")})
+        }
+    };
+    json!({"device": device, "id": id, "data": data})
+        .to_string()
+        .into_bytes()
+}
+
+impl super::Dialect for ThingsBoard {
+    fn connect(&mut self, secret: &str, _now_ms: u64) -> Connect {
+        Connect {
+            client_id: self.client_id.clone(),
+            username: secret.to_string(),
+            password: String::new(),
+            will: None,
+        }
+    }
+
+    fn subscriptions(&self) -> Vec<String> {
+        vec![
+            ATTRIBUTES.into(),
+            ATTRIBUTES_RESPONSE.into(),
+            RPC.into(),
+            format!("{OWN_RPC_REQUEST}+"),
+        ]
+    }
+
+    fn assigns_ids(&self) -> bool {
+        false
+    }
+
+    fn on_connect(&mut self, children: &[ChildView], _version: i64, _now_ms: u64) -> Vec<Out> {
+        children
+            .iter()
+            .filter(|c| c.online == Some(true))
+            .filter_map(|c| Some(connect_msg(c.device_id.as_deref()?, &c.product_id)))
+            .collect()
+    }
+
+    fn add(&mut self, children: &[ChildView], _now_ms: u64) -> Vec<Out> {
+        children
+            .iter()
+            .map(|c| connect_msg(&c.node_id, &c.product_id))
+            .collect()
+    }
+
+    fn delete(&mut self, device_ids: &[String], _now_ms: u64) -> Vec<Out> {
+        // No gateway topic deletes a device: stop speaking for it.
+        device_ids.iter().map(|d| disconnect_msg(d)).collect()
+    }
+
+    fn batch_limit(&self) -> usize {
+        MAX_TELEMETRY_DEVICES
+    }
+
+    fn pack(
+        &mut self,
+        recs: &[(u64, String, Record)],
+        max_bytes: usize,
+        _now_ms: u64,
+    ) -> (Out, usize) {
+        if let Some((_, dev, Record::Status(st))) = recs.first() {
+            // connect/disconnect name one device each.
+            let out = if st.online {
+                connect_msg(dev, "default")
+            } else {
+                disconnect_msg(dev)
+            };
+            return (out, 1);
+        }
+        let mut body: Map<String, Json> = Map::new();
+        let mut size = 2;
+        let mut n = 0;
+        for (_, dev, r) in recs {
+            let Record::Report(r) = r else { break };
+            let entry = json!({"ts": r.ts_ms, "values": values(&r.properties)});
+            let add = entry.to_string().len() + dev.len() + 8;
+            if n > 0
+                && (size + add > max_bytes
+                    || (!body.contains_key(dev) && body.len() >= MAX_TELEMETRY_DEVICES))
+            {
+                break;
+            }
+            size += add;
+            n += 1;
+            if let Json::Array(list) = body
+                .entry(dev.clone())
+                .or_insert_with(|| Json::Array(Vec::new()))
+            {
+                list.push(entry);
+            }
+        }
+        (
+            Out::new(TELEMETRY, Json::Object(body).to_string()),
+            n.max(1),
+        )
+    }
+
+    fn own(&mut self, props: &BTreeMap<String, Value>, _now_ms: u64) -> Vec<Out> {
+        vec![Out::new(
+            OWN_TELEMETRY,
+            Json::Object(values(props)).to_string(),
+        )]
+    }
+
+    fn parse(&mut self, topic: &str, payload: &[u8]) -> Result<Inbound, ParseError> {
+        if payload.len() > MAX_INBOUND {
+            return Err(ParseError::new(format!(
+                "payload of {} bytes exceeds {MAX_INBOUND}",
+                payload.len()
+            )));
+        }
+        let body: Json = serde_json::from_slice(payload)
+            .map_err(|e| ParseError::new(format!("malformed JSON: {e}")))?;
+        let s = |v: &Json, k: &str| v.get(k).and_then(Json::as_str).map(str::to_string);
+        match topic {
+            RPC => {
+                let device =
+                    s(&body, "device").ok_or_else(|| ParseError::new("RPC without `device`"))?;
+                let data = body.get("data").cloned().unwrap_or(Json::Null);
+                let id = data.get("id").cloned().unwrap_or(Json::Null);
+                let responder: Respond = {
+                    let (device, id) = (device.clone(), id.clone());
+                    Arc::new(move |o| Reply {
+                        topic: RPC.into(),
+                        payload: rpc_response(&device, &id, o),
+                    })
+                };
+                if !(id.is_u64() || id.is_i64() || id.is_string()) {
+                    return Err(ParseError {
+                        message: "RPC without a numeric `id`".into(),
+                        respond: Some(responder),
+                    });
+                }
+                let Some(method) = s(&data, "method") else {
+                    return Err(ParseError {
+                        message: "RPC without `method`".into(),
+                        respond: Some(responder),
+                    });
+                };
+                Ok(Inbound::Request {
+                    request: Request::Command {
+                        request_id: id.to_string(),
+                        device_id: Some(device),
+                        service: None,
+                        name: method,
+                        paras: data.get("params").cloned().unwrap_or(Json::Null),
+                    },
+                    respond: responder,
+                })
+            }
+            ATTRIBUTES | ATTRIBUTES_RESPONSE => {
+                let device = s(&body, "device")
+                    .ok_or_else(|| ParseError::new("attributes without `device`"))?;
+                // Update: {"device","data":{k:v,"deleted":[…]}}; response: "value" (one key,
+                // named by our request) or "values".
+                let mut props: Map<String, Json> =
+                    match (body.get("data"), body.get("values"), body.get("value")) {
+                        (Some(Json::Object(d)), _, _) => d.clone(),
+                        (_, Some(Json::Object(v)), _) => v.clone(),
+                        (_, _, Some(v)) => match s(&body, "key") {
+                            Some(k) => Map::from_iter([(k, v.clone())]),
+                            None => {
+                                return Ok(Inbound::Ignored(
+                                    "single attribute value without its key".into(),
+                                ))
+                            }
+                        },
+                        _ => {
+                            return Err(ParseError::new(
+                                "attributes without `data`, `values` or `value`",
+                            ))
+                        }
+                    };
+                props.remove("deleted");
+                if props.is_empty() {
+                    return Ok(Inbound::Ignored("attribute deletion only".into()));
+                }
+                let rid = format!("attr-{}", fieldgate_driver::now_ms());
+                let name = device.clone();
+                Ok(Inbound::Request {
+                    request: Request::Set {
+                        request_id: rid,
+                        device_id: Some(device),
+                        // ThingsBoard has no services: the router finds each property's point.
+                        services: vec![(String::new(), props)],
+                    },
+                    // Attribute updates are not acknowledged; a failed write is logged.
+                    respond: Arc::new(move |o| {
+                        if let CommandOutcome::Failed { message, .. } = o {
+                            tracing::warn!(device = %name, reason = %message, "shared attribute not applied");
+                        }
+                        Reply {
+                            topic: String::new(),
+                            payload: Vec::new(),
+                        }
+                    }),
+                })
+            }
+            t if t.starts_with(OWN_RPC_REQUEST) => {
+                let id = &t[OWN_RPC_REQUEST.len()..];
+                let ack = |ok: bool, why: &str| Reply {
+                    topic: format!("{OWN_RPC_RESPONSE}{id}"),
+                    payload: if ok {
+                        json!({"success": true})
+                    } else {
+                        json!({"success": false, "error": why})
+                    }
+                    .to_string()
+                    .into_bytes(),
+                };
+                match s(&body, "method").as_deref() {
+                    Some("gateway_device_deleted") => {
+                        let dev = s(&body, "params").ok_or_else(|| {
+                            ParseError::new("gateway_device_deleted without a device name")
+                        })?;
+                        Ok(Inbound::Notified {
+                            inbound: Box::new(Inbound::Deleted {
+                                device_ids: vec![dev],
+                                version: None,
+                            }),
+                            ack: ack(true, ""),
+                        })
+                    }
+                    Some("gateway_device_renamed") => {
+                        let (from, to) = body
+                            .get("params")
+                            .and_then(Json::as_object)
+                            .and_then(|m| m.iter().next())
+                            .and_then(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .ok_or_else(|| {
+                                ParseError::new("gateway_device_renamed without {old: new}")
+                            })?;
+                        Ok(Inbound::Notified {
+                            inbound: Box::new(Inbound::Renamed { from, to }),
+                            ack: ack(true, ""),
+                        })
+                    }
+                    other => Ok(Inbound::Notified {
+                        inbound: Box::new(Inbound::Ignored(format!("gateway RPC {other:?}"))),
+                        ack: ack(false, "unsupported method"),
+                    }),
+                }
+            }
+            other => Err(ParseError::new(format!("unexpected topic `{other}`"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
