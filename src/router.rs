@@ -327,23 +327,45 @@ impl Router {
                 if props.is_empty() {
                     return Err((ErrorCode::BadValue, "no properties to set".into()));
                 }
+                // Platforms without services (ThingsBoard attributes) name properties only:
+                // each must name exactly one point, all in one service.
+                let mut service = service.clone();
                 let mut properties = BTreeMap::new();
                 for (name, v) in props {
-                    let p = target
+                    let found: Vec<&PointSpec> = target
                         .points
                         .iter()
-                        .find(|p| &p.service == service && &p.property == name)
-                        .ok_or_else(|| {
-                            (
+                        .filter(|p| {
+                            &p.property == name && (service.is_empty() || p.service == service)
+                        })
+                        .collect();
+                    let p = match found.as_slice() {
+                        [p] => *p,
+                        [] => {
+                            return Err((
                                 ErrorCode::UnknownPoint,
-                                format!("no point `{service}.{name}`"),
-                            )
-                        })?;
+                                if service.is_empty() {
+                                    format!("no point `{name}`")
+                                } else {
+                                    format!("no point `{service}.{name}`")
+                                },
+                            ))
+                        }
+                        _ => {
+                            return Err((
+                                ErrorCode::UnknownPoint,
+                                format!("`{name}` names points in several services"),
+                            ))
+                        }
+                    };
+                    if service.is_empty() {
+                        service = p.service.clone();
+                    }
                     properties.insert(name.clone(), check_value(p, v)?);
                 }
                 Command::SetProperties {
                     child: node,
-                    service: service.clone(),
+                    service,
                     properties,
                 }
             }

@@ -383,6 +383,12 @@ pub struct TestPlatform {
 
 impl TestPlatform {
     pub fn start(port: u16, gw: &str) -> Self {
+        Self::start_on(port, gw, &format!("$oc/devices/{gw}/sys/#"))
+    }
+
+    /// A platform that records everything under `filter` (another dialect's topics).
+    pub fn start_on(port: u16, gw: &str, filter: &str) -> Self {
+        let filter = filter.to_string();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -403,9 +409,7 @@ impl TestPlatform {
             loop {
                 match ev.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = c2
-                            .subscribe(format!("$oc/devices/{gw_s}/sys/#"), QoS::AtLeastOnce)
-                            .await;
+                        let _ = c2.subscribe(filter.clone(), QoS::AtLeastOnce).await;
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         sub2.store(true, std::sync::atomic::Ordering::SeqCst)

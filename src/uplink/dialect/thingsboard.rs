@@ -114,10 +114,24 @@ impl super::Dialect for ThingsBoard {
     }
 
     fn add(&mut self, children: &[ChildView], _now_ms: u64) -> Vec<Out> {
-        children
+        let mut out: Vec<Out> = children
             .iter()
             .map(|c| connect_msg(&c.node_id, &c.product_id))
-            .collect()
+            .collect();
+        // Client-side attributes: what the gateway knows about each child.
+        let attrs: Map<String, Json> = children
+            .iter()
+            .map(|c| {
+                (
+                    c.node_id.clone(),
+                    json!({"name": c.name, "product_id": c.product_id, "gateway": "fieldgate"}),
+                )
+            })
+            .collect();
+        if !attrs.is_empty() {
+            out.push(Out::new(ATTRIBUTES, Json::Object(attrs).to_string()));
+        }
+        out
     }
 
     fn delete(&mut self, device_ids: &[String], _now_ms: u64) -> Vec<Out> {
@@ -137,8 +151,9 @@ impl super::Dialect for ThingsBoard {
     ) -> (Out, usize) {
         if let Some((_, dev, Record::Status(st))) = recs.first() {
             // connect/disconnect name one device each.
+            // No type: the device exists already (announced with its type when added).
             let out = if st.online {
-                connect_msg(dev, "default")
+                Out::new(CONNECT, json!({"device": dev}).to_string())
             } else {
                 disconnect_msg(dev)
             };
@@ -191,6 +206,11 @@ impl super::Dialect for ThingsBoard {
         let s = |v: &Json, k: &str| v.get(k).and_then(Json::as_str).map(str::to_string);
         match topic {
             RPC => {
+                // Our own answers come back on this topic (MQTT 3.1.1 has no "no local"): they
+                // carry `id` at the top, requests inside `data`.
+                if body.get("id").is_some() {
+                    return Ok(Inbound::Ignored("echo of our own RPC response".into()));
+                }
                 let device =
                     s(&body, "device").ok_or_else(|| ParseError::new("RPC without `device`"))?;
                 let data = body.get("data").cloned().unwrap_or(Json::Null);
@@ -203,10 +223,8 @@ impl super::Dialect for ThingsBoard {
                     })
                 };
                 if !(id.is_u64() || id.is_i64() || id.is_string()) {
-                    return Err(ParseError {
-                        message: "RPC without a numeric `id`".into(),
-                        respond: Some(responder),
-                    });
+                    // Nothing to answer it with.
+                    return Err(ParseError::new("RPC without a numeric `id`"));
                 }
                 let Some(method) = s(&data, "method") else {
                     return Err(ParseError {
@@ -214,16 +232,26 @@ impl super::Dialect for ThingsBoard {
                         respond: Some(responder),
                     });
                 };
+                // A scalar `params` is the command's value (`{"method":"setLimit","params":42}`).
+                let paras = match data.get("params") {
+                    Some(Json::Object(m)) => Json::Object(m.clone()),
+                    None | Some(Json::Null) => Json::Null,
+                    Some(v) => json!({"value": v}),
+                };
                 Ok(Inbound::Request {
                     request: Request::Command {
                         request_id: id.to_string(),
                         device_id: Some(device),
                         service: None,
                         name: method,
-                        paras: data.get("params").cloned().unwrap_or(Json::Null),
+                        paras,
                     },
                     respond: responder,
                 })
+            }
+            ATTRIBUTES if body.get("device").is_none() => {
+                // Our own client attributes (`{"<device>":{…}}`), echoed back to us.
+                Ok(Inbound::Ignored("echo of our client attributes".into()))
             }
             ATTRIBUTES | ATTRIBUTES_RESPONSE => {
                 let device = s(&body, "device")
