@@ -12,78 +12,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value as Json};
 
-fn config(dir: &std::path::Path, mqtt: u16, modbus: u16) -> std::path::PathBuf {
-    let path = dir.join("fieldgate.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[gateway]
-runtime_dir = "{dir}/run"
-report_interval = "1s"
-
-[platform]
-dialect = "thingsboard"
-host = "127.0.0.1"
-port = {mqtt}
-tls = false
-# ThingsBoard: device_id is the MQTT client id, the secret is the gateway's access token.
-device_id = "gw-tb"
-secret = "TB_GATEWAY_TOKEN"
-reconnect_min = "200ms"
-reconnect_max = "1s"
-
-[store]
-path = "{dir}/fg.db"
-
-[[bus]]
-name = "plant"
-driver = "modbus-tcp"
-endpoint = "127.0.0.1:{modbus}"
-timeout = "1s"
-
-[profile.meter]
-product_id = "energy-meter"
-service = "energy"
-
-[[profile.meter.point]]
-property = "counter"
-address = "holding:100"
-type = "u32"
-
-[[profile.meter.point]]
-property = "demand_limit"
-address = "holding:4"
-scale = 0.1
-writable = true
-min = 0.0
-max = 500.0
-
-[[profile.meter.command]]
-name = "set_limit"
-point = "demand_limit"
-
-[[device]]
-node_id = "m1"
-bus = "plant"
-profile = "meter"
-unit = 1
-poll = "100ms"
-
-[[device]]
-node_id = "m2"
-bus = "plant"
-profile = "meter"
-unit = 2
-poll = "100ms"
-"#,
-            dir = dir.display()
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    path
-}
-
 fn on(p: &TestPlatform, topic: &str) -> Vec<Json> {
     p.messages()
         .into_iter()
@@ -113,15 +41,21 @@ fn thingsboard_gateway_end_to_end() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut broker = Mosquitto::start(dir.path());
     let p = TestPlatform::start_on(broker.port, "gw-tb", "v1/#");
-    let sim = ModbusSim::new(SimState {
-        counter_at: Some(100),
-        ..Default::default()
-    });
-    if let Ok(mut h) = sim.state.holding.lock() {
-        h.insert((1, 4), 1000);
-        h.insert((2, 4), 1000);
-    }
-    let cfg = config(dir.path(), broker.port, sim.port);
+    let sim = meter_sim();
+    let cfg = meter_config(
+        dir.path(),
+        &format!(
+            r#"dialect = "thingsboard"
+host = "127.0.0.1"
+port = {}
+tls = false
+# ThingsBoard: device_id is the MQTT client id, the secret is the gateway's access token.
+device_id = "gw-tb"
+secret = "TB_GATEWAY_TOKEN""#,
+            broker.port
+        ),
+        sim.port,
+    );
     let (code, out, err) = fieldgate(&["check", "-c", &cfg.to_string_lossy()]);
     assert_eq!(code, 0, "{out}{err}");
     let mut gw = Gateway::start(&cfg);

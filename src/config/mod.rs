@@ -113,6 +113,7 @@ pub struct Gateway {
 pub enum Dialect {
     Iotda,
     ThingsBoard,
+    OceanConnect,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -462,11 +463,14 @@ impl<'a> Checker<'a> {
         let dialect = match p.dialect.get_ref().as_str() {
             "iotda" => Some(Dialect::Iotda),
             "thingsboard" => Some(Dialect::ThingsBoard),
+            "oceanconnect" => Some(Dialect::OceanConnect),
             other => {
                 self.err(
                     Some(p.dialect.span()),
                     "platform.dialect",
-                    format!("unknown dialect `{other}` (supported: iotda, thingsboard)"),
+                    format!(
+                        "unknown dialect `{other}` (supported: iotda, thingsboard, oceanconnect)"
+                    ),
                 );
                 None
             }

@@ -427,7 +427,7 @@ impl Uplink {
                     break;
                 }
                 let first = i;
-                let (out, n) = self.dialect.pack(
+                let (outs, n) = self.dialect.pack(
                     &sendable[i..],
                     self.platform.max_packet.saturating_sub(512),
                     now_ms(),
@@ -435,19 +435,36 @@ impl Uplink {
                 let n = n.clamp(1, sendable.len() - i);
                 let seqs: Vec<u64> = sendable[i..i + n].iter().map(|r| r.0).collect();
                 i += n;
-                let Out { topic, payload } = out;
+                if outs.is_empty() {
+                    // Nothing this platform carries (e.g. statuses on AllThingsTalk): done.
+                    self.store.delete(seqs).await.map_err(|e| e.to_string())?;
+                    continue;
+                }
+                let size: usize = outs.iter().map(|o| o.payload.len()).sum();
                 if let Some(pace) = s.pace.as_mut() {
-                    if let Err(wait) = pace.take(payload.len(), std::time::Instant::now()) {
+                    if let Err(wait) = pace.take(size, std::time::Instant::now()) {
                         // Not yet: these records go out when the bucket has refilled.
                         s.paced_until = Some(tokio::time::Instant::now() + wait);
                         consumed_to = sendable[first].0 - 1;
                         break;
                     }
                 }
-                debug!(topic = %topic, records = seqs.len(), bytes = payload.len(), outstanding = s.outstanding, "publishing queued records");
+                debug!(
+                    messages = outs.len(),
+                    records = seqs.len(),
+                    bytes = size,
+                    outstanding = s.outstanding,
+                    "publishing queued records"
+                );
                 s.inflight.extend(seqs.iter().copied());
                 s.outstanding += 1;
-                publish(client, s, topic, payload, seqs)?;
+                // Several messages for these records: the last one carries them, so they are
+                // deleted only when it is acknowledged (PUBACKs come in order on a session).
+                let last = outs.len() - 1;
+                for (k, Out { topic, payload }) in outs.into_iter().enumerate() {
+                    let carried = if k == last { seqs.clone() } else { Vec::new() };
+                    publish(client, s, topic, payload, carried)?;
+                }
             }
             s.cursor = s.cursor.max(consumed_to);
             if !full_scan || s.outstanding >= window || s.paced_until.is_some() {

@@ -667,3 +667,85 @@ impl Drop for PtyPair {
         let _ = self.child.wait();
     }
 }
+
+/// A config with two meters (units 1 and 2, a `counter` at holding:100 and a writable
+/// `demand_limit` at holding:4 with a `set_limit` command) on one Modbus TCP bus, polled every
+/// 100 ms, and the `[platform]` lines given (dialect, host, port, identity).
+pub fn meter_config(dir: &Path, platform: &str, modbus: u16) -> PathBuf {
+    let path = dir.join("fieldgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[gateway]
+runtime_dir = "{dir}/run"
+report_interval = "1s"
+
+[platform]
+{platform}
+reconnect_min = "200ms"
+reconnect_max = "1s"
+
+[store]
+path = "{dir}/fg.db"
+
+[[bus]]
+name = "plant"
+driver = "modbus-tcp"
+endpoint = "127.0.0.1:{modbus}"
+timeout = "1s"
+
+[profile.meter]
+product_id = "energy-meter"
+service = "energy"
+
+[[profile.meter.point]]
+property = "counter"
+address = "holding:100"
+type = "u32"
+
+[[profile.meter.point]]
+property = "demand_limit"
+address = "holding:4"
+scale = 0.1
+writable = true
+min = 0.0
+max = 500.0
+
+[[profile.meter.command]]
+name = "set_limit"
+point = "demand_limit"
+
+[[device]]
+node_id = "m1"
+bus = "plant"
+profile = "meter"
+unit = 1
+poll = "100ms"
+
+[[device]]
+node_id = "m2"
+bus = "plant"
+profile = "meter"
+unit = 2
+poll = "100ms"
+"#,
+            dir = dir.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+/// The simulator the meter configs expect: a counter at holding:100, demand limits of 100.0.
+pub fn meter_sim() -> ModbusSim {
+    let sim = ModbusSim::new(SimState {
+        counter_at: Some(100),
+        ..Default::default()
+    });
+    if let Ok(mut h) = sim.state.holding.lock() {
+        h.insert((1, 4), 1000);
+        h.insert((2, 4), 1000);
+    }
+    sim
+}

@@ -724,7 +724,7 @@ impl super::Dialect for IotDa {
         recs: &[(u64, String, Record)],
         max_bytes: usize,
         now_ms: u64,
-    ) -> (Out, usize) {
+    ) -> (Vec<Out>, usize) {
         match recs.first() {
             Some((_, _, Record::Status(_))) => {
                 let list: Vec<(String, bool)> = recs
@@ -737,10 +737,10 @@ impl super::Dialect for IotDa {
                     .collect();
                 let n = list.len();
                 (
-                    Out::new(
+                    vec![Out::new(
                         self.topics.events_up.clone(),
                         encode_statuses(&list, now_ms),
-                    ),
+                    )],
                     n,
                 )
             }
@@ -755,7 +755,7 @@ impl super::Dialect for IotDa {
                     n += 1;
                 }
                 (
-                    Out::new(self.topics.report.clone(), batch.encode()),
+                    vec![Out::new(self.topics.report.clone(), batch.encode())],
                     n.max(1),
                 )
             }

@@ -7,6 +7,7 @@
 //! words. Shared helpers (UTC calendar formatting) live in this file.
 
 pub mod iotda;
+pub mod oceanconnect;
 pub mod thingsboard;
 
 use std::collections::BTreeMap;
@@ -128,15 +129,15 @@ pub trait Dialect: Send + Sync {
     fn delete(&mut self, device_ids: &[String], now_ms: u64) -> Vec<Out>;
     /// Records one message carries at most (sizes store scans).
     fn batch_limit(&self) -> usize;
-    /// Pack the leading records (same kind, in order; ids are platform ids) into one message,
-    /// within `max_bytes` where possible. Returns the message and how many records it carries
-    /// (at least one).
+    /// Pack the leading records (same kind, in order; ids are platform ids) into messages —
+    /// usually one; none when the platform has no such message (the records are then done) —
+    /// within `max_bytes` where possible. Returns them and how many records they carry (≥ 1).
     fn pack(
         &mut self,
         recs: &[(u64, String, Record)],
         max_bytes: usize,
         now_ms: u64,
-    ) -> (Out, usize);
+    ) -> (Vec<Out>, usize);
     /// The gateway's own properties.
     fn own(&mut self, props: &BTreeMap<String, Value>, now_ms: u64) -> Vec<Out>;
     /// Parse one inbound message on our subscriptions.
@@ -156,6 +157,10 @@ pub fn for_platform(p: &Platform) -> Box<dyn Dialect> {
         crate::config::Dialect::ThingsBoard => {
             Box::new(thingsboard::ThingsBoard::new(&p.device_id))
         }
+        crate::config::Dialect::OceanConnect => Box::new(oceanconnect::OceanConnect::new(
+            &p.device_id,
+            p.check_timestamp,
+        )),
     }
 }
 

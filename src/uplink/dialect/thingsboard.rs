@@ -148,7 +148,7 @@ impl super::Dialect for ThingsBoard {
         recs: &[(u64, String, Record)],
         max_bytes: usize,
         _now_ms: u64,
-    ) -> (Out, usize) {
+    ) -> (Vec<Out>, usize) {
         if let Some((_, dev, Record::Status(st))) = recs.first() {
             // connect/disconnect name one device each.
             // No type: the device exists already (announced with its type when added).
@@ -157,7 +157,7 @@ impl super::Dialect for ThingsBoard {
             } else {
                 disconnect_msg(dev)
             };
-            return (out, 1);
+            return (vec![out], 1);
         }
         let mut body: Map<String, Json> = Map::new();
         let mut size = 2;
@@ -182,7 +182,7 @@ impl super::Dialect for ThingsBoard {
             }
         }
         (
-            Out::new(TELEMETRY, Json::Object(body).to_string()),
+            vec![Out::new(TELEMETRY, Json::Object(body).to_string())],
             n.max(1),
         )
     }

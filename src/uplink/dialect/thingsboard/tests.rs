@@ -137,6 +137,7 @@ fn telemetry_is_batched_per_device_with_ms_timestamps() {
         ),
     ];
     let (out, n) = tb.pack(&recs, 65536, 0);
+    let out = &out[0];
     assert_eq!(n, 3, "stops at the status");
     assert_eq!(out.topic, "v1/gateway/telemetry");
     let body: serde_json::Value = serde_json::from_slice(&out.payload).unwrap_or_default();
@@ -151,13 +152,13 @@ fn telemetry_is_batched_per_device_with_ms_timestamps() {
     // The documented single-device form, byte for byte.
     let (out, _) = tb.pack(&recs[..1], 65536, 0);
     assert_eq!(
-        String::from_utf8_lossy(&out.payload),
+        String::from_utf8_lossy(&out[0].payload),
         r#"{"Device A":[{"ts":1483228800000,"values":{"temperature":42}}]}"#
     );
     // Statuses: OFFLINE disconnects, ONLINE connects (one device per message).
     let (out, n) = tb.pack(&recs[3..], 65536, 0);
     assert_eq!(
-        (text(&out), n),
+        (text(&out[0]), n),
         (
             ("v1/gateway/disconnect", r#"{"device":"Device A"}"#.into()),
             1
