@@ -114,6 +114,7 @@ pub enum Dialect {
     Iotda,
     ThingsBoard,
     OceanConnect,
+    AllThingsTalk,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +125,8 @@ pub struct Platform {
     pub tls: bool,
     pub ca_file: Option<PathBuf>,
     pub device_id: String,
+    /// AllThingsTalk: the account (client) id; empty for other dialects.
+    pub account: String,
     pub secret: SecretSource,
     pub check_timestamp: bool,
     pub keepalive: Duration,
@@ -464,12 +467,13 @@ impl<'a> Checker<'a> {
             "iotda" => Some(Dialect::Iotda),
             "thingsboard" => Some(Dialect::ThingsBoard),
             "oceanconnect" => Some(Dialect::OceanConnect),
+            "allthingstalk" => Some(Dialect::AllThingsTalk),
             other => {
                 self.err(
                     Some(p.dialect.span()),
                     "platform.dialect",
                     format!(
-                        "unknown dialect `{other}` (supported: iotda, thingsboard, oceanconnect)"
+                        "unknown dialect `{other}` (supported: iotda, thingsboard, oceanconnect, allthingstalk)"
                     ),
                 );
                 None
@@ -562,7 +566,30 @@ impl<'a> Checker<'a> {
             .reconnect_max
             .map_or(Duration::from_secs(30), |d| d.0)
             .max(reconnect_min);
+        let account = match (&dialect, &p.account) {
+            (Some(Dialect::AllThingsTalk), Some(a)) if !a.get_ref().trim().is_empty() => {
+                a.get_ref().clone()
+            }
+            (Some(Dialect::AllThingsTalk), _) => {
+                self.err(
+                    p.account.as_ref().map(|a| a.span()).or(Some(p.dialect.span())),
+                    "platform.account",
+                    "allthingstalk needs `account = \"…\"`: the client id of the account that owns the gateway",
+                );
+                return None;
+            }
+            (_, Some(a)) => {
+                self.err(
+                    Some(a.span()),
+                    "platform.account",
+                    "`account` is for dialect allthingstalk",
+                );
+                return None;
+            }
+            (_, None) => String::new(),
+        };
         Some(Platform {
+            account,
             dialect: dialect?,
             host: p.host.into_inner(),
             tls: p.tls.unwrap_or(port != 1883),

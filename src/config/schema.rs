@@ -38,6 +38,9 @@ pub struct RawPlatform {
     #[serde(default)]
     pub ca_file: Option<String>,
     pub device_id: Spanned<String>,
+    /// AllThingsTalk: the account (client) id that owns the gateway.
+    #[serde(default)]
+    pub account: Option<Spanned<String>>,
     #[serde(default)]
     pub secret: Option<Spanned<String>>,
     #[serde(default)]

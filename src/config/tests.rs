@@ -811,3 +811,39 @@ fn ble_buses_and_profiles() {
         );
     }
 }
+
+#[test]
+fn dialects_and_their_identity_keys() {
+    for d in ["thingsboard", "oceanconnect"] {
+        let c = parse(
+            &GOOD.replace("dialect = \"iotda\"", &format!("dialect = \"{d}\"")),
+            Path::new("t.toml"),
+        );
+        assert!(c.is_ok(), "{d}: {:?}", c.err());
+    }
+    let att = GOOD.replace("dialect = \"iotda\"", "dialect = \"allthingstalk\"");
+    let d = errors(&att);
+    assert!(d.iter().any(|d| d.path == "platform.account" && d.message.contains("client id of the account")), "{d:#?}");
+    let c = parse(
+        &att.replace(
+            "device_id = \"gw_1\"",
+            "device_id = \"gw_1\"\naccount = \"acc\"",
+        ),
+        Path::new("t.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (c.platform.dialect, c.platform.account.as_str()),
+        (Dialect::AllThingsTalk, "acc")
+    );
+    let d = errors(&GOOD.replace(
+        "device_id = \"gw_1\"",
+        "device_id = \"gw_1\"\naccount = \"acc\"",
+    ));
+    assert!(
+        d.iter().any(
+            |d| d.path == "platform.account" && d.message.contains("for dialect allthingstalk")
+        ),
+        "{d:#?}"
+    );
+}

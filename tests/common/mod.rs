@@ -367,6 +367,7 @@ impl Drop for ModbusSim {
 pub struct Msg {
     pub topic: String,
     pub json: Json,
+    pub raw: Vec<u8>,
 }
 
 /// A test platform: subscribes to everything under the gateway's topics with a persistent
@@ -424,6 +425,7 @@ impl TestPlatform {
                             r.push(Msg {
                                 topic: p.topic.to_string(),
                                 json,
+                                raw: p.payload.to_vec(),
                             });
                         }
                     }
@@ -446,6 +448,14 @@ impl TestPlatform {
 
     pub fn messages(&self) -> Vec<Msg> {
         self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// (topic, payload bytes) of everything received, for non-JSON payloads.
+    pub fn raw(&self) -> Vec<(String, Vec<u8>)> {
+        self.messages()
+            .into_iter()
+            .map(|m| (m.topic, m.raw))
+            .collect()
     }
 
     /// Publish to the gateway (as the platform would).

@@ -6,6 +6,7 @@
 //! events and router [`Request`]s, each with a [`Respond`] that answers it in the platform's
 //! words. Shared helpers (UTC calendar formatting) live in this file.
 
+pub mod allthingstalk;
 pub mod iotda;
 pub mod oceanconnect;
 pub mod thingsboard;
@@ -156,6 +157,9 @@ pub fn for_platform(p: &Platform) -> Box<dyn Dialect> {
         }
         crate::config::Dialect::ThingsBoard => {
             Box::new(thingsboard::ThingsBoard::new(&p.device_id))
+        }
+        crate::config::Dialect::AllThingsTalk => {
+            Box::new(allthingstalk::AllThingsTalk::new(&p.account, &p.device_id))
         }
         crate::config::Dialect::OceanConnect => Box::new(oceanconnect::OceanConnect::new(
             &p.device_id,
