@@ -115,6 +115,7 @@ pub enum Dialect {
     ThingsBoard,
     OceanConnect,
     AllThingsTalk,
+    Sparkplug,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -127,6 +128,8 @@ pub struct Platform {
     pub device_id: String,
     /// AllThingsTalk: the account (client) id; empty for other dialects.
     pub account: String,
+    /// Sparkplug B: the group id; empty for other dialects.
+    pub group_id: String,
     pub secret: SecretSource,
     pub check_timestamp: bool,
     pub keepalive: Duration,
@@ -468,12 +471,13 @@ impl<'a> Checker<'a> {
             "thingsboard" => Some(Dialect::ThingsBoard),
             "oceanconnect" => Some(Dialect::OceanConnect),
             "allthingstalk" => Some(Dialect::AllThingsTalk),
+            "sparkplug" => Some(Dialect::Sparkplug),
             other => {
                 self.err(
                     Some(p.dialect.span()),
                     "platform.dialect",
                     format!(
-                        "unknown dialect `{other}` (supported: iotda, thingsboard, oceanconnect, allthingstalk)"
+                        "unknown dialect `{other}` (supported: iotda, thingsboard, oceanconnect, allthingstalk, sparkplug)"
                     ),
                 );
                 None
@@ -588,8 +592,38 @@ impl<'a> Checker<'a> {
             }
             (_, None) => String::new(),
         };
+        let sparkplug_id = |s: &str| !s.is_empty() && !s.contains(['+', '/', '#']);
+        let group_id = match (&dialect, &p.group_id) {
+            (Some(Dialect::Sparkplug), Some(g)) if sparkplug_id(g.get_ref()) => g.get_ref().clone(),
+            (Some(Dialect::Sparkplug), g) => {
+                self.err(
+                    g.as_ref().map(|g| g.span()).or(Some(p.dialect.span())),
+                    "platform.group_id",
+                    "sparkplug needs `group_id = \"…\"` (no `+`, `/` or `#`)",
+                );
+                return None;
+            }
+            (_, Some(g)) => {
+                self.err(
+                    Some(g.span()),
+                    "platform.group_id",
+                    "`group_id` is for dialect sparkplug",
+                );
+                return None;
+            }
+            (_, None) => String::new(),
+        };
+        if dialect == Some(Dialect::Sparkplug) && !sparkplug_id(p.device_id.get_ref()) {
+            self.err(
+                Some(p.device_id.span()),
+                "platform.device_id",
+                "a Sparkplug edge node id has no `+`, `/` or `#`",
+            );
+            return None;
+        }
         Some(Platform {
             account,
+            group_id,
             dialect: dialect?,
             host: p.host.into_inner(),
             tls: p.tls.unwrap_or(port != 1883),

@@ -41,6 +41,9 @@ pub struct RawPlatform {
     /// AllThingsTalk: the account (client) id that owns the gateway.
     #[serde(default)]
     pub account: Option<Spanned<String>>,
+    /// Sparkplug B: the group the edge node belongs to.
+    #[serde(default)]
+    pub group_id: Option<Spanned<String>>,
     #[serde(default)]
     pub secret: Option<Spanned<String>>,
     #[serde(default)]

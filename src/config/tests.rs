@@ -847,3 +847,30 @@ fn dialects_and_their_identity_keys() {
         "{d:#?}"
     );
 }
+
+#[test]
+fn sparkplug_needs_a_group_and_clean_ids() {
+    let sp = GOOD.replace("dialect = \"iotda\"", "dialect = \"sparkplug\"");
+    assert!(errors(&sp).iter().any(|d| d.path == "platform.group_id"));
+    let with = |extra: &str, id: &str| {
+        sp.replace(
+            "device_id = \"gw_1\"",
+            &format!("device_id = \"{id}\"\n{extra}"),
+        )
+    };
+    assert!(errors(&with("group_id = \"a/b\"", "gw_1"))
+        .iter()
+        .any(|d| d.path == "platform.group_id"));
+    assert!(errors(&with("group_id = \"G\"", "gw+1"))
+        .iter()
+        .any(|d| d.path == "platform.device_id"));
+    let c = parse(&with("group_id = \"G\"", "gw_1"), Path::new("t.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.platform.group_id, "G");
+    assert!(errors(&GOOD.replace(
+        "device_id = \"gw_1\"",
+        "device_id = \"gw_1\"\ngroup_id = \"G\""
+    ))
+    .iter()
+    .any(|d| d.path == "platform.group_id" && d.message.contains("for dialect sparkplug")));
+}

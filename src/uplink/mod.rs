@@ -358,7 +358,8 @@ impl Uplink {
                 self.fill(client, s).await
             }
             Event::Incoming(Packet::Publish(p)) => {
-                self.inbound(s, &p.topic, &p.payload, reply_tx).await;
+                self.inbound(client, s, &p.topic, &p.payload, reply_tx)
+                    .await;
                 Ok(())
             }
             _ => Ok(()),
@@ -595,6 +596,7 @@ impl Uplink {
 
     async fn inbound(
         &mut self,
+        client: &AsyncClient,
         s: &mut Session,
         topic: &str,
         payload: &[u8],
@@ -658,6 +660,21 @@ impl Uplink {
             Inbound::Request { request, respond } => {
                 self.router
                     .dispatch(request, respond, &self.registry, reply_tx);
+            }
+            Inbound::Rebirth => {
+                info!("the platform asks for a rebirth: sending every birth certificate again");
+                let children = match self.children_view() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        error!(error = %e, "cannot list the children for a rebirth");
+                        return;
+                    }
+                };
+                for o in self.dialect.on_connect(&children, 0, now_ms()) {
+                    if let Err(e) = publish(client, s, o.topic, o.payload, Vec::new()) {
+                        warn!(error = %e, "rebirth not sent");
+                    }
+                }
             }
             Inbound::Ignored(what) => {
                 debug!(topic = %topic, what = %what, "platform message ignored")

@@ -9,6 +9,7 @@
 pub mod allthingstalk;
 pub mod iotda;
 pub mod oceanconnect;
+pub mod sparkplug;
 pub mod thingsboard;
 
 use std::collections::BTreeMap;
@@ -91,6 +92,8 @@ pub enum Inbound {
     Request { request: Request, respond: Respond },
     /// The platform renamed a child (logged: the config owns names).
     Renamed { from: String, to: String },
+    /// The platform asks for every birth certificate again (Sparkplug rebirth).
+    Rebirth,
     /// A platform notification that wants an acknowledgement, and what it says.
     Notified { inbound: Box<Inbound>, ack: Reply },
     /// Understood but nothing to do.
@@ -161,6 +164,11 @@ pub fn for_platform(p: &Platform) -> Box<dyn Dialect> {
         crate::config::Dialect::AllThingsTalk => {
             Box::new(allthingstalk::AllThingsTalk::new(&p.account, &p.device_id))
         }
+        crate::config::Dialect::Sparkplug => Box::new(sparkplug::Sparkplug::new(
+            &p.group_id,
+            &p.device_id,
+            fieldgate_driver::now_ms(),
+        )),
         crate::config::Dialect::OceanConnect => Box::new(oceanconnect::OceanConnect::new(
             &p.device_id,
             p.check_timestamp,

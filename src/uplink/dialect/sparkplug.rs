@@ -1,0 +1,432 @@
+//! Eclipse Sparkplug B 3.0, the gateway as an edge node (PROTOCOLS.md §4).
+//!
+//! Topics `spBv1.0/{group}/{TYPE}/{edge node}[/{device}]`, protobuf payloads (the messages
+//! below are written from the spec's field numbers for prost; unknown fields such as metadata,
+//! datasets and templates are skipped when decoding). Each CONNECT carries an NDEATH will whose
+//! only metric is `bdSeq`, incremented per connection; after CONNACK the node publishes NBIRTH
+//! (seq 0, the same `bdSeq`, `Node Control/Rebirth` = false and the gateway's own metrics),
+//! then one DBIRTH per confirmed child with every metric known for it. Readings go out by
+//! exception as DDATA (only metrics whose value changed; a metric never born makes the child
+//! DBIRTH again first); a child going OFFLINE is a DDEATH and coming back a DBIRTH; `seq` runs
+//! 0–255 across every node message of a session. `Node Control/Rebirth` in an NCMD repeats the
+//! births without a new session; DCMD metrics write the points of the same name (no ack: the
+//! new value shows in the next DDATA).
+//!
+//! Deviations, on purpose: births and data are published with QoS 1 (the spec says 0) so the
+//! store-and-forward queue deletes a reading only once the broker has it — subscribers see no
+//! difference. Primary Host STATE handling (optional in the spec) is not implemented.
+//! `bdSeq` starts from the clock at process start, so a stale will of a previous run is
+//! unlikely to match a new birth.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use fieldgate_driver::{CommandOutcome, Value};
+use prost::Message;
+use serde_json::Value as Json;
+
+use super::{ChildView, Connect, Inbound, Out, ParseError};
+use crate::queue::Record;
+use crate::router::{Reply, Request};
+
+pub const NAMESPACE: &str = "spBv1.0";
+pub const REBIRTH: &str = "Node Control/Rebirth";
+pub const MAX_INBOUND: usize = 256 * 1024;
+
+/// `org.eclipse.tahu.protobuf.Payload`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Payload {
+    #[prost(uint64, optional, tag = "1")]
+    pub timestamp: Option<u64>,
+    #[prost(message, repeated, tag = "2")]
+    pub metrics: Vec<Metric>,
+    #[prost(uint64, optional, tag = "3")]
+    pub seq: Option<u64>,
+    #[prost(string, optional, tag = "4")]
+    pub uuid: Option<String>,
+    #[prost(bytes = "vec", optional, tag = "5")]
+    pub body: Option<Vec<u8>>,
+}
+
+/// `Payload.Metric` (metadata, properties, datasets and templates not used).
+#[derive(Clone, PartialEq, Message)]
+pub struct Metric {
+    #[prost(string, optional, tag = "1")]
+    pub name: Option<String>,
+    #[prost(uint64, optional, tag = "2")]
+    pub alias: Option<u64>,
+    #[prost(uint64, optional, tag = "3")]
+    pub timestamp: Option<u64>,
+    #[prost(uint32, optional, tag = "4")]
+    pub datatype: Option<u32>,
+    #[prost(bool, optional, tag = "5")]
+    pub is_historical: Option<bool>,
+    #[prost(bool, optional, tag = "6")]
+    pub is_transient: Option<bool>,
+    #[prost(bool, optional, tag = "7")]
+    pub is_null: Option<bool>,
+    #[prost(oneof = "MetricValue", tags = "10, 11, 12, 13, 14, 15, 16")]
+    pub value: Option<MetricValue>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum MetricValue {
+    #[prost(uint32, tag = "10")]
+    Int(u32),
+    #[prost(uint64, tag = "11")]
+    Long(u64),
+    #[prost(float, tag = "12")]
+    Float(f32),
+    #[prost(double, tag = "13")]
+    Double(f64),
+    #[prost(bool, tag = "14")]
+    Boolean(bool),
+    #[prost(string, tag = "15")]
+    String(String),
+    #[prost(bytes = "vec", tag = "16")]
+    Bytes(Vec<u8>),
+}
+
+/// Sparkplug data types (spec ch.6).
+pub mod datatype {
+    pub const INT8: u32 = 1;
+    pub const INT16: u32 = 2;
+    pub const INT32: u32 = 3;
+    pub const INT64: u32 = 4;
+    pub const UINT8: u32 = 5;
+    pub const UINT16: u32 = 6;
+    pub const UINT32: u32 = 7;
+    pub const UINT64: u32 = 8;
+    pub const FLOAT: u32 = 9;
+    pub const DOUBLE: u32 = 10;
+    pub const BOOLEAN: u32 = 11;
+    pub const STRING: u32 = 12;
+    pub const TEXT: u32 = 14;
+}
+
+/// A metric for one of our values: Int64, UInt64, Double, Boolean or String.
+pub fn metric(name: &str, v: &Value, ts_ms: u64) -> Metric {
+    let (dt, value) = match v {
+        Value::Int(i) => (datatype::INT64, MetricValue::Long(*i as u64)),
+        Value::UInt(u) => (datatype::UINT64, MetricValue::Long(*u)),
+        Value::Float(f) => (datatype::DOUBLE, MetricValue::Double(*f)),
+        Value::Bool(b) => (datatype::BOOLEAN, MetricValue::Boolean(*b)),
+        Value::Text(s) => (datatype::STRING, MetricValue::String(s.clone())),
+    };
+    Metric {
+        name: Some(name.to_string()),
+        timestamp: Some(ts_ms),
+        datatype: Some(dt),
+        value: Some(value),
+        ..Default::default()
+    }
+}
+
+/// A metric's value as JSON for the router (writes are checked there against the point).
+pub fn metric_json(m: &Metric) -> Option<Json> {
+    let dt = m.datatype.unwrap_or(0);
+    Some(match m.value.as_ref()? {
+        MetricValue::Int(i) => match dt {
+            datatype::INT8 => Json::from(*i as u8 as i8),
+            datatype::INT16 => Json::from(*i as u16 as i16),
+            datatype::INT32 => Json::from(*i as i32),
+            _ => Json::from(*i),
+        },
+        MetricValue::Long(l) if dt == datatype::INT64 => Json::from(*l as i64),
+        MetricValue::Long(l) => Json::from(*l),
+        MetricValue::Float(f) => serde_json::Number::from_f64(f64::from(*f)).map(Json::Number)?,
+        MetricValue::Double(d) => serde_json::Number::from_f64(*d).map(Json::Number)?,
+        MetricValue::Boolean(b) => Json::Bool(*b),
+        MetricValue::String(s) => Json::String(s.clone()),
+        MetricValue::Bytes(_) => return None,
+    })
+}
+
+pub struct Sparkplug {
+    group: String,
+    node: String,
+    bd_seq: u8,
+    seq: u8,
+    /// Last value of every metric of every child (platform id → name → value).
+    known: HashMap<String, BTreeMap<String, Value>>,
+    /// Children born (DBIRTH) in this session.
+    born: HashSet<String>,
+    /// The gateway's own metrics, as last reported.
+    own: BTreeMap<String, Value>,
+}
+
+impl Sparkplug {
+    pub fn new(group: &str, node: &str, now_ms: u64) -> Self {
+        Sparkplug {
+            group: group.to_string(),
+            node: node.to_string(),
+            // Incremented before each CONNECT.
+            bd_seq: ((now_ms / 1000) % 256) as u8,
+            seq: 0,
+            known: HashMap::new(),
+            born: HashSet::new(),
+            // The gateway's own metrics (the uplink's report_own), so NBIRTH always has them.
+            own: BTreeMap::from([
+                (
+                    "version".to_string(),
+                    Value::Text(env!("CARGO_PKG_VERSION").into()),
+                ),
+                ("uptime_s".to_string(), Value::UInt(0)),
+                ("queue_records".to_string(), Value::UInt(0)),
+                ("children_online".to_string(), Value::UInt(0)),
+                ("children_total".to_string(), Value::UInt(0)),
+            ]),
+        }
+    }
+
+    pub fn topic(&self, kind: &str, device: Option<&str>) -> String {
+        match device {
+            Some(d) => format!("{NAMESPACE}/{}/{kind}/{}/{d}", self.group, self.node),
+            None => format!("{NAMESPACE}/{}/{kind}/{}", self.group, self.node),
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        u64::from(s)
+    }
+
+    fn message(
+        &mut self,
+        kind: &str,
+        device: Option<&str>,
+        metrics: Vec<Metric>,
+        now_ms: u64,
+    ) -> Out {
+        let p = Payload {
+            timestamp: Some(now_ms),
+            metrics,
+            seq: Some(self.next_seq()),
+            ..Default::default()
+        };
+        Out::new(self.topic(kind, device), p.encode_to_vec())
+    }
+
+    fn bd_seq_metric(&self, now_ms: u64) -> Metric {
+        Metric {
+            name: Some("bdSeq".into()),
+            timestamp: Some(now_ms),
+            datatype: Some(datatype::INT64),
+            value: Some(MetricValue::Long(u64::from(self.bd_seq))),
+            ..Default::default()
+        }
+    }
+
+    fn dbirth(&mut self, device: &str, now_ms: u64) -> Out {
+        let metrics = self
+            .known
+            .get(device)
+            .map(|m| m.iter().map(|(k, v)| metric(k, v, now_ms)).collect())
+            .unwrap_or_default();
+        self.born.insert(device.to_string());
+        self.message("DBIRTH", Some(device), metrics, now_ms)
+    }
+
+    /// NBIRTH and every child's DBIRTH (after CONNACK, or on a rebirth request).
+    fn births(&mut self, children: &[ChildView], now_ms: u64) -> Vec<Out> {
+        self.seq = 0;
+        self.born.clear();
+        let mut metrics = vec![
+            self.bd_seq_metric(now_ms),
+            metric(REBIRTH, &Value::Bool(false), now_ms),
+        ];
+        let own: Vec<Metric> = self.own.iter().map(|(k, v)| metric(k, v, now_ms)).collect();
+        metrics.extend(own);
+        let mut out = vec![self.message("NBIRTH", None, metrics, now_ms)];
+        for c in children {
+            if let (Some(dev), Some(true)) = (&c.device_id, c.online) {
+                out.push(self.dbirth(dev, now_ms));
+            }
+        }
+        out
+    }
+}
+
+impl super::Dialect for Sparkplug {
+    fn connect(&mut self, secret: &str, now_ms: u64) -> Connect {
+        self.bd_seq = self.bd_seq.wrapping_add(1);
+        let will = Payload {
+            timestamp: Some(now_ms),
+            metrics: vec![self.bd_seq_metric(now_ms)],
+            ..Default::default()
+        };
+        Connect {
+            client_id: format!("{}-{}", self.group, self.node),
+            username: self.node.clone(),
+            password: secret.to_string(),
+            will: Some(Out::new(self.topic("NDEATH", None), will.encode_to_vec())),
+        }
+    }
+
+    fn subscriptions(&self) -> Vec<String> {
+        vec![self.topic("NCMD", None), self.topic("DCMD", Some("+"))]
+    }
+
+    fn assigns_ids(&self) -> bool {
+        false
+    }
+
+    fn on_connect(&mut self, children: &[ChildView], _version: i64, now_ms: u64) -> Vec<Out> {
+        self.births(children, now_ms)
+    }
+
+    fn add(&mut self, _children: &[ChildView], _now_ms: u64) -> Vec<Out> {
+        // A child is born (DBIRTH) with its first values.
+        Vec::new()
+    }
+
+    fn delete(&mut self, device_ids: &[String], now_ms: u64) -> Vec<Out> {
+        let mut out = Vec::new();
+        for d in device_ids {
+            self.known.remove(d);
+            if self.born.remove(d) {
+                out.push(self.message("DDEATH", Some(d), Vec::new(), now_ms));
+            }
+        }
+        out
+    }
+
+    fn batch_limit(&self) -> usize {
+        1
+    }
+
+    fn pack(
+        &mut self,
+        recs: &[(u64, String, Record)],
+        _max_bytes: usize,
+        now_ms: u64,
+    ) -> (Vec<Out>, usize) {
+        let Some((_, dev, rec)) = recs.first() else {
+            return (Vec::new(), 1);
+        };
+        match rec {
+            Record::Status(st) if !st.online => {
+                if self.born.remove(dev) {
+                    (
+                        vec![self.message("DDEATH", Some(dev), Vec::new(), st.ts_ms.max(1))],
+                        1,
+                    )
+                } else {
+                    (Vec::new(), 1)
+                }
+            }
+            Record::Status(_) => {
+                if self.born.contains(dev) {
+                    (Vec::new(), 1)
+                } else {
+                    (vec![self.dbirth(dev, now_ms)], 1)
+                }
+            }
+            Record::Report(r) => {
+                let known = self.known.entry(dev.clone()).or_default();
+                let new_metric = r.properties.keys().any(|k| !known.contains_key(k));
+                let changed: Vec<Metric> = r
+                    .properties
+                    .iter()
+                    .filter(|(k, v)| known.get(*k) != Some(*v))
+                    .map(|(k, v)| metric(k, v, r.ts_ms))
+                    .collect();
+                known.extend(r.properties.clone());
+                if new_metric || !self.born.contains(dev) {
+                    // Every metric must have been born: (re)birth the device with all of them.
+                    return (vec![self.dbirth(dev, now_ms)], 1);
+                }
+                if changed.is_empty() {
+                    // Report by exception: nothing changed, nothing to send.
+                    return (Vec::new(), 1);
+                }
+                (vec![self.message("DDATA", Some(dev), changed, now_ms)], 1)
+            }
+        }
+    }
+
+    fn own(&mut self, props: &BTreeMap<String, Value>, now_ms: u64) -> Vec<Out> {
+        let changed: Vec<Metric> = props
+            .iter()
+            .filter(|(k, v)| self.own.get(*k) != Some(*v))
+            .map(|(k, v)| metric(k, v, now_ms))
+            .collect();
+        // NDATA may only carry metrics the NBIRTH had: unknown ones wait for the next birth.
+        let changed: Vec<Metric> = changed
+            .into_iter()
+            .filter(|m| m.name.as_ref().is_some_and(|n| self.own.contains_key(n)))
+            .collect();
+        for (k, v) in props {
+            if let Some(slot) = self.own.get_mut(k) {
+                *slot = v.clone();
+            }
+        }
+        if changed.is_empty() {
+            return Vec::new();
+        }
+        vec![self.message("NDATA", None, changed, now_ms)]
+    }
+
+    fn parse(&mut self, topic: &str, payload: &[u8]) -> Result<Inbound, ParseError> {
+        if payload.len() > MAX_INBOUND {
+            return Err(ParseError::new(format!(
+                "payload of {} bytes exceeds {MAX_INBOUND}",
+                payload.len()
+            )));
+        }
+        let p = Payload::decode(payload)
+            .map_err(|e| ParseError::new(format!("not a Sparkplug B payload: {e}")))?;
+        if topic == self.topic("NCMD", None) {
+            let rebirth = p.metrics.iter().any(|m| {
+                m.name.as_deref() == Some(REBIRTH) && m.value == Some(MetricValue::Boolean(true))
+            });
+            return Ok(if rebirth {
+                Inbound::Rebirth
+            } else {
+                Inbound::Ignored("NCMD without a rebirth request".into())
+            });
+        }
+        let prefix = format!("{}/", self.topic("DCMD", None));
+        let Some(device) = topic
+            .strip_prefix(prefix.as_str())
+            .filter(|d| !d.is_empty() && !d.contains('/'))
+        else {
+            return Err(ParseError::new(format!("unexpected topic `{topic}`")));
+        };
+        let mut props = serde_json::Map::new();
+        for m in &p.metrics {
+            let name = m.name.clone().ok_or_else(|| {
+                ParseError::new("DCMD metric without a name (aliases are not used)")
+            })?;
+            let v = metric_json(m).ok_or_else(|| {
+                ParseError::new(format!("DCMD metric `{name}` has no usable value"))
+            })?;
+            props.insert(name, v);
+        }
+        if props.is_empty() {
+            return Ok(Inbound::Ignored("DCMD without metrics".into()));
+        }
+        let dev = device.to_string();
+        Ok(Inbound::Request {
+            request: Request::Set {
+                request_id: format!("dcmd-{}", fieldgate_driver::now_ms()),
+                device_id: Some(dev.clone()),
+                services: vec![(String::new(), props)],
+            },
+            // No acknowledgement in Sparkplug: the new value shows in the next DDATA.
+            respond: Arc::new(move |o: &CommandOutcome| {
+                if let CommandOutcome::Failed { message, .. } = o {
+                    tracing::warn!(device = %dev, reason = %message, "Sparkplug DCMD not executed");
+                }
+                Reply {
+                    topic: String::new(),
+                    payload: Vec::new(),
+                }
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

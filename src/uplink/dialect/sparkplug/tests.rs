@@ -1,0 +1,317 @@
+//! Sparkplug B edge-node rules, each tested explicitly (no headless TCK is installable here;
+//! see PROTOCOLS.md §4.5): topics, the will, NBIRTH/DBIRTH contents, seq, report by exception,
+//! DDEATH, rebirth, DCMD, and the protobuf wire format itself.
+
+use std::collections::BTreeMap;
+
+use fieldgate_driver::{DeviceStatus, Report, Value};
+use prost::Message;
+
+use super::*;
+use crate::uplink::dialect::{ChildView, Dialect, Inbound};
+
+fn sp() -> Sparkplug {
+    // The clock puts bdSeq at 41, so the first CONNECT uses 42.
+    Sparkplug::new("Plant 1", "gw-7", 41_000)
+}
+
+fn decode(o: &Out) -> Payload {
+    Payload::decode(o.payload.as_slice()).unwrap_or_default()
+}
+
+fn names(p: &Payload) -> Vec<String> {
+    p.metrics.iter().filter_map(|m| m.name.clone()).collect()
+}
+
+fn child(node: &str) -> ChildView {
+    ChildView {
+        node_id: node.into(),
+        device_id: Some(node.into()),
+        product_id: "meter".into(),
+        name: node.into(),
+        online: Some(true),
+    }
+}
+
+fn report(dev: &str, props: &[(&str, Value)]) -> (u64, String, Record) {
+    (
+        1,
+        dev.to_string(),
+        Record::Report(Report {
+            child: dev.into(),
+            service: "s".into(),
+            properties: props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            ts_ms: 1_700_000_000_000,
+        }),
+    )
+}
+
+#[test]
+fn the_protobuf_wire_format_matches_the_spec_field_numbers() {
+    // Payload{timestamp=1: 1, metrics=2: [Metric{name=1:"a", datatype=4: 4 (Int64),
+    // long_value=11: 5}], seq=3: 0}, encoded by hand.
+    let p = Payload {
+        timestamp: Some(1),
+        metrics: vec![Metric {
+            name: Some("a".into()),
+            datatype: Some(datatype::INT64),
+            value: Some(MetricValue::Long(5)),
+            ..Default::default()
+        }],
+        seq: Some(0),
+        ..Default::default()
+    };
+    let want = [
+        0x08, 0x01, // timestamp
+        0x12, 0x07, // metrics, 7 bytes
+        0x0a, 0x01, b'a', // name
+        0x20, 0x04, // datatype
+        0x58, 0x05, // long_value (field 11, varint)
+        0x18, 0x00, // seq
+    ];
+    assert_eq!(p.encode_to_vec(), want);
+    assert_eq!(Payload::decode(&want[..]).ok(), Some(p));
+    // Double (13, fixed64) and boolean (14) and string (15).
+    let m = metric("x", &Value::Float(1.5), 0);
+    assert_eq!(
+        (m.datatype, m.value),
+        (Some(datatype::DOUBLE), Some(MetricValue::Double(1.5)))
+    );
+    assert_eq!(
+        metric("x", &Value::Int(-2), 0).value,
+        Some(MetricValue::Long(u64::MAX - 1))
+    );
+    assert_eq!(
+        metric("x", &Value::Bool(true), 0).datatype,
+        Some(datatype::BOOLEAN)
+    );
+    assert_eq!(
+        metric("x", &Value::Text("t".into()), 0).datatype,
+        Some(datatype::STRING)
+    );
+}
+
+#[test]
+fn connect_will_and_births() {
+    let mut s = sp();
+    let c = s.connect("pw", 1000);
+    assert_eq!(
+        (
+            c.client_id.as_str(),
+            c.username.as_str(),
+            c.password.as_str()
+        ),
+        ("Plant 1-gw-7", "gw-7", "pw")
+    );
+    let will = c.will.unwrap_or_else(|| panic!("an NDEATH will"));
+    assert_eq!(will.topic, "spBv1.0/Plant 1/NDEATH/gw-7");
+    let w = decode(&will);
+    assert_eq!(names(&w), vec!["bdSeq"], "the will holds only bdSeq");
+    assert_eq!(w.metrics[0].value, Some(MetricValue::Long(42)));
+    assert_eq!(w.seq, None, "NDEATH has no seq");
+    assert_eq!(
+        s.subscriptions(),
+        vec!["spBv1.0/Plant 1/NCMD/gw-7", "spBv1.0/Plant 1/DCMD/gw-7/+"]
+    );
+
+    // Children learn values before the session (queued), then births.
+    let _ = s.pack(&[report("m1", &[("v", Value::UInt(230))])], 4096, 0);
+    let out = s.on_connect(
+        &[
+            child("m1"),
+            ChildView {
+                online: Some(false),
+                ..child("m2")
+            },
+        ],
+        0,
+        2000,
+    );
+    assert_eq!(out.len(), 2, "NBIRTH, and a DBIRTH for the live child only");
+    assert_eq!(out[0].topic, "spBv1.0/Plant 1/NBIRTH/gw-7");
+    let nb = decode(&out[0]);
+    assert_eq!(nb.seq, Some(0), "NBIRTH seq is 0");
+    assert_eq!(
+        nb.metrics[0].value,
+        Some(MetricValue::Long(42)),
+        "same bdSeq as the will"
+    );
+    assert!(names(&nb).contains(&REBIRTH.to_string()));
+    let rebirth = nb
+        .metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some(REBIRTH));
+    assert_eq!(
+        rebirth.and_then(|m| m.value.clone()),
+        Some(MetricValue::Boolean(false))
+    );
+    assert!(
+        names(&nb).contains(&"uptime_s".to_string()),
+        "node metrics are born"
+    );
+    assert_eq!(out[1].topic, "spBv1.0/Plant 1/DBIRTH/gw-7/m1");
+    let db = decode(&out[1]);
+    assert_eq!(
+        (db.seq, names(&db)),
+        (Some(1), vec!["v".to_string()]),
+        "every known metric"
+    );
+    assert_eq!(db.metrics[0].datatype, Some(datatype::UINT64));
+    // A new connection increments bdSeq.
+    let w2 = decode(&s.connect("pw", 3000).will.unwrap_or_else(|| panic!()));
+    assert_eq!(w2.metrics[0].value, Some(MetricValue::Long(43)));
+}
+
+#[test]
+fn data_by_exception_rebirth_on_new_metrics_death_and_seq_wrap() {
+    let mut s = sp();
+    s.connect("pw", 0);
+    let _ = s.on_connect(&[], 0, 0);
+    // First values of a child: DBIRTH (it was never born).
+    let (o, _) = s.pack(
+        &[report(
+            "m1",
+            &[("a", Value::UInt(1)), ("b", Value::UInt(2))],
+        )],
+        4096,
+        0,
+    );
+    assert_eq!(o[0].topic, "spBv1.0/Plant 1/DBIRTH/gw-7/m1");
+    assert_eq!(decode(&o[0]).seq, Some(1));
+    // Only what changed.
+    let (o, _) = s.pack(
+        &[report(
+            "m1",
+            &[("a", Value::UInt(1)), ("b", Value::UInt(3))],
+        )],
+        4096,
+        0,
+    );
+    assert_eq!(o[0].topic, "spBv1.0/Plant 1/DDATA/gw-7/m1");
+    let d = decode(&o[0]);
+    assert_eq!((names(&d), d.seq), (vec!["b".to_string()], Some(2)));
+    // Nothing changed: nothing sent.
+    assert!(s
+        .pack(&[report("m1", &[("a", Value::UInt(1))])], 4096, 0)
+        .0
+        .is_empty());
+    // A metric never born: DBIRTH again with all of them.
+    let (o, _) = s.pack(&[report("m1", &[("c", Value::Bool(true))])], 4096, 0);
+    assert_eq!(o[0].topic, "spBv1.0/Plant 1/DBIRTH/gw-7/m1");
+    assert_eq!(names(&decode(&o[0])), vec!["a", "b", "c"]);
+    // OFFLINE: DDEATH once; ONLINE again: DBIRTH.
+    let st = |online| {
+        (
+            9,
+            "m1".to_string(),
+            Record::Status(DeviceStatus {
+                child: "m1".into(),
+                online,
+                reason: String::new(),
+                ts_ms: 5,
+            }),
+        )
+    };
+    let (o, _) = s.pack(&[st(false)], 4096, 0);
+    assert_eq!(o[0].topic, "spBv1.0/Plant 1/DDEATH/gw-7/m1");
+    assert!(s.pack(&[st(false)], 4096, 0).0.is_empty(), "one DDEATH");
+    let (o, _) = s.pack(&[st(true)], 4096, 0);
+    assert_eq!(o[0].topic, "spBv1.0/Plant 1/DBIRTH/gw-7/m1");
+    // seq wraps 255 → 0 across all node messages.
+    let mut last = 0;
+    for i in 0..300u64 {
+        let (o, _) = s.pack(&[report("m1", &[("a", Value::UInt(100 + i))])], 4096, 0);
+        last = decode(&o[0]).seq.unwrap_or(999);
+        assert!(last <= 255);
+    }
+    // seq 0..=5 went to NBIRTH, DBIRTH, DDATA, DBIRTH, DDEATH, DBIRTH; then 300 DDATA.
+    assert_eq!(last, (6 + 299) % 256, "wrapped");
+    // Own metrics by exception as NDATA; unknown ones are not sent.
+    let o = s.own(
+        &BTreeMap::from([
+            ("uptime_s".to_string(), Value::UInt(7)),
+            ("new".to_string(), Value::UInt(1)),
+        ]),
+        0,
+    );
+    assert_eq!(o[0].topic, "spBv1.0/Plant 1/NDATA/gw-7");
+    assert_eq!(names(&decode(&o[0])), vec!["uptime_s"]);
+}
+
+#[test]
+fn ncmd_rebirth_and_dcmd_writes() {
+    let mut s = sp();
+    let cmd = |metrics: Vec<Metric>| {
+        Payload {
+            timestamp: Some(1),
+            metrics,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let rb = cmd(vec![Metric {
+        name: Some(REBIRTH.into()),
+        datatype: Some(datatype::BOOLEAN),
+        value: Some(MetricValue::Boolean(true)),
+        ..Default::default()
+    }]);
+    assert!(matches!(
+        s.parse("spBv1.0/Plant 1/NCMD/gw-7", &rb),
+        Ok(Inbound::Rebirth)
+    ));
+    let other = cmd(vec![Metric {
+        name: Some("Node Control/Reboot".into()),
+        value: Some(MetricValue::Boolean(true)),
+        ..Default::default()
+    }]);
+    assert!(matches!(
+        s.parse("spBv1.0/Plant 1/NCMD/gw-7", &other),
+        Ok(Inbound::Ignored(_))
+    ));
+    let w = cmd(vec![
+        metric("demand_limit", &Value::Float(42.5), 1),
+        Metric {
+            name: Some("mode".into()),
+            datatype: Some(datatype::INT16),
+            value: Some(MetricValue::Int(0xFFFF)),
+            ..Default::default()
+        },
+    ]);
+    let Ok(Inbound::Request {
+        request:
+            Request::Set {
+                device_id,
+                services,
+                ..
+            },
+        ..
+    }) = s.parse("spBv1.0/Plant 1/DCMD/gw-7/m1", &w)
+    else {
+        panic!("not a write")
+    };
+    assert_eq!(device_id.as_deref(), Some("m1"));
+    assert_eq!(services[0].1["demand_limit"], serde_json::json!(42.5));
+    assert_eq!(
+        services[0].1["mode"],
+        serde_json::json!(-1),
+        "Int16 sign-extended"
+    );
+    assert!(
+        s.parse("spBv1.0/Plant 1/DCMD/gw-7/m1", b"\xff\xff\xff")
+            .is_err(),
+        "not protobuf"
+    );
+    let no_name = cmd(vec![Metric {
+        alias: Some(3),
+        value: Some(MetricValue::Long(1)),
+        ..Default::default()
+    }]);
+    assert!(
+        s.parse("spBv1.0/Plant 1/DCMD/gw-7/m1", &no_name).is_err(),
+        "aliases are not used"
+    );
+    assert!(s.parse("spBv1.0/Plant 2/DCMD/gw-7/m1", &w).is_err());
+}

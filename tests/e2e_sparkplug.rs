@@ -1,0 +1,181 @@
+//! The Sparkplug B dialect end to end: the `fieldgate` binary as an edge node, a real
+//! mosquitto, a real Modbus server and a test host application decoding the protobuf
+//! payloads. NBIRTH (seq 0, bdSeq) then a DBIRTH per child, DDATA by exception with seq
+//! continuing, a broker outage with every counter value delivered and the births repeated, a
+//! DCMD writing a register (seen in the next DDATA), a rebirth on NCMD with the same bdSeq,
+//! and — when the gateway is killed — the broker publishing its NDEATH will with that bdSeq.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use fieldgate::uplink::dialect::sparkplug::{metric, MetricValue, Payload, REBIRTH};
+use fieldgate_driver::Value;
+use prost::Message;
+
+const G: &str = "spBv1.0/Plant1";
+
+fn payloads(p: &TestPlatform, topic: &str) -> Vec<Payload> {
+    p.raw()
+        .into_iter()
+        .filter(|(t, _)| t == topic)
+        .filter_map(|(_, b)| Payload::decode(b.as_slice()).ok())
+        .collect()
+}
+
+fn value(p: &Payload, name: &str) -> Option<MetricValue> {
+    p.metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some(name))
+        .and_then(|m| m.value.clone())
+}
+
+fn bd_seq(p: &Payload) -> Option<MetricValue> {
+    value(p, "bdSeq")
+}
+
+fn counters(p: &TestPlatform, dev: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (t, b) in p.raw() {
+        if t == format!("{G}/DBIRTH/gw1/{dev}") || t == format!("{G}/DDATA/gw1/{dev}") {
+            if let Some(MetricValue::Long(c)) = Payload::decode(b.as_slice())
+                .ok()
+                .and_then(|p| value(&p, "counter"))
+            {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sparkplug_edge_node_end_to_end() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut broker = Mosquitto::start(dir.path());
+    let p = TestPlatform::start_on(broker.port, "host", "spBv1.0/#");
+    let sim = meter_sim();
+    let cfg = meter_config(
+        dir.path(),
+        &format!(
+            "dialect = \"sparkplug\"\nhost = \"127.0.0.1\"\nport = {}\ntls = false\ndevice_id = \"gw1\"\ngroup_id = \"Plant1\"\nsecret = \"pw\"",
+            broker.port
+        ),
+        sim.port,
+    );
+    let (code, out, err) = fieldgate(&["check", "-c", &cfg.to_string_lossy()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let gw = Gateway::start(&cfg);
+
+    wait_until(Duration::from_secs(20), "births and data", || {
+        !payloads(&p, &format!("{G}/NBIRTH/gw1")).is_empty()
+            && !payloads(&p, &format!("{G}/DBIRTH/gw1/m1")).is_empty()
+            && counters(&p, "m1").len() >= 5
+            && counters(&p, "m2").len() >= 5
+    });
+    let nb = payloads(&p, &format!("{G}/NBIRTH/gw1")).remove(0);
+    assert_eq!(nb.seq, Some(0));
+    assert_eq!(value(&nb, REBIRTH), Some(MetricValue::Boolean(false)));
+    let first_bd = bd_seq(&nb);
+    assert!(first_bd.is_some());
+    let db = payloads(&p, &format!("{G}/DBIRTH/gw1/m1")).remove(0);
+    assert!(
+        db.metrics.iter().all(|m| m.datatype.is_some()),
+        "every metric with its datatype"
+    );
+    // seq continues across node messages, 0..=255.
+    let seqs: Vec<u64> = p
+        .raw()
+        .into_iter()
+        .filter(|(t, _)| t.starts_with(G) && !t.contains("/NDEATH/") && !t.contains("CMD/"))
+        .filter_map(|(_, b)| Payload::decode(b.as_slice()).ok().and_then(|p| p.seq))
+        .take(20)
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == (w[0] + 1) % 256),
+        "{seqs:?}"
+    );
+
+    // Outage: the births are repeated with a new bdSeq, nothing is lost.
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    broker.restart();
+    wait_until(
+        Duration::from_secs(20),
+        "a new NBIRTH after the reconnect",
+        || payloads(&p, &format!("{G}/NBIRTH/gw1")).len() >= 2,
+    );
+    let n = counters(&p, "m1").len();
+    wait_until(Duration::from_secs(20), "the backlog", || {
+        counters(&p, "m1").len() > n + 20
+    });
+    let mut c = counters(&p, "m1");
+    c.sort_unstable();
+    c.dedup();
+    assert!(
+        c.windows(2).all(|w| w[1] == w[0] + 1),
+        "readings lost across the outage"
+    );
+    let births = payloads(&p, &format!("{G}/NBIRTH/gw1"));
+    let bd = births.last().and_then(bd_seq);
+    assert_ne!(bd, first_bd, "a new session, a new bdSeq");
+
+    // DCMD: a write, visible in the next DDATA.
+    let dcmd = Payload {
+        timestamp: Some(fieldgate_driver::now_ms()),
+        metrics: vec![metric(
+            "demand_limit",
+            &Value::Float(42.5),
+            fieldgate_driver::now_ms(),
+        )],
+        ..Default::default()
+    };
+    p.send(&format!("{G}/DCMD/gw1/m1"), &dcmd.encode_to_vec());
+    wait_until(Duration::from_secs(10), "the register written", || {
+        sim.state
+            .holding
+            .lock()
+            .ok()
+            .and_then(|h| h.get(&(1, 4)).copied())
+            == Some(425)
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the new value by exception",
+        || {
+            payloads(&p, &format!("{G}/DDATA/gw1/m1"))
+                .iter()
+                .any(|d| value(d, "demand_limit") == Some(MetricValue::Double(42.5)))
+        },
+    );
+
+    // Rebirth: NBIRTH again, same bdSeq (no new session).
+    let nbirths = payloads(&p, &format!("{G}/NBIRTH/gw1")).len();
+    let rebirth = Payload {
+        timestamp: Some(1),
+        metrics: vec![metric(REBIRTH, &Value::Bool(true), 1)],
+        ..Default::default()
+    };
+    p.send(&format!("{G}/NCMD/gw1"), &rebirth.encode_to_vec());
+    wait_until(Duration::from_secs(10), "the rebirth", || {
+        payloads(&p, &format!("{G}/NBIRTH/gw1")).len() > nbirths
+    });
+    let again = payloads(&p, &format!("{G}/NBIRTH/gw1"));
+    assert_eq!(again.last().and_then(bd_seq), bd);
+    assert_eq!(again.last().and_then(|b| b.seq), Some(0));
+
+    // Killed: the broker publishes the will, with the session's bdSeq. (The session lost in
+    // the outage may have left its own NDEATH earlier, with its own bdSeq.)
+    let deaths = payloads(&p, &format!("{G}/NDEATH/gw1")).len();
+    gw.signal(9);
+    wait_until(Duration::from_secs(10), "NDEATH", || {
+        payloads(&p, &format!("{G}/NDEATH/gw1")).len() > deaths
+    });
+    let death = payloads(&p, &format!("{G}/NDEATH/gw1")).pop();
+    assert_eq!(
+        death.as_ref().and_then(bd_seq),
+        bd,
+        "NDEATH matches the birth"
+    );
+}
