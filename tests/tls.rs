@@ -164,3 +164,98 @@ fn tls_verifies_the_broker_certificate() {
     assert_eq!(platform.reports()[0].0, "p_d1");
     assert_eq!(right.terminate(), Some(0));
 }
+
+/// A client certificate for the gateway, signed by the CA.
+fn make_client_cert(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=gw-x509",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+        ],
+    );
+    // Extensions make it an X.509 v3 certificate (rustls refuses v1 ones).
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+            "-out",
+            "client.pem",
+        ],
+    );
+}
+
+/// Mutual TLS (ThingsBoard's X.509 device credentials): a broker that requires a client
+/// certificate refuses a gateway without one and accepts it with `client_cert`/`client_key`.
+#[test]
+fn mutual_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let d = dir.path();
+    make_pki(d);
+    make_client_cert(d);
+    let tls_port = free_port();
+    let broker = Mosquitto::start_with(
+        d,
+        &format!("listener {tls_port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n", d.display()),
+    );
+    let platform = TestPlatform::start_on(broker.port, "gw-x509", "v1/#");
+    let sim = meter_sim();
+    let platform_lines = |extra: &str| {
+        format!(
+            "dialect = \"thingsboard\"\nhost = \"127.0.0.1\"\nport = {tls_port}\ntls = true\nca_file = \"{0}/ca.pem\"\ndevice_id = \"gw-x509\"\nsecret = \"unused\"\n{extra}",
+            d.display()
+        )
+    };
+    let no_cert = d.join("no-cert");
+    std::fs::create_dir_all(&no_cert).unwrap_or_else(|e| panic!("{e}"));
+    let mut refused = Gateway::start(&meter_config(&no_cert, &platform_lines(""), sim.port));
+    wait_until(
+        Duration::from_secs(10),
+        "refused without a certificate",
+        || refused.count(&["cannot connect to the platform"]) >= 1,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(platform.messages().is_empty());
+    refused.terminate();
+
+    let with_cert = d.join("with-cert");
+    std::fs::create_dir_all(&with_cert).unwrap_or_else(|e| panic!("{e}"));
+    let lines = platform_lines(&format!(
+        "client_cert = \"{0}/client.pem\"\nclient_key = \"{0}/client.key\"",
+        d.display()
+    ));
+    let mut gw = Gateway::start(&meter_config(&with_cert, &lines, sim.port));
+    wait_until(Duration::from_secs(15), "telemetry over mutual TLS", || {
+        platform
+            .messages()
+            .iter()
+            .any(|m| m.topic == "v1/gateway/telemetry")
+    });
+    assert_eq!(gw.terminate(), Some(0));
+    // The private key never reaches the log.
+    let key = std::fs::read_to_string(d.join("client.key")).unwrap_or_default();
+    let key_line = key.lines().nth(1).unwrap_or("-");
+    assert_eq!(gw.count(&[key_line]), 0);
+}

@@ -125,6 +125,10 @@ pub struct Platform {
     pub port: u16,
     pub tls: bool,
     pub ca_file: Option<PathBuf>,
+    /// Mutual TLS: client certificate chain and private key (PEM).
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+    /// ThingsBoard basic credentials: the username (the secret is the password).
+    pub username: Option<String>,
     pub device_id: String,
     /// AllThingsTalk: the account (client) id; empty for other dialects.
     pub account: String,
@@ -514,6 +518,38 @@ impl<'a> Checker<'a> {
             }
         };
         let port = p.port.unwrap_or(8883);
+        let client_auth = match (&p.client_cert, &p.client_key) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c.get_ref()), PathBuf::from(k.get_ref()))),
+            (None, None) => None,
+            (Some(s), None) | (None, Some(s)) => {
+                self.err(
+                    Some(s.span()),
+                    "platform.client_cert",
+                    "`client_cert` and `client_key` go together (mutual TLS)",
+                );
+                return None;
+            }
+        };
+        if client_auth.is_some() && p.tls == Some(false) {
+            self.err(
+                None,
+                "platform.client_cert",
+                "a client certificate needs `tls = true`",
+            );
+            return None;
+        }
+        let username = match (&dialect, &p.username) {
+            (Some(Dialect::ThingsBoard), Some(u)) => Some(u.get_ref().clone()),
+            (_, Some(u)) => {
+                self.err(
+                    Some(u.span()),
+                    "platform.username",
+                    "`username` is for dialect thingsboard (basic MQTT credentials)",
+                );
+                return None;
+            }
+            (_, None) => None,
+        };
         let keepalive = match p.keepalive {
             Some(k) if !(30..=1200).contains(&k.get_ref().0.as_secs()) => {
                 self.err(
@@ -629,6 +665,8 @@ impl<'a> Checker<'a> {
             tls: p.tls.unwrap_or(port != 1883),
             port,
             ca_file: p.ca_file.map(PathBuf::from),
+            client_auth,
+            username,
             device_id: p.device_id.into_inner(),
             secret: secret?,
             check_timestamp: p.check_timestamp.unwrap_or(false),

@@ -37,6 +37,14 @@ pub struct RawPlatform {
     pub tls: Option<bool>,
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Mutual TLS: the client certificate chain and its private key (PEM files).
+    #[serde(default)]
+    pub client_cert: Option<Spanned<String>>,
+    #[serde(default)]
+    pub client_key: Option<Spanned<String>>,
+    /// ThingsBoard basic MQTT credentials: the username (the secret is the password).
+    #[serde(default)]
+    pub username: Option<Spanned<String>>,
     pub device_id: Spanned<String>,
     /// AllThingsTalk: the account (client) id that owns the gateway.
     #[serde(default)]

@@ -874,3 +874,33 @@ fn sparkplug_needs_a_group_and_clean_ids() {
     .iter()
     .any(|d| d.path == "platform.group_id" && d.message.contains("for dialect sparkplug")));
 }
+
+#[test]
+fn client_certificates_and_basic_credentials() {
+    let tb = GOOD.replace("dialect = \"iotda\"", "dialect = \"thingsboard\"");
+    let c = parse(
+        &tb.replace(
+            "device_id = \"gw_1\"",
+            "device_id = \"gw_1\"\nusername = \"u\"\nclient_cert = \"/c.pem\"\nclient_key = \"/k.pem\"\ntls = true",
+        ),
+        Path::new("t.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.platform.username.as_deref(), Some("u"));
+    assert_eq!(
+        c.platform.client_auth,
+        Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
+    );
+    let d = errors(&tb.replace(
+        "device_id = \"gw_1\"",
+        "device_id = \"gw_1\"\nclient_cert = \"/c.pem\"",
+    ));
+    assert!(d
+        .iter()
+        .any(|d| d.path == "platform.client_cert" && d.message.contains("go together")));
+    let d = errors(&GOOD.replace(
+        "device_id = \"gw_1\"",
+        "device_id = \"gw_1\"\nusername = \"u\"",
+    ));
+    assert!(d.iter().any(|d| d.path == "platform.username"));
+}

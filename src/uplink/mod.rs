@@ -195,7 +195,10 @@ impl Uplink {
         let c = self.dialect.connect(secret.expose(), now_ms());
         let p = &self.platform;
         let mut o = MqttOptions::new(c.client_id, p.host.clone(), p.port);
-        o.set_credentials(c.username, c.password);
+        // X.509-only identities send no credentials at all.
+        if !(c.username.is_empty() && c.password.is_empty()) {
+            o.set_credentials(c.username, c.password);
+        }
         if let Some(w) = c.will {
             o.set_last_will(LastWill::new(w.topic, w.payload, QoS::AtLeastOnce, false));
         }
@@ -204,8 +207,13 @@ impl Uplink {
         o.set_inflight(p.inflight.saturating_add(32));
         o.set_max_packet_size(MAX_INBOUND_PACKET, p.max_packet);
         if p.tls {
+            let client = p
+                .client_auth
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path()));
             o.set_transport(Transport::tls_with_config(tls::config(
                 p.ca_file.as_deref(),
+                client,
             )?));
         }
         let (client, mut eventloop) = AsyncClient::new(o, usize::from(p.inflight) + 128);

@@ -159,7 +159,14 @@ pub fn for_platform(p: &Platform) -> Box<dyn Dialect> {
             Box::new(iotda::IotDa::new(&p.device_id, p.check_timestamp))
         }
         crate::config::Dialect::ThingsBoard => {
-            Box::new(thingsboard::ThingsBoard::new(&p.device_id))
+            let auth = match (&p.username, &p.client_auth) {
+                (Some(u), _) => thingsboard::Auth::Basic {
+                    username: u.clone(),
+                },
+                (None, Some(_)) => thingsboard::Auth::X509,
+                (None, None) => thingsboard::Auth::Token,
+            };
+            Box::new(thingsboard::ThingsBoard::new(&p.device_id, auth))
         }
         crate::config::Dialect::AllThingsTalk => {
             Box::new(allthingstalk::AllThingsTalk::new(&p.account, &p.device_id))

@@ -37,15 +37,28 @@ pub const MAX_TELEMETRY_DEVICES: usize = 100;
 /// Inbound payloads larger than this are refused before parsing.
 pub const MAX_INBOUND: usize = 64 * 1024;
 
+/// How the gateway device authenticates (PROTOCOLS.md §2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// The access token is the MQTT username, the password is empty.
+    Token,
+    /// Basic MQTT credentials: client id, username, and the secret as password.
+    Basic { username: String },
+    /// X.509: the client certificate identifies the device; no MQTT credentials.
+    X509,
+}
+
 pub struct ThingsBoard {
     client_id: String,
+    auth: Auth,
 }
 
 impl ThingsBoard {
     /// `client_id`: the MQTT client id (the config's `device_id`).
-    pub fn new(client_id: &str) -> Self {
+    pub fn new(client_id: &str, auth: Auth) -> Self {
         ThingsBoard {
             client_id: client_id.to_string(),
+            auth,
         }
     }
 }
@@ -84,10 +97,15 @@ pub fn rpc_response(device: &str, id: &Json, o: &CommandOutcome) -> Vec<u8> {
 
 impl super::Dialect for ThingsBoard {
     fn connect(&mut self, secret: &str, _now_ms: u64) -> Connect {
+        let (username, password) = match &self.auth {
+            Auth::Token => (secret.to_string(), String::new()),
+            Auth::Basic { username } => (username.clone(), secret.to_string()),
+            Auth::X509 => (String::new(), String::new()),
+        };
         Connect {
             client_id: self.client_id.clone(),
-            username: secret.to_string(),
-            password: String::new(),
+            username,
+            password,
             will: None,
         }
     }

@@ -28,7 +28,7 @@ fn text(o: &Out) -> (&str, String) {
 
 #[test]
 fn identity_subscriptions_and_session_replay() {
-    let mut tb = ThingsBoard::new("gw-7");
+    let mut tb = ThingsBoard::new("gw-7", Auth::Token);
     let c = tb.connect("A1_TEST_TOKEN", 0);
     assert_eq!(
         (
@@ -48,6 +48,24 @@ fn identity_subscriptions_and_session_replay() {
         ]
     );
     assert!(!tb.assigns_ids());
+    // Basic MQTT credentials, and X.509 (no credentials: the certificate identifies it).
+    let c = ThingsBoard::new(
+        "gw-7",
+        Auth::Basic {
+            username: "gw-user".into(),
+        },
+    )
+    .connect("pw", 0);
+    assert_eq!(
+        (
+            c.client_id.as_str(),
+            c.username.as_str(),
+            c.password.as_str()
+        ),
+        ("gw-7", "gw-user", "pw")
+    );
+    let c = ThingsBoard::new("gw-7", Auth::X509).connect("ignored", 0);
+    assert_eq!((c.username.as_str(), c.password.as_str()), ("", ""));
     // After every CONNACK: connect again for every live child (the server dropped them).
     let out = tb.on_connect(
         &[
@@ -108,7 +126,7 @@ fn report(child: &str, ts: u64, props: &[(&str, Value)]) -> Record {
 
 #[test]
 fn telemetry_is_batched_per_device_with_ms_timestamps() {
-    let mut tb = ThingsBoard::new("gw");
+    let mut tb = ThingsBoard::new("gw", Auth::Token);
     let recs = vec![
         (
             1,
@@ -180,7 +198,7 @@ fn telemetry_is_batched_per_device_with_ms_timestamps() {
 
 #[test]
 fn rpc_is_routed_and_answered_with_the_same_id() {
-    let mut tb = ThingsBoard::new("gw");
+    let mut tb = ThingsBoard::new("gw", Auth::Token);
     let m = tb.parse(
         RPC,
         br#"{"device":"Device A","data":{"id":42,"method":"setTemp","params":{"t":21}}}"#,
@@ -253,7 +271,7 @@ fn rpc_is_routed_and_answered_with_the_same_id() {
 
 #[test]
 fn attribute_updates_and_both_response_forms_become_writes() {
-    let mut tb = ThingsBoard::new("gw");
+    let mut tb = ThingsBoard::new("gw", Auth::Token);
     let set = |m: Result<Inbound, super::super::ParseError>| match m {
         Ok(Inbound::Request {
             request:
@@ -299,7 +317,7 @@ fn attribute_updates_and_both_response_forms_become_writes() {
 
 #[test]
 fn deletion_and_renaming_notifications_are_acknowledged() {
-    let mut tb = ThingsBoard::new("gw");
+    let mut tb = ThingsBoard::new("gw", Auth::Token);
     let Ok(Inbound::Notified { inbound, ack }) = tb.parse(
         "v1/devices/me/rpc/request/15",
         br#"{"method":"gateway_device_deleted","params":"Device A"}"#,
