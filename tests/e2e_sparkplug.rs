@@ -178,4 +178,23 @@ fn sparkplug_edge_node_end_to_end() {
         bd,
         "NDEATH matches the birth"
     );
+    drop(gw);
+
+    // A graceful stop (SIGTERM) disconnects cleanly, which fires no will: the node publishes
+    // NDEATH itself first, with the bdSeq of its birth.
+    let mut gw = Gateway::start(&cfg);
+    let births_before = payloads(&p, &format!("{G}/NBIRTH/gw1")).len();
+    wait_until(Duration::from_secs(20), "born again", || {
+        payloads(&p, &format!("{G}/NBIRTH/gw1")).len() > births_before
+    });
+    let bd = payloads(&p, &format!("{G}/NBIRTH/gw1"))
+        .last()
+        .and_then(bd_seq);
+    let deaths = payloads(&p, &format!("{G}/NDEATH/gw1")).len();
+    assert_eq!(gw.terminate(), Some(0));
+    wait_until(Duration::from_secs(10), "NDEATH on a graceful stop", || {
+        payloads(&p, &format!("{G}/NDEATH/gw1")).len() > deaths
+    });
+    let death = payloads(&p, &format!("{G}/NDEATH/gw1")).pop();
+    assert_eq!(death.as_ref().and_then(bd_seq), bd);
 }

@@ -813,6 +813,23 @@ impl Uplink {
             }
         }
         if s.connected {
+            // What the platform must hear before a deliberate goodbye (Sparkplug: NDEATH — a
+            // clean DISCONNECT does not fire the will).
+            let last_words = self.dialect.on_shutdown(now_ms());
+            let mut waiting = 0usize;
+            for o in last_words {
+                if publish(client, s, o.topic, o.payload, Vec::new()).is_ok() {
+                    waiting += 1;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+            while waiting > 0 {
+                match tokio::time::timeout_at(deadline, ev.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => waiting -= 1,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
             let _ = client.try_disconnect();
             let _ = tokio::time::timeout(Duration::from_millis(500), ev.poll()).await;
         }

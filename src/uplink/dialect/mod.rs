@@ -146,6 +146,11 @@ pub trait Dialect: Send + Sync {
     fn own(&mut self, props: &BTreeMap<String, Value>, now_ms: u64) -> Vec<Out>;
     /// Parse one inbound message on our subscriptions.
     fn parse(&mut self, topic: &str, payload: &[u8]) -> Result<Inbound, ParseError>;
+    /// Messages to publish before a deliberate disconnect (a clean DISCONNECT does not fire
+    /// the will).
+    fn on_shutdown(&mut self, _now_ms: u64) -> Vec<Out> {
+        Vec::new()
+    }
     /// Where the platform's sub-device version is persisted (IoTDA), if it has one.
     fn version_key(&self) -> Option<&'static str> {
         None

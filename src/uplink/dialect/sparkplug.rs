@@ -10,7 +10,8 @@
 //! DBIRTH again first); a child going OFFLINE is a DDEATH and coming back a DBIRTH; `seq` runs
 //! 0–255 across every node message of a session. `Node Control/Rebirth` in an NCMD repeats the
 //! births without a new session; DCMD metrics write the points of the same name (no ack: the
-//! new value shows in the next DDATA).
+//! new value shows in the next DDATA). A graceful stop publishes NDEATH before DISCONNECT
+//! (a clean disconnect does not fire the will).
 //!
 //! Deviations, on purpose: births and data are published with QoS 1 (the spec says 0) so the
 //! store-and-forward queue deletes a reading only once the broker has it — subscribers see no
@@ -266,6 +267,16 @@ impl super::Dialect for Sparkplug {
 
     fn subscriptions(&self) -> Vec<String> {
         vec![self.topic("NCMD", None), self.topic("DCMD", Some("+"))]
+    }
+
+    fn on_shutdown(&mut self, now_ms: u64) -> Vec<Out> {
+        // Intentional shutdown: NDEATH (bdSeq only, no seq), then DISCONNECT.
+        let p = Payload {
+            timestamp: Some(now_ms),
+            metrics: vec![self.bd_seq_metric(now_ms)],
+            ..Default::default()
+        };
+        vec![Out::new(self.topic("NDEATH", None), p.encode_to_vec())]
     }
 
     fn assigns_ids(&self) -> bool {
