@@ -85,11 +85,17 @@ impl StatusSource {
                     .collect()
             })
             .unwrap_or_default();
+        let counters = self
+            .metrics
+            .bus_counters
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
         let buses: Vec<Json> = self
             .cfg
             .buses
             .iter()
-            .map(|b| match &b.kind {
+            .map(|b| (b, match &b.kind {
                 BusKind::ModbusTcp { endpoint } => {
                     json!({"name": b.name, "driver": "modbus-tcp", "endpoint": endpoint})
                 }
@@ -107,6 +113,12 @@ impl StatusSource {
                     json!({"name": b.name, "driver": "modbus-rtu", "endpoint": port.path,
                            "baud": port.baud})
                 }
+            }))
+            .map(|(b, mut j)| {
+                if let (Some(c), Json::Object(m)) = (counters.get(&b.name), &mut j) {
+                    m.insert("skipped".into(), json!(c));
+                }
+                j
             })
             .collect();
         json!({
@@ -264,6 +276,22 @@ pub fn render(j: &Json) -> String {
         q["dropped"]["corrupt"],
         q["dropped"]["orphan"]
     ));
+    for b in j["buses"].as_array().into_iter().flatten() {
+        let skipped = b["skipped"]
+            .as_object()
+            .filter(|m| m.values().any(|v| v.as_u64().unwrap_or(0) > 0))
+            .map(|m| {
+                let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!(" · skipped: {}", parts.join(" "))
+            })
+            .unwrap_or_default();
+        out.push(format!(
+            "bus       {} ({} {}){skipped}",
+            b["name"].as_str().unwrap_or("?"),
+            b["driver"].as_str().unwrap_or("?"),
+            b["endpoint"].as_str().unwrap_or("?")
+        ));
+    }
     let children = j["children"].as_array().cloned().unwrap_or_default();
     let online = children.iter().filter(|c| c["status"] == "ONLINE").count();
     out.push(format!(

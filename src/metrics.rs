@@ -32,6 +32,9 @@ pub struct Metrics {
     pub dropped_orphan: AtomicU64,
     /// Platform messages that could not be understood.
     pub inbound_rejected: AtomicU64,
+    /// What each bus skipped (noise, bad frames, malformed lines), as the driver last said.
+    pub bus_counters:
+        Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>>,
 }
 
 impl Metrics {

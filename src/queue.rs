@@ -97,12 +97,15 @@ pub async fn ingest(
             _ = shutdown.changed() => None,
         };
         let Some(first) = first else { break };
-        batch.push(to_record(first));
+        take(first, &mut batch, &metrics);
+        if batch.is_empty() {
+            continue;
+        }
         let deadline = tokio::time::Instant::now() + commit_interval;
         while batch.len() < MAX_BATCH {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(ev) => batch.push(to_record(ev)),
+                    Some(ev) => take(ev, &mut batch, &metrics),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -120,7 +123,7 @@ pub async fn ingest(
     }
     // Shutdown: take what is still in the channel, commit it, then stop.
     while let Ok(ev) = events.try_recv() {
-        batch.push(to_record(ev));
+        take(ev, &mut batch, &metrics);
     }
     if !batch.is_empty() {
         commit(
@@ -135,10 +138,16 @@ pub async fn ingest(
     }
 }
 
-fn to_record(ev: Event) -> Record {
+/// Queue readings and statuses; keep counters for `fieldgate status`.
+fn take(ev: Event, batch: &mut Vec<Record>, metrics: &Metrics) {
     match ev {
-        Event::Report(r) => Record::Report(r),
-        Event::Status(s) => Record::Status(s),
+        Event::Report(r) => batch.push(Record::Report(r)),
+        Event::Status(s) => batch.push(Record::Status(s)),
+        Event::Counters { bus, counters } => {
+            if let Ok(mut m) = metrics.bus_counters.lock() {
+                m.insert(bus, counters);
+            }
+        }
     }
 }
 

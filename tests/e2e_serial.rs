@@ -50,7 +50,13 @@ fn a_serial_scale_reports_and_takes_commands_through_the_platform() {
                 }
                 let reply = if l == "SI" {
                     n += 1;
-                    format!("ST,GS,{:+09.3}kg\r\n", 10.0 + f64::from(n % 5))
+                    // Once, an overlong line of noise ahead of the answer.
+                    let noise = if n == 3 {
+                        format!("{}\r\n", "#".repeat(300))
+                    } else {
+                        String::new()
+                    };
+                    format!("{noise}ST,GS,{:+09.3}kg\r\n", 10.0 + f64::from(n % 5))
                 } else if let Some(v) = l.strip_prefix("PT ") {
                     format!("PT A {v}\r\n")
                 } else {
@@ -194,6 +200,20 @@ poll = "200ms"
         1,
         "{:?}",
         gw.log()
+    );
+    // The skipped noise shows in `fieldgate status`.
+    let cfg_s = cfg.to_string_lossy().to_string();
+    wait_until(Duration::from_secs(5), "skipped frames in status", || {
+        let (_, out, _) = fieldgate(&["status", "--json", "-c", &cfg_s]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|j| j["buses"][0]["skipped"]["overlong_frames"].as_u64())
+            .is_some_and(|n| n >= 1)
+    });
+    let (_, text, _) = fieldgate(&["status", "-c", &cfg_s]);
+    assert!(
+        text.contains("skipped:") && text.contains("overlong_frames=1"),
+        "{text}"
     );
     assert_eq!(gw.terminate(), Some(0));
 }

@@ -77,6 +77,12 @@ pub struct DeviceStatus {
 pub enum Event {
     Report(Report),
     Status(DeviceStatus),
+    /// Running totals of what the bus skipped (noise, bad frames, malformed lines), for
+    /// `fieldgate status`; not queued. Sent when they change, at most about once a second.
+    Counters {
+        bus: String,
+        counters: BTreeMap<String, u64>,
+    },
 }
 
 /// A request from the platform, already resolved to one child and checked against its profile

@@ -88,6 +88,8 @@ struct Task {
     bad_logged: u64,
     last_bad_log: Option<Instant>,
     stderr_budget: (Instant, u32),
+    /// Bad lines `fieldgate status` was last told of, and when.
+    counters_sent: (u64, Option<Instant>),
 }
 
 impl Task {
@@ -106,6 +108,7 @@ impl Task {
             bad_logged: 0,
             last_bad_log: None,
             stderr_budget: (Instant::now(), 0),
+            counters_sent: (0, None),
         }
     }
 
@@ -194,7 +197,9 @@ impl Task {
         let mut out_open = true;
         let mut err_open = true;
         loop {
+            self.send_counters(ctx);
             let deadline = self.pending.values().map(|p| p.deadline).min();
+            let counters_due = self.counters_due();
             tokio::select! {
                 biased;
                 changed = ctx.shutdown.changed() => {
@@ -226,6 +231,7 @@ impl Task {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
                     self.expire();
                 }
+                _ = tokio::time::sleep_until(counters_due.unwrap_or_else(Instant::now).into()), if counters_due.is_some() => {}
             }
         }
     }
@@ -325,6 +331,31 @@ impl Task {
             Err(e) => self.bad_line(&e, line),
         }
         Ok(())
+    }
+
+    /// When the changed bad-line total may next go to `fieldgate status` (about once a second).
+    fn counters_due(&self) -> Option<Instant> {
+        if self.bad_lines == self.counters_sent.0 {
+            return None;
+        }
+        Some(
+            self.counters_sent
+                .1
+                .map_or_else(Instant::now, |t| t + Duration::from_secs(1)),
+        )
+    }
+
+    fn send_counters(&mut self, ctx: &DriverContext) {
+        if self.counters_due().is_none_or(|d| Instant::now() < d) {
+            return;
+        }
+        let sent = ctx.events.try_send(Event::Counters {
+            bus: self.bus.name.clone(),
+            counters: BTreeMap::from([("bad_lines".to_string(), self.bad_lines)]),
+        });
+        if sent.is_ok() {
+            self.counters_sent = (self.bad_lines, Some(Instant::now()));
+        }
     }
 
     /// Count a bad line; log the first at once and then the totals at most once a minute.

@@ -247,11 +247,21 @@ while True:
     let mut r = start(driver);
     r.until("the one good report", |ev| !reports(ev, "t1").is_empty())
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Counter updates go out at most once a second: give the last one time to follow.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     let (ev, took) = r.finish().await;
     assert_eq!(
         reports(&ev, "t1"),
         vec![BTreeMap::from([("t".to_string(), Value::UInt(7))])]
+    );
+    let bad = ev.iter().rev().find_map(|e| match e {
+        Event::Counters { counters, .. } => counters.get("bad_lines").copied(),
+        _ => None,
+    });
+    assert_eq!(
+        bad,
+        Some(5),
+        "five protocol breaches counted for `fieldgate status`"
     );
     assert_eq!(
         statuses(&ev, "t1"),

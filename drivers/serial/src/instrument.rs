@@ -180,6 +180,8 @@ struct Task {
     backoff: Duration,
     open_error: Option<String>,
     counters: Counters,
+    /// What `fieldgate status` was last told, and when.
+    counters_sent: (u64, Option<Instant>),
 }
 
 impl Task {
@@ -206,6 +208,7 @@ impl Task {
             next_open: now,
             open_error: None,
             counters: Counters::default(),
+            counters_sent: (0, None),
         }
     }
 
@@ -213,6 +216,7 @@ impl Task {
         info!(bus = %self.bus.name, port = %self.bus.port.path, devices = self.devices.len(), "serial instrument bus started");
         let mut buf = [0u8; 512];
         loop {
+            self.send_counters(&ctx);
             if self.port.is_none() && Instant::now() >= self.next_open {
                 self.open(&ctx).await?;
             }
@@ -237,6 +241,7 @@ impl Task {
             } else {
                 poll_due.min(stale_due)
             };
+            let wake = self.counters_due().map_or(wake, |d| wake.min(d));
             let read = async {
                 match self.port.as_mut() {
                     Some(p) => p.read(&mut buf).await,
@@ -335,6 +340,39 @@ impl Task {
             Junk::Overlong(_) => self.counters.overlong += 1,
         }
         self.log_counters();
+    }
+
+    /// When the changed totals may next go to `fieldgate status` (about once a second).
+    fn counters_due(&self) -> Option<Instant> {
+        if self.counters.total() == self.counters_sent.0 {
+            return None;
+        }
+        Some(
+            self.counters_sent
+                .1
+                .map_or_else(Instant::now, |t| t + Duration::from_secs(1)),
+        )
+    }
+
+    /// Tell the daemon the totals (never blocking: a missed update is followed by the next).
+    fn send_counters(&mut self, ctx: &DriverContext) {
+        if self.counters_due().is_none_or(|d| Instant::now() < d) {
+            return;
+        }
+        let c = &self.counters;
+        let counters = BTreeMap::from([
+            ("garbage_bytes".to_string(), c.garbage_bytes),
+            ("overlong_frames".to_string(), c.overlong),
+            ("bad_frames".to_string(), c.bad_frames),
+            ("unclaimed_frames".to_string(), c.unclaimed),
+        ]);
+        let sent = ctx.events.try_send(Event::Counters {
+            bus: self.bus.name.clone(),
+            counters,
+        });
+        if sent.is_ok() {
+            self.counters_sent = (self.counters.total(), Some(Instant::now()));
+        }
     }
 
     /// One line per minute at most, with the running totals.

@@ -320,6 +320,14 @@ async fn a_scale_is_asked_and_junk_on_the_line_never_becomes_a_value() {
         "the template reached the wire: {got:?}"
     );
     assert!(got.iter().filter(|l| *l == "SI").count() >= 10);
+    // What was skipped is counted for `fieldgate status`.
+    let last = ev.iter().rev().find_map(|e| match e {
+        Event::Counters { bus, counters } if bus == "com1" => Some(counters.clone()),
+        _ => None,
+    });
+    let c = last.unwrap_or_else(|| panic!("no counters event"));
+    assert!(c["overlong_frames"] >= 1, "{c:?}");
+    assert!(c["bad_frames"] >= 2, "{c:?}");
 }
 
 #[tokio::test]
