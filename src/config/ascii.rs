@@ -338,16 +338,9 @@ impl Checker<'_> {
                 ok = false;
             }
             Some(fv) => {
-                for (i, item) in self
-                    .array(fv, &format!("{path}.field"))
-                    .into_iter()
-                    .enumerate()
-                {
-                    let fpath = format!("{path}.field[{i}]");
-                    let Some(rf): Option<RawField> = self.de(item, &fpath) else {
-                        ok = false;
-                        continue;
-                    };
+                let (raw_fields, all) = self.tables::<RawField>(fv, &format!("{path}.field"));
+                ok &= all;
+                for (fpath, rf) in raw_fields {
                     match self.field(rf, &service, extract.as_ref(), &fpath, &mut seen) {
                         Some(f) => fields.push(f),
                         None => ok = false,
@@ -360,16 +353,9 @@ impl Checker<'_> {
         let mut declared = Vec::new();
         if let Some(cv) = &commands_v {
             let mut names = BTreeSet::new();
-            for (i, item) in self
-                .array(cv, &format!("{path}.command"))
-                .into_iter()
-                .enumerate()
-            {
-                let cpath = format!("{path}.command[{i}]");
-                let Some(rc): Option<RawTemplate> = self.de(item, &cpath) else {
-                    ok = false;
-                    continue;
-                };
+            let (raw_commands, all) = self.tables::<RawTemplate>(cv, &format!("{path}.command"));
+            ok &= all;
+            for (cpath, rc) in raw_commands {
                 match self.template(rc, &service, &cpath, &mut names) {
                     Some(t) => {
                         declared.push(t.decl.clone());
@@ -531,15 +517,10 @@ impl Checker<'_> {
         names: &mut BTreeSet<(String, String)>,
     ) -> Option<TemplateCommand> {
         let service = rc.service.unwrap_or_else(|| default_service.to_string());
-        let name = rc.name.get_ref().clone();
-        if name.is_empty() || !names.insert((service.clone(), name.clone())) {
-            self.err(
-                Some(rc.name.span()),
-                format!("{path}.name"),
-                format!("command name `{name}` is empty or declared twice for service `{service}`"),
-            );
+        if !self.command_name(names, &service, &rc.name, path) {
             return None;
         }
+        let name = rc.name.get_ref().clone();
         let params = self.params(&rc.params, &rc.name, path)?;
         let used = match placeholders(rc.send.get_ref()) {
             Ok(u) => u,

@@ -127,16 +127,10 @@ impl Checker<'_> {
             let mut chars = Vec::new();
             let mut seen = BTreeSet::new();
             if let Some(cv) = &chars_v {
-                for (i, item) in self
-                    .array(cv, &format!("{path}.characteristic"))
-                    .into_iter()
-                    .enumerate()
-                {
-                    let cpath = format!("{path}.characteristic[{i}]");
-                    let Some(rc): Option<RawChar> = self.de(item, &cpath) else {
-                        ok = false;
-                        continue;
-                    };
+                let (raw_chars, all) =
+                    self.tables::<RawChar>(cv, &format!("{path}.characteristic"));
+                ok &= all;
+                for (cpath, rc) in raw_chars {
                     let svc = rc.service.clone().unwrap_or_else(|| service.clone());
                     if !seen.insert((svc.clone(), rc.property.get_ref().clone())) {
                         self.err(
@@ -168,23 +162,12 @@ impl Checker<'_> {
             let mut commands = Vec::new();
             if let Some(cv) = &commands_v {
                 let mut names = BTreeSet::new();
-                for (i, item) in self
-                    .array(cv, &format!("{path}.command"))
-                    .into_iter()
-                    .enumerate()
-                {
-                    let cpath = format!("{path}.command[{i}]");
-                    let Some(rc): Option<RawBleCommand> = self.de(item, &cpath) else {
-                        ok = false;
-                        continue;
-                    };
+                let (raw_commands, all) =
+                    self.tables::<RawBleCommand>(cv, &format!("{path}.command"));
+                ok &= all;
+                for (cpath, rc) in raw_commands {
                     let svc = rc.service.clone().unwrap_or_else(|| service.clone());
-                    if !names.insert((svc.clone(), rc.name.get_ref().clone())) {
-                        self.err(
-                            Some(rc.name.span()),
-                            format!("{cpath}.name"),
-                            "command declared twice",
-                        );
+                    if !self.command_name(&mut names, &svc, &rc.name, &cpath) {
                         ok = false;
                         continue;
                     }

@@ -138,28 +138,11 @@ impl Checker<'_> {
         let mut names = BTreeSet::new();
         let mut ok = true;
         if let Some(cv) = &commands_v {
-            for (i, item) in self
-                .array(cv, &format!("{path}.command"))
-                .into_iter()
-                .enumerate()
-            {
-                let cpath = format!("{path}.command[{i}]");
-                let Some(rc): Option<RawExecCommand> = self.de(item, &cpath) else {
-                    ok = false;
-                    continue;
-                };
+            let (raw_commands, all) = self.tables::<RawExecCommand>(cv, &format!("{path}.command"));
+            ok &= all;
+            for (cpath, rc) in raw_commands {
                 let svc = rc.service.clone().unwrap_or_else(|| service.clone());
-                if rc.name.get_ref().is_empty()
-                    || !names.insert((svc.clone(), rc.name.get_ref().clone()))
-                {
-                    self.err(
-                        Some(rc.name.span()),
-                        format!("{cpath}.name"),
-                        format!(
-                            "command name `{}` is empty or declared twice for service `{svc}`",
-                            rc.name.get_ref()
-                        ),
-                    );
+                if !self.command_name(&mut names, &svc, &rc.name, &cpath) {
                     ok = false;
                     continue;
                 }

@@ -347,6 +347,41 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// Deserialise every table of the array `[[path]]`, each reported under `path[i]`: the
+    /// readable ones with their paths, and whether all of them were readable.
+    fn tables<T: DeserializeOwned>(&mut self, v: &Sv<'_>, path: &str) -> (Vec<(String, T)>, bool) {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in self.array(v, path).into_iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            match self.de(item, &p) {
+                Some(t) => out.push((p, t)),
+                None => ok = false,
+            }
+        }
+        (out, ok)
+    }
+
+    /// Note a command's name for its service; an empty or repeated one is reported (false).
+    fn command_name(
+        &mut self,
+        names: &mut BTreeSet<(String, String)>,
+        service: &str,
+        name: &Spanned<String>,
+        path: &str,
+    ) -> bool {
+        let n = name.get_ref();
+        if n.is_empty() || !names.insert((service.to_string(), n.clone())) {
+            self.err(
+                Some(name.span()),
+                format!("{path}.name"),
+                format!("command name `{n}` is empty or declared twice for service `{service}`"),
+            );
+            return false;
+        }
+        true
+    }
+
     fn check(&mut self) -> Option<Config> {
         let (root, syntax) = DeTable::parse_recoverable(self.src);
         for e in &syntax {
@@ -1095,15 +1130,8 @@ impl<'a> Checker<'a> {
             let mut seen = BTreeSet::new();
             match &points {
                 Some(pts) => {
-                    for (i, pv) in self
-                        .array(pts, &format!("{path}.point"))
-                        .into_iter()
-                        .enumerate()
-                    {
-                        let ppath = format!("{path}.point[{i}]");
-                        let Some(rp): Option<RawPoint> = self.de(pv, &ppath) else {
-                            continue;
-                        };
+                    let (raw_points, _) = self.tables::<RawPoint>(pts, &format!("{path}.point"));
+                    for (ppath, rp) in raw_points {
                         if let Some(spec) = self.point(rp, &service, &ppath, &mut seen) {
                             specs.push(spec);
                         }
@@ -1118,15 +1146,8 @@ impl<'a> Checker<'a> {
             let mut cmds = Vec::new();
             if let Some(cv) = &commands {
                 let mut names = BTreeSet::new();
-                for (i, c) in self
-                    .array(cv, &format!("{path}.command"))
-                    .into_iter()
-                    .enumerate()
-                {
-                    let cpath = format!("{path}.command[{i}]");
-                    let Some(rc): Option<RawCommand> = self.de(c, &cpath) else {
-                        continue;
-                    };
+                let (raw_commands, _) = self.tables::<RawCommand>(cv, &format!("{path}.command"));
+                for (cpath, rc) in raw_commands {
                     if let Some(spec) = self.command(rc, &service, &specs, &cpath, &mut names) {
                         cmds.push(spec);
                     }
@@ -1158,15 +1179,10 @@ impl<'a> Checker<'a> {
         names: &mut BTreeSet<(String, String)>,
     ) -> Option<CommandSpec> {
         let service = rc.service.unwrap_or_else(|| default_service.to_string());
-        let name = rc.name.get_ref().clone();
-        if name.is_empty() || !names.insert((service.clone(), name.clone())) {
-            self.err(
-                Some(rc.name.span()),
-                format!("{path}.name"),
-                format!("command name `{name}` is empty or declared twice for service `{service}`"),
-            );
+        if !self.command_name(names, &service, &rc.name, path) {
             return None;
         }
+        let name = rc.name.get_ref().clone();
         let target = rc.point.get_ref();
         let found: Vec<usize> = points
             .iter()
