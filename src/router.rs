@@ -140,7 +140,9 @@ impl Router {
             code: ErrorCode::BadValue,
             message: format!("malformed request: {why}"),
         };
-        let _ = reply.try_send(respond(&outcome));
+        if let Some(r) = respond(&outcome) {
+            let _ = reply.try_send(r);
+        }
     }
 
     /// Check a request, hand it to its child's bus, and answer it with `respond` — at once
@@ -158,7 +160,9 @@ impl Router {
             Ok(x) => x,
             Err((code, message)) => {
                 warn!(request_id = %rid, code = ?code, reason = %message, "platform request refused");
-                let _ = reply.try_send(respond(&CommandOutcome::Failed { code, message }));
+                if let Some(r) = respond(&CommandOutcome::Failed { code, message }) {
+                    let _ = reply.try_send(r);
+                }
                 return;
             }
         };
@@ -179,7 +183,9 @@ impl Router {
                 message: "the device's bus is busy with other commands".into(),
             };
             warn!(request_id = %rid, child = %child, "command refused: bus queue full");
-            let _ = reply.try_send(respond(&o));
+            if let Some(r) = respond(&o) {
+                let _ = reply.try_send(r);
+            }
             return;
         }
         let reply = reply.clone();
@@ -207,7 +213,9 @@ impl Router {
                 }
             }
             metrics.commands_in_flight.fetch_sub(1, Ordering::Relaxed);
-            let _ = reply.send(respond(&outcome)).await;
+            if let Some(r) = respond(&outcome) {
+                let _ = reply.send(r).await;
+            }
         });
     }
 

@@ -265,12 +265,7 @@ impl Uplink {
                 },
                 _ = self.wake.notified(), if s.connected => self.fill(&client, &mut s).await,
                 Some(reply) = reply_rx.recv(), if s.connected => {
-                    // Some answers are only logged (an empty topic): nothing to publish.
-                    if reply.topic.is_empty() {
-                        Ok(())
-                    } else {
-                        publish(&client, &mut s, reply.topic, reply.payload, Vec::new())
-                    }
+                    publish(&client, &mut s, reply.topic, reply.payload, Vec::new())
                 }
                 _ = adds.tick(), if s.connected => self.reconcile_children(&client, &mut s).await,
                 _ = self.reconcile.notified(), if s.connected => {

@@ -166,23 +166,15 @@ impl super::Dialect for AllThingsTalk {
             Arc::new(move |o: &CommandOutcome| match o {
                 // The new state is the confirmation the platform expects.
                 CommandOutcome::Done(by_service) => {
-                    match by_service.values().find_map(|p| p.get(&asset)) {
-                        Some(v) => Reply {
-                            topic: topic.clone(),
-                            payload: scalar(fieldgate_driver::now_ms(), v).into_bytes(),
-                        },
-                        None => Reply {
-                            topic: String::new(),
-                            payload: Vec::new(),
-                        },
-                    }
+                    let v = by_service.values().find_map(|p| p.get(&asset))?;
+                    Some(Reply {
+                        topic: topic.clone(),
+                        payload: scalar(fieldgate_driver::now_ms(), v).into_bytes(),
+                    })
                 }
                 CommandOutcome::Failed { message, .. } => {
                     tracing::warn!(asset = %asset, reason = %message, "AllThingsTalk command not executed");
-                    Reply {
-                        topic: String::new(),
-                        payload: Vec::new(),
-                    }
+                    None
                 }
             })
         };
@@ -311,7 +303,8 @@ mod tests {
         let r = respond(&CommandOutcome::Done(BTreeMap::from([(
             "energy".to_string(),
             BTreeMap::from([("demand_limit".to_string(), Value::Float(42.5))]),
-        )])));
+        )])))
+        .unwrap_or_else(|| panic!("an answer"));
         assert_eq!(r.topic, "client/acc1/out/gateway/gateway-0123456789abcdefghij/device/m1/asset/demand_limit/state");
         assert!(String::from_utf8_lossy(&r.payload).ends_with("|42.5"));
         let gw_asset = "client/acc1/in/gateway/gateway-0123456789abcdefghij/asset/reboot/command";

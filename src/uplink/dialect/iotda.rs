@@ -626,19 +626,25 @@ impl IotDa {
         let topics = self.topics.clone();
         let rid = request_id.to_string();
         if topic.contains("/properties/set/") {
-            Arc::new(move |o| Reply {
-                topic: topics.set_response(&rid),
-                payload: set_response(o),
+            Arc::new(move |o| {
+                Some(Reply {
+                    topic: topics.set_response(&rid),
+                    payload: set_response(o),
+                })
             })
         } else if topic.contains("/properties/get/") {
-            Arc::new(move |o| Reply {
-                topic: topics.get_response(&rid),
-                payload: get_response(o, fieldgate_driver::now_ms()),
+            Arc::new(move |o| {
+                Some(Reply {
+                    topic: topics.get_response(&rid),
+                    payload: get_response(o, fieldgate_driver::now_ms()),
+                })
             })
         } else {
-            Arc::new(move |o| Reply {
-                topic: topics.command_response(&rid),
-                payload: command_response(o),
+            Arc::new(move |o| {
+                Some(Reply {
+                    topic: topics.command_response(&rid),
+                    payload: command_response(o),
+                })
             })
         }
     }

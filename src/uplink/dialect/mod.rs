@@ -58,8 +58,19 @@ pub struct ChildView {
     pub online: Option<bool>,
 }
 
-/// Answers one platform request in the dialect's words.
-pub type Respond = Arc<dyn Fn(&CommandOutcome) -> Reply + Send + Sync>;
+/// Answers one platform request in the dialect's words — or not at all, where the platform
+/// expects no answer (`None`).
+pub type Respond = Arc<dyn Fn(&CommandOutcome) -> Option<Reply> + Send + Sync>;
+
+/// For requests the platform expects no answer to: a failure is logged, nothing is sent.
+pub fn log_only(what: &'static str, device: String) -> Respond {
+    Arc::new(move |o| {
+        if let CommandOutcome::Failed { message, .. } = o {
+            tracing::warn!(device = %device, reason = %message, "{what} not executed");
+        }
+        None
+    })
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failed {

@@ -201,9 +201,11 @@ impl super::Dialect for OceanConnect {
         let mid = body.get("mid").cloned().unwrap_or(Json::Null);
         let respond: Option<Respond> = mid.is_u64().then(|| {
             let (topic, mid) = (self.data.clone(), mid.clone());
-            Arc::new(move |o: &CommandOutcome| Reply {
-                topic: topic.clone(),
-                payload: device_rsp(&mid, o),
+            Arc::new(move |o: &CommandOutcome| {
+                Some(Reply {
+                    topic: topic.clone(),
+                    payload: device_rsp(&mid, o),
+                })
             }) as Respond
         });
         let refuse = |why: &str| ParseError {
@@ -309,7 +311,8 @@ mod tests {
         let ok = respond(&CommandOutcome::Done(BTreeMap::from([(
             "WaterMeter".to_string(),
             BTreeMap::from([("value".to_string(), Value::UInt(4))]),
-        )])));
+        )])))
+        .unwrap_or_else(|| panic!("an answer"));
         assert_eq!(ok.topic, "/huawei/v1/devices/gw/data/json");
         assert_eq!(
             String::from_utf8_lossy(&ok.payload),
@@ -318,7 +321,8 @@ mod tests {
         let bad = respond(&CommandOutcome::Failed {
             code: ErrorCode::Offline,
             message: "down".into(),
-        });
+        })
+        .unwrap_or_else(|| panic!("an answer"));
         assert!(String::from_utf8_lossy(&bad.payload)
             .contains(&format!(r#""errcode":{}"#, result_code(ErrorCode::Offline))));
         // Malformed: answered when it has a mid, refused otherwise.

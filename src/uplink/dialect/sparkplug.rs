@@ -20,15 +20,14 @@
 //! unlikely to match a new birth.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
-use fieldgate_driver::{CommandOutcome, Value};
+use fieldgate_driver::Value;
 use prost::Message;
 use serde_json::Value as Json;
 
-use super::{ChildView, Connect, Inbound, Out, ParseError};
+use super::{log_only, ChildView, Connect, Inbound, Out, ParseError};
 use crate::queue::Record;
-use crate::router::{Reply, Request};
+use crate::router::Request;
 
 pub const NAMESPACE: &str = "spBv1.0";
 pub const REBIRTH: &str = "Node Control/Rebirth";
@@ -426,15 +425,7 @@ impl super::Dialect for Sparkplug {
                 services: vec![(String::new(), props)],
             },
             // No acknowledgement in Sparkplug: the new value shows in the next DDATA.
-            respond: Arc::new(move |o: &CommandOutcome| {
-                if let CommandOutcome::Failed { message, .. } = o {
-                    tracing::warn!(device = %dev, reason = %message, "Sparkplug DCMD not executed");
-                }
-                Reply {
-                    topic: String::new(),
-                    payload: Vec::new(),
-                }
-            }),
+            respond: log_only("Sparkplug DCMD", dev),
         })
     }
 }

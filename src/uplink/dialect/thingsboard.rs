@@ -19,7 +19,7 @@ use std::sync::Arc;
 use fieldgate_driver::{CommandOutcome, Value};
 use serde_json::{json, Map, Value as Json};
 
-use super::{ChildView, Connect, Inbound, Out, ParseError, Respond};
+use super::{log_only, ChildView, Connect, Inbound, Out, ParseError, Respond};
 use crate::queue::Record;
 use crate::router::{Reply, Request};
 
@@ -235,9 +235,11 @@ impl super::Dialect for ThingsBoard {
                 let id = data.get("id").cloned().unwrap_or(Json::Null);
                 let responder: Respond = {
                     let (device, id) = (device.clone(), id.clone());
-                    Arc::new(move |o| Reply {
-                        topic: RPC.into(),
-                        payload: rpc_response(&device, &id, o),
+                    Arc::new(move |o| {
+                        Some(Reply {
+                            topic: RPC.into(),
+                            payload: rpc_response(&device, &id, o),
+                        })
                     })
                 };
                 if !(id.is_u64() || id.is_i64() || id.is_string()) {
@@ -308,15 +310,7 @@ impl super::Dialect for ThingsBoard {
                         services: vec![(String::new(), props)],
                     },
                     // Attribute updates are not acknowledged; a failed write is logged.
-                    respond: Arc::new(move |o| {
-                        if let CommandOutcome::Failed { message, .. } = o {
-                            tracing::warn!(device = %name, reason = %message, "shared attribute not applied");
-                        }
-                        Reply {
-                            topic: String::new(),
-                            payload: Vec::new(),
-                        }
-                    }),
+                    respond: log_only("shared attribute update", name),
                 })
             }
             t if t.starts_with(OWN_RPC_REQUEST) => {

@@ -219,7 +219,8 @@ fn rpc_is_routed_and_answered_with_the_same_id() {
     let ok = respond(&CommandOutcome::Done(BTreeMap::from([(
         "s".to_string(),
         BTreeMap::from([("t".to_string(), Value::UInt(21))]),
-    )])));
+    )])))
+    .unwrap_or_else(|| panic!("an answer"));
     assert_eq!(ok.topic, "v1/gateway/rpc");
     assert_eq!(
         String::from_utf8_lossy(&ok.payload),
@@ -228,7 +229,8 @@ fn rpc_is_routed_and_answered_with_the_same_id() {
     let bad = respond(&CommandOutcome::Failed {
         code: ErrorCode::Offline,
         message: "device is OFFLINE".into(),
-    });
+    })
+    .unwrap_or_else(|| panic!("an answer"));
     let v: serde_json::Value = serde_json::from_slice(&bad.payload).unwrap_or_default();
     assert_eq!(
         v,
