@@ -646,37 +646,9 @@ impl Drop for Gateway {
 }
 
 // ---------------------------------------------------------------------------------------------
-/// Two linked pseudo-terminals from socat, standing in for the two ends of a serial cable.
-pub struct PtyPair {
-    pub a: PathBuf,
-    pub b: PathBuf,
-    child: Child,
-}
-
-impl PtyPair {
-    pub fn new(dir: &Path) -> Self {
-        let (a, b) = (dir.join("tty-a"), dir.join("tty-b"));
-        let child = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", a.display()))
-            .arg(format!("pty,raw,echo=0,link={}", b.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start socat (apt-get install socat): {e}"));
-        let (a2, b2) = (a.clone(), b.clone());
-        wait_until(Duration::from_secs(10), "socat ptys", || {
-            a2.exists() && b2.exists()
-        });
-        PtyPair { a, b, child }
-    }
-}
-
-impl Drop for PtyPair {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// Two linked pseudo-terminals from socat (shared with the driver crates' tests).
+#[allow(unused_imports)]
+pub use fieldgate_serial::testing::PtyPair;
 
 /// A config with two meters (units 1 and 2, a `counter` at holding:100 and a writable
 /// `demand_limit` at holding:4 with a `set_limit` command) on one Modbus TCP bus, polled every

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::process::{Child, Command as Process, Stdio};
+use std::process::{Command as Process, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,45 +18,11 @@ use fieldgate_driver::{
 };
 use fieldgate_modbus::point::parse_location;
 use fieldgate_modbus::{BusSpec, DataType, DeviceSpec, ModbusDriver, Order, PointSpec, Transport};
+use fieldgate_serial::testing::PtyPair;
 use fieldgate_serial::{Parity, PortSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_modbus::prelude::*;
-
-struct PtyPair {
-    a: PathBuf,
-    b: PathBuf,
-    child: Child,
-}
-
-impl PtyPair {
-    fn new(dir: &Path) -> Self {
-        let (a, b) = (dir.join("tty-a"), dir.join("tty-b"));
-        let child = Process::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", a.display()))
-            .arg(format!("pty,raw,echo=0,link={}", b.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start socat (apt-get install socat): {e}"));
-        let t0 = Instant::now();
-        while !(a.exists() && b.exists()) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "socat ptys never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PtyPair { a, b, child }
-    }
-}
-
-impl Drop for PtyPair {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn settings(path: &Path) -> PortSettings {
     PortSettings {

@@ -9,6 +9,7 @@ pub mod instrument;
 pub mod parse;
 pub mod port;
 pub mod sniff;
+pub mod testing;
 
 pub use instrument::{AsciiBus, AsciiDevice, Instrument, SerialAsciiDriver, TemplateCommand};
 pub use port::{open, Parity, PortSettings};

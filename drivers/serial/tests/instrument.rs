@@ -4,8 +4,7 @@
 //! streaming unprompted on one line, and a command template with a parameter.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,47 +14,13 @@ use fieldgate_driver::{
 };
 use fieldgate_serial::frame::Framing;
 use fieldgate_serial::parse::{Checksum, Extract, FieldSpec, FieldType, Source};
+use fieldgate_serial::testing::PtyPair;
 use fieldgate_serial::{
     AsciiBus, AsciiDevice, Instrument, Parity, PortSettings, SerialAsciiDriver, TemplateCommand,
 };
 use regex::Regex;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
-
-struct PtyPair {
-    a: PathBuf,
-    b: PathBuf,
-    child: Child,
-}
-
-impl PtyPair {
-    fn new(dir: &Path) -> Self {
-        let (a, b) = (dir.join("tty-a"), dir.join("tty-b"));
-        let child = Process::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", a.display()))
-            .arg(format!("pty,raw,echo=0,link={}", b.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start socat (apt-get install socat): {e}"));
-        let t0 = Instant::now();
-        while !(a.exists() && b.exists()) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "socat ptys never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PtyPair { a, b, child }
-    }
-}
-
-impl Drop for PtyPair {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn settings(path: &Path) -> PortSettings {
     PortSettings {
