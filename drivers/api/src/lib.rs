@@ -10,6 +10,7 @@
 mod health;
 pub mod params;
 mod schedule;
+pub mod testing;
 
 pub use health::Health;
 pub use params::{DeclaredCommand, ParamKind, ParamSpec};

@@ -5,17 +5,16 @@
 //! objects are set through dbusmock). Nothing here has been run against a radio.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fieldgate_ble::driver::BleDriver;
 use fieldgate_ble::spec::{uuid, CharType};
 use fieldgate_ble::testing::MockBluez;
 use fieldgate_ble::{BleBus, BleDevice, Format, GattChar, GattCommand, Kind};
+use fieldgate_driver::testing::{start, statuses, values};
 use fieldgate_driver::{
-    Command, CommandOutcome, CommandRequest, DeclaredCommand, Driver, DriverContext, Event,
-    ParamKind, ParamSpec, Value,
+    Command, CommandOutcome, DeclaredCommand, Event, ParamKind, ParamSpec, Value,
 };
-use tokio::sync::{mpsc, oneshot, watch};
 
 /// libdbus reads the system bus address once per process, so one mock serves every scenario
 /// of this test binary: they run in one test, one after the other.
@@ -48,77 +47,6 @@ fn advert(node: &str, addr: &str, format: Format, stale_ms: u64) -> BleDevice {
     }
 }
 
-struct Running {
-    events: mpsc::Receiver<Event>,
-    seen: Vec<Event>,
-    commands: mpsc::Sender<CommandRequest>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), fieldgate_driver::DriverError>>,
-}
-
-fn start(driver: BleDriver) -> Running {
-    let (tx, events) = mpsc::channel(4096);
-    let (commands, cmd_rx) = mpsc::channel(4);
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(Box::new(driver).run(DriverContext {
-        events: tx,
-        commands: cmd_rx,
-        shutdown: stop_rx,
-    }));
-    Running {
-        events,
-        seen: Vec::new(),
-        commands,
-        stop,
-        task,
-    }
-}
-
-impl Running {
-    async fn until(&mut self, what: &str, f: impl Fn(&[Event]) -> bool) {
-        let end = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !f(&self.seen) {
-            match tokio::time::timeout_at(end, self.events.recv()).await {
-                Ok(Some(e)) => self.seen.push(e),
-                _ => panic!("timed out waiting for {what}: {:#?}", self.seen),
-            }
-        }
-    }
-
-    /// Take whatever arrives within `d`.
-    async fn settle(&mut self, d: Duration) {
-        let end = tokio::time::Instant::now() + d;
-        while let Ok(Some(e)) = tokio::time::timeout_at(end, self.events.recv()).await {
-            self.seen.push(e);
-        }
-    }
-
-    async fn finish(self) -> Vec<Event> {
-        let _ = self.stop.send(true);
-        let r = tokio::time::timeout(Duration::from_secs(5), self.task).await;
-        assert!(matches!(r, Ok(Ok(Ok(())))), "driver stops cleanly: {r:?}");
-        self.seen
-    }
-}
-
-fn reports(ev: &[Event], child: &str) -> Vec<BTreeMap<String, Value>> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Report(r) if r.child == child => Some(r.properties.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn statuses(ev: &[Event], child: &str) -> Vec<(bool, String)> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Status(s) if s.child == child => Some((s.online, s.reason.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
 const BTHOME: &str = "A4:C1:38:00:00:01";
 const RUUVI: &str = "C0:FF:EE:00:00:02";
 const ATC: &str = "A4:C1:38:00:00:03";
@@ -148,27 +76,21 @@ async fn advertisement_sensors_are_decoded_reported_on_change_and_go_stale(m: &m
     r.until("all three decoded", |ev| {
         ["th1", "ruuvi", "atc"]
             .iter()
-            .all(|c| !reports(ev, c).is_empty())
+            .all(|c| !values(ev, c).is_empty())
     })
     .await;
+    assert_eq!(values(&r.seen, "th1")[0]["temperature"], Value::Float(25.0));
+    assert_eq!(values(&r.seen, "th1")[0]["humidity"], Value::Float(50.55));
     assert_eq!(
-        reports(&r.seen, "th1")[0]["temperature"],
-        Value::Float(25.0)
-    );
-    assert_eq!(reports(&r.seen, "th1")[0]["humidity"], Value::Float(50.55));
-    assert_eq!(
-        reports(&r.seen, "ruuvi")[0]["pressure"],
+        values(&r.seen, "ruuvi")[0]["pressure"],
         Value::UInt(100_044)
     );
-    assert_eq!(
-        reports(&r.seen, "atc")[0]["temperature"],
-        Value::Float(23.4)
-    );
+    assert_eq!(values(&r.seen, "atc")[0]["temperature"], Value::Float(23.4));
 
     // A new temperature is reported; the same advertisement again is not.
     m.cmd(&format!("sd {BTHOME} fcd2 40025E0A03BF13"));
     r.until("the new temperature", |ev| {
-        reports(ev, "th1")
+        values(ev, "th1")
             .iter()
             .any(|p| p["temperature"] == Value::Float(26.54))
     })
@@ -178,7 +100,7 @@ async fn advertisement_sensors_are_decoded_reported_on_change_and_go_stale(m: &m
     }
     r.settle(Duration::from_millis(400)).await;
     assert_eq!(
-        reports(&r.seen, "th1").len(),
+        values(&r.seen, "th1").len(),
         2,
         "unchanged values are not reported again"
     );
@@ -213,7 +135,7 @@ async fn advertisement_sensors_are_decoded_reported_on_change_and_go_stale(m: &m
         vec![true, false, true, false],
         "{th:?}"
     );
-    assert!(reports(&ev, "th1")
+    assert!(values(&ev, "th1")
         .iter()
         .all(|p| p.contains_key("temperature")));
     assert_eq!(statuses(&ev, "ruuvi"), vec![(true, String::new())]);
@@ -271,38 +193,30 @@ async fn gatt_devices_are_read_subscribed_to_and_written(m: &mut MockBluez) {
     };
     let mut r = start(BleDriver::new(bus(), vec![dev]));
     r.until("a read", |ev| {
-        reports(ev, "g1")
+        values(ev, "g1")
             .iter()
             .any(|p| p.get("temperature") == Some(&Value::Float(-4.86)))
     })
     .await;
     m.cmd(&format!("notify {addr} 0010 0012 2A"));
     r.until("a notification", |ev| {
-        reports(ev, "g1")
+        values(ev, "g1")
             .iter()
             .any(|p| p.get("count") == Some(&Value::UInt(42)))
     })
     .await;
-    let (reply, answer) = oneshot::channel();
-    let sent = r
-        .commands
-        .send(CommandRequest {
-            command: Command::Invoke {
+    let outcome = r
+        .ask(
+            Command::Invoke {
                 child: "g1".into(),
                 service: "env".into(),
                 name: "set_led".into(),
                 params: BTreeMap::from([("value".to_string(), Value::Int(200))]),
             },
-            deadline: Instant::now() + Duration::from_secs(3),
-            reply,
-        })
+            Duration::from_secs(3),
+        )
         .await;
-    assert!(sent.is_ok());
-    let outcome = tokio::time::timeout(Duration::from_secs(5), answer).await;
-    assert!(
-        matches!(outcome, Ok(Ok(CommandOutcome::Done(_)))),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, CommandOutcome::Done(_)), "{outcome:?}");
     assert_eq!(
         m.cmd(&format!("value {addr} 0010 0013")),
         "c8",

@@ -8,12 +8,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fieldgate_driver::{
-    Command, CommandOutcome, CommandRequest, Driver, DriverContext, ErrorCode, Event, Value,
-};
+use fieldgate_driver::testing::{start, statuses, values};
+use fieldgate_driver::{Command, CommandOutcome, ErrorCode, Event, Value};
 use fieldgate_exec::{ExecBus, ExecDevice, ExecDriver};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot, watch};
 
 fn bus(argv: Vec<String>) -> ExecBus {
     ExecBus {
@@ -26,92 +24,6 @@ fn bus(argv: Vec<String>) -> ExecBus {
         max_line: 4096,
         stop_grace: Duration::from_millis(800),
     }
-}
-
-struct Running {
-    events: mpsc::Receiver<Event>,
-    seen: Vec<Event>,
-    commands: mpsc::Sender<CommandRequest>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), fieldgate_driver::DriverError>>,
-}
-
-fn start(driver: ExecDriver) -> Running {
-    let (tx, events) = mpsc::channel(4096);
-    let (commands, cmd_rx) = mpsc::channel(4);
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(Box::new(driver).run(DriverContext {
-        events: tx,
-        commands: cmd_rx,
-        shutdown: stop_rx,
-    }));
-    Running {
-        events,
-        seen: Vec::new(),
-        commands,
-        stop,
-        task,
-    }
-}
-
-impl Running {
-    async fn ask(&self, command: Command) -> CommandOutcome {
-        let (reply, answer) = oneshot::channel();
-        let req = CommandRequest {
-            command,
-            deadline: Instant::now() + Duration::from_secs(2),
-            reply,
-        };
-        if self.commands.send(req).await.is_err() {
-            panic!("driver gone");
-        }
-        tokio::time::timeout(Duration::from_secs(3), answer)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| panic!("no answer"))
-    }
-
-    /// Collect events until `f` holds over everything seen (or panic after 10 s).
-    async fn until(&mut self, what: &str, f: impl Fn(&[Event]) -> bool) {
-        let end = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !f(&self.seen) {
-            match tokio::time::timeout_at(end, self.events.recv()).await {
-                Ok(Some(e)) => self.seen.push(e),
-                _ => panic!("timed out waiting for {what}: {:#?}", self.seen),
-            }
-        }
-    }
-
-    async fn finish(mut self) -> (Vec<Event>, Duration) {
-        let t0 = Instant::now();
-        let _ = self.stop.send(true);
-        let r = tokio::time::timeout(Duration::from_secs(5), self.task).await;
-        assert!(matches!(r, Ok(Ok(Ok(())))), "driver stops cleanly: {r:?}");
-        let took = t0.elapsed();
-        while let Ok(e) = self.events.try_recv() {
-            self.seen.push(e);
-        }
-        (self.seen, took)
-    }
-}
-
-fn statuses(ev: &[Event], child: &str) -> Vec<(bool, String)> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Status(s) if s.child == child => Some((s.online, s.reason.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
-fn reports(ev: &[Event], child: &str) -> Vec<BTreeMap<String, Value>> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Report(r) if r.child == child => Some(r.properties.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn invoke(child: &str, name: &str, params: BTreeMap<String, Value>) -> Command {
@@ -141,31 +53,37 @@ async fn the_documented_example_through_the_whole_protocol() {
     );
     let mut r = start(driver);
     r.until("both ONLINE and reporting", |ev| {
-        reports(ev, "t1").len() >= 3 && reports(ev, "t2").len() >= 3
+        values(ev, "t1").len() >= 3 && values(ev, "t2").len() >= 3
     })
     .await;
     assert_eq!(
-        reports(&r.seen, "t1")[0]["setpoint"],
+        values(&r.seen, "t1")[0]["setpoint"],
         Value::Float(21.0),
         "options reached the program"
     );
 
     let got = r
-        .ask(Command::GetProperties {
-            child: "t1".into(),
-            service: None,
-        })
+        .ask(
+            Command::GetProperties {
+                child: "t1".into(),
+                service: None,
+            },
+            Duration::from_secs(2),
+        )
         .await;
     assert!(
         matches!(&got, CommandOutcome::Done(v) if v["thermostat"].contains_key("temperature")),
         "{got:?}"
     );
     let set = r
-        .ask(invoke(
-            "t1",
-            "set_setpoint",
-            BTreeMap::from([("value".to_string(), Value::Float(25.5))]),
-        ))
+        .ask(
+            invoke(
+                "t1",
+                "set_setpoint",
+                BTreeMap::from([("value".to_string(), Value::Float(25.5))]),
+            ),
+            Duration::from_secs(2),
+        )
         .await;
     assert_eq!(
         set,
@@ -174,7 +92,12 @@ async fn the_documented_example_through_the_whole_protocol() {
             BTreeMap::from([("setpoint".to_string(), Value::Float(25.5))])
         )]))
     );
-    let nope = r.ask(invoke("t1", "explode", BTreeMap::new())).await;
+    let nope = r
+        .ask(
+            invoke("t1", "explode", BTreeMap::new()),
+            Duration::from_secs(2),
+        )
+        .await;
     assert!(
         matches!(
             nope,
@@ -188,7 +111,12 @@ async fn the_documented_example_through_the_whole_protocol() {
 
     // Crash on request: the command fails, both children go OFFLINE with the exit status, the
     // program is restarted and they come back.
-    let crash = r.ask(invoke("t1", "crash", BTreeMap::new())).await;
+    let crash = r
+        .ask(
+            invoke("t1", "crash", BTreeMap::new()),
+            Duration::from_secs(2),
+        )
+        .await;
     assert!(matches!(crash, CommandOutcome::Failed { .. }), "{crash:?}");
     r.until("OFFLINE after the crash", |ev| {
         statuses(ev, "t1")
@@ -196,18 +124,20 @@ async fn the_documented_example_through_the_whole_protocol() {
             .any(|(on, why)| !on && why.contains("exited with status 3"))
     })
     .await;
-    let before = reports(&r.seen, "t1").len();
+    let before = values(&r.seen, "t1").len();
     r.until("ONLINE again after the restart", |ev| {
-        statuses(ev, "t1").last().is_some_and(|s| s.0) && reports(ev, "t1").len() > before + 2
+        statuses(ev, "t1").last().is_some_and(|s| s.0) && values(ev, "t1").len() > before + 2
     })
     .await;
     // The restarted program starts from its options again.
     assert_eq!(
-        reports(&r.seen, "t1").last().map(|p| p["setpoint"].clone()),
+        values(&r.seen, "t1").last().map(|p| p["setpoint"].clone()),
         Some(Value::Float(21.0))
     );
 
-    let (ev, took) = r.finish().await;
+    let t0 = Instant::now();
+    let ev = r.finish().await;
+    let took = t0.elapsed();
     assert!(
         took < Duration::from_millis(700),
         "the example exits on `stop` without being killed: {took:?}"
@@ -245,13 +175,15 @@ while True:
         }],
     );
     let mut r = start(driver);
-    r.until("the one good report", |ev| !reports(ev, "t1").is_empty())
+    r.until("the one good report", |ev| !values(ev, "t1").is_empty())
         .await;
     // Counter updates go out at most once a second: give the last one time to follow.
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let (ev, took) = r.finish().await;
+    let t0 = Instant::now();
+    let ev = r.finish().await;
+    let took = t0.elapsed();
     assert_eq!(
-        reports(&ev, "t1"),
+        values(&ev, "t1"),
         vec![BTreeMap::from([("t".to_string(), Value::UInt(7))])]
     );
     let bad = ev.iter().rev().find_map(|e| match e {
@@ -286,8 +218,10 @@ async fn a_program_that_cannot_start_is_the_offline_reason() {
     let mut r = start(driver);
     r.until("OFFLINE", |ev| !statuses(ev, "t1").is_empty())
         .await;
-    let refused = r.ask(invoke("t1", "x", BTreeMap::new())).await;
-    let (ev, _) = r.finish().await;
+    let refused = r
+        .ask(invoke("t1", "x", BTreeMap::new()), Duration::from_secs(2))
+        .await;
+    let ev = r.finish().await;
     let st = statuses(&ev, "t1");
     assert_eq!(st.len(), 1, "once, not per retry: {st:?}");
     assert!(

@@ -11,17 +11,15 @@ use std::pin::Pin;
 use std::process::{Command as Process, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fieldgate_driver::{
-    Command, CommandOutcome, CommandRequest, Driver, DriverContext, Event, Report, Value,
-};
+use fieldgate_driver::testing::{reports, run_for, start, statuses};
+use fieldgate_driver::{Command, CommandOutcome, Event, Value};
 use fieldgate_modbus::point::parse_location;
 use fieldgate_modbus::{BusSpec, DataType, DeviceSpec, ModbusDriver, Order, PointSpec, Transport};
 use fieldgate_serial::testing::PtyPair;
 use fieldgate_serial::{Parity, PortSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
 use tokio_modbus::prelude::*;
 
 fn settings(path: &Path) -> PortSettings {
@@ -129,67 +127,6 @@ fn bus(path: &Path, timeout_ms: u64, settle_ms: u64) -> BusSpec {
         reconnect_max: Duration::from_millis(200),
         max_backoff: Duration::from_millis(800),
     }
-}
-
-struct Running {
-    events: mpsc::Receiver<Event>,
-    commands: mpsc::Sender<CommandRequest>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), fieldgate_driver::DriverError>>,
-}
-
-fn start(driver: ModbusDriver) -> Running {
-    let (tx, events) = mpsc::channel(4096);
-    let (commands, cmd_rx) = mpsc::channel(4);
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(Box::new(driver).run(DriverContext {
-        events: tx,
-        commands: cmd_rx,
-        shutdown: stop_rx,
-    }));
-    Running {
-        events,
-        commands,
-        stop,
-        task,
-    }
-}
-
-impl Running {
-    async fn finish(mut self) -> Vec<Event> {
-        let _ = self.stop.send(true);
-        let r = tokio::time::timeout(Duration::from_secs(5), self.task).await;
-        assert!(matches!(r, Ok(Ok(Ok(())))), "driver stops cleanly: {r:?}");
-        let mut out = Vec::new();
-        while let Ok(e) = self.events.try_recv() {
-            out.push(e);
-        }
-        out
-    }
-}
-
-async fn run_for(driver: ModbusDriver, d: Duration) -> Vec<Event> {
-    let r = start(driver);
-    tokio::time::sleep(d).await;
-    r.finish().await
-}
-
-fn statuses(ev: &[Event], child: &str) -> Vec<(bool, String)> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Status(s) if s.child == child => Some((s.online, s.reason.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
-fn reports<'a>(ev: &'a [Event], child: &str) -> Vec<&'a Report> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Report(r) if r.child == child => Some(r),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Every reported value must be the one its register holds: N + 1000·unit.
@@ -378,20 +315,16 @@ async fn wire_compatible_with_pymodbus() {
     );
     let r = start(driver);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let (reply, answer) = oneshot::channel();
-    r.commands
-        .send(CommandRequest {
-            command: Command::SetProperties {
+    let outcome = r
+        .ask(
+            Command::SetProperties {
                 child: "p1".into(),
                 service: "s".into(),
                 properties: BTreeMap::from([("setpoint".to_string(), Value::UInt(4321))]),
             },
-            deadline: Instant::now() + Duration::from_secs(3),
-            reply,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let outcome = tokio::time::timeout(Duration::from_secs(5), answer).await;
+            Duration::from_secs(3),
+        )
+        .await;
     let ev = r.finish().await;
     let _ = server.kill();
     let _ = server.wait();
@@ -405,7 +338,7 @@ async fn wire_compatible_with_pymodbus() {
     assert_eq!(first["odd"], Value::Bool(true));
     assert_eq!(reports(&ev, "p2")[0].properties["a"], Value::UInt(2010));
     match outcome {
-        Ok(Ok(CommandOutcome::Done(v))) => {
+        CommandOutcome::Done(v) => {
             assert_eq!(
                 v["s"]["setpoint"],
                 Value::UInt(4321),

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use fieldgate_driver::testing::{reports, start, statuses};
 use fieldgate_driver::{
-    Command, CommandOutcome, CommandRequest, DeclaredCommand, Driver, DriverContext, Event,
-    ParamKind, ParamSpec, Report, Value,
+    Command, CommandOutcome, DeclaredCommand, Event, ParamKind, ParamSpec, Value,
 };
 use fieldgate_serial::frame::Framing;
 use fieldgate_serial::parse::{Checksum, Extract, FieldSpec, FieldType, Source};
@@ -20,7 +20,6 @@ use fieldgate_serial::{
 };
 use regex::Regex;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, oneshot, watch};
 
 fn settings(path: &Path) -> PortSettings {
     PortSettings {
@@ -96,86 +95,14 @@ fn xor(s: &str) -> String {
     format!("{s}{:02X}", s.bytes().fold(0u8, |a, b| a ^ b))
 }
 
-struct Running {
-    events: mpsc::Receiver<Event>,
-    commands: mpsc::Sender<CommandRequest>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), fieldgate_driver::DriverError>>,
-}
-
-fn start(driver: SerialAsciiDriver) -> Running {
-    let (tx, events) = mpsc::channel(4096);
-    let (commands, cmd_rx) = mpsc::channel(4);
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(Box::new(driver).run(DriverContext {
-        events: tx,
-        commands: cmd_rx,
-        shutdown: stop_rx,
-    }));
-    Running {
-        events,
-        commands,
-        stop,
-        task,
+/// The scale's declared command `name` with its parameters.
+fn invoke(child: &str, name: &str, params: BTreeMap<String, Value>) -> Command {
+    Command::Invoke {
+        child: child.into(),
+        service: "s".into(),
+        name: name.into(),
+        params,
     }
-}
-
-impl Running {
-    async fn finish(mut self) -> Vec<Event> {
-        let _ = self.stop.send(true);
-        let r = tokio::time::timeout(Duration::from_secs(5), self.task).await;
-        assert!(matches!(r, Ok(Ok(Ok(())))), "driver stops cleanly: {r:?}");
-        let mut out = Vec::new();
-        while let Ok(e) = self.events.try_recv() {
-            out.push(e);
-        }
-        out
-    }
-
-    async fn invoke(
-        &self,
-        child: &str,
-        name: &str,
-        params: BTreeMap<String, Value>,
-    ) -> CommandOutcome {
-        let (reply, answer) = oneshot::channel();
-        let req = CommandRequest {
-            command: Command::Invoke {
-                child: child.into(),
-                service: "s".into(),
-                name: name.into(),
-                params,
-            },
-            deadline: Instant::now() + Duration::from_secs(2),
-            reply,
-        };
-        if self.commands.send(req).await.is_err() {
-            panic!("driver gone");
-        }
-        tokio::time::timeout(Duration::from_secs(3), answer)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| panic!("no answer"))
-    }
-}
-
-fn reports<'a>(ev: &'a [Event], child: &str) -> Vec<&'a Report> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Report(r) if r.child == child => Some(r),
-            _ => None,
-        })
-        .collect()
-}
-
-fn statuses(ev: &[Event], child: &str) -> Vec<(bool, String)> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Status(s) if s.child == child => Some((s.online, s.reason.clone())),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -238,10 +165,13 @@ async fn a_scale_is_asked_and_junk_on_the_line_never_becomes_a_value() {
     let r = start(driver);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let ok = r
-        .invoke(
-            "scale",
-            "zero_band",
-            BTreeMap::from([("band".to_string(), Value::Int(7))]),
+        .ask(
+            invoke(
+                "scale",
+                "zero_band",
+                BTreeMap::from([("band".to_string(), Value::Int(7))]),
+            ),
+            Duration::from_secs(2),
         )
         .await;
     let ev = r.finish().await;
@@ -390,7 +320,12 @@ async fn a_missing_port_is_the_offline_reason_and_the_driver_keeps_running() {
     );
     let r = start(driver);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let refused = r.invoke("scale", "zero_band", BTreeMap::new()).await;
+    let refused = r
+        .ask(
+            invoke("scale", "zero_band", BTreeMap::new()),
+            Duration::from_secs(2),
+        )
+        .await;
     let ev = r.finish().await;
     let st = statuses(&ev, "scale");
     assert_eq!(st.len(), 1, "{st:?}");
