@@ -5,7 +5,30 @@
 //! status event (and a log line in the driver), so a device that stays dead does not flood
 //! the queue or the journal.
 
-use crate::{now_ms, DeviceStatus};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{now_ms, DeviceStatus, DriverError, Event};
+
+/// Publish a status transition (if there is one) with its one log line; `failures` is the
+/// streak behind an OFFLINE, where the driver counts one.
+pub async fn send_status(
+    events: &mpsc::Sender<Event>,
+    bus: &str,
+    st: Option<DeviceStatus>,
+    failures: Option<u32>,
+) -> Result<(), DriverError> {
+    let Some(st) = st else { return Ok(()) };
+    if st.online {
+        info!(bus = %bus, device = %st.child, "device ONLINE");
+    } else {
+        warn!(bus = %bus, device = %st.child, reason = %st.reason, failures = ?failures, "device OFFLINE");
+    }
+    events
+        .send(Event::Status(st))
+        .await
+        .map_err(|_| DriverError::ChannelClosed)
+}
 
 #[derive(Debug, Clone)]
 pub struct Health {

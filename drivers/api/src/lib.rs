@@ -12,7 +12,7 @@ pub mod params;
 mod schedule;
 pub mod testing;
 
-pub use health::Health;
+pub use health::{send_status, Health};
 pub use params::{DeclaredCommand, ParamKind, ParamSpec};
 pub use schedule::Schedule;
 

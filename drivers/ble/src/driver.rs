@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bluer::{Adapter, AdapterEvent, Address, DiscoveryFilter, DiscoveryTransport, Uuid};
 use fieldgate_driver::{
-    now_ms, Command, CommandOutcome, CommandRequest, DeviceStatus, Driver, DriverContext,
-    DriverError, DriverFuture, ErrorCode, Event, Health, Report, Value,
+    now_ms, send_status, Command, CommandOutcome, CommandRequest, DeviceStatus, Driver,
+    DriverContext, DriverError, DriverFuture, ErrorCode, Event, Health, Report, Value,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
@@ -111,23 +111,6 @@ async fn flush(a: &mut Advert, ctx: &DriverContext) -> Result<(), DriverError> {
         .map_err(|_| DriverError::ChannelClosed)
 }
 
-async fn send_status(
-    ctx: &DriverContext,
-    bus: &str,
-    st: Option<DeviceStatus>,
-) -> Result<(), DriverError> {
-    let Some(st) = st else { return Ok(()) };
-    if st.online {
-        info!(bus = %bus, device = %st.child, "device ONLINE");
-    } else {
-        warn!(bus = %bus, device = %st.child, reason = %st.reason, "device OFFLINE");
-    }
-    ctx.events
-        .send(Event::Status(st))
-        .await
-        .map_err(|_| DriverError::ChannelClosed)
-}
-
 async fn run(
     bus: BleBus,
     devices: Vec<BleDevice>,
@@ -188,12 +171,12 @@ async fn run(
                 warn!(bus = %bus.name, reason = %why, retry_in = ?backoff, "BLE adapter unavailable");
                 for a in adverts.values_mut() {
                     let st = a.health.offline_now(why.clone());
-                    send_status(&ctx, &bus.name, st).await?;
+                    send_status(&ctx.events, &bus.name, st, None).await?;
                 }
                 for d in &gatt {
                     // GATT devices have no task yet: report them here.
                     let st = Health::new(d.node_id.clone(), 1).offline_now(why.clone());
-                    send_status(&ctx, &bus.name, st).await?;
+                    send_status(&ctx.events, &bus.name, st, None).await?;
                 }
                 let until = tokio::time::Instant::now() + backoff;
                 loop {
@@ -267,7 +250,7 @@ async fn run(
                                 let now = Instant::now();
                                 a.last_good = now;
                                 let st = a.health.success();
-                                send_status(&ctx, &bus.name, st).await?;
+                                send_status(&ctx.events, &bus.name, st, None).await?;
                                 if a.last.as_ref() != Some(&props) {
                                     // Changed: reported now, or when the rate limit allows
                                     // (the latest values win).
@@ -278,7 +261,7 @@ async fn run(
                             Some(Err(e)) => {
                                 debug!(bus = %bus.name, device = %a.spec.node_id, error = %e, "advertisement not decoded");
                                 let st = a.health.failure(e.to_string());
-                                send_status(&ctx, &bus.name, st).await?;
+                                send_status(&ctx.events, &bus.name, st, None).await?;
                             }
                         }
                     }
@@ -291,7 +274,7 @@ async fn run(
                         flush(a, &ctx).await?;
                         if a.health.online() != Some(false) && now >= a.last_good + a.spec.stale_after {
                             let st = a.health.offline_now(format!("no advertisement for {:?}", a.spec.stale_after));
-                            send_status(&ctx, &bus.name, st).await?;
+                            send_status(&ctx.events, &bus.name, st, None).await?;
                         }
                     }
                 }
@@ -349,14 +332,7 @@ async fn gatt_device(
         let events = events.clone();
         let bus = bus.name.clone();
         async move {
-            if let Some(st) = st {
-                if st.online {
-                    info!(bus = %bus, device = %st.child, "device ONLINE");
-                } else {
-                    warn!(bus = %bus, device = %st.child, reason = %st.reason, "device OFFLINE");
-                }
-                let _ = events.send(Event::Status(st)).await;
-            }
+            let _ = send_status(&events, &bus, st, None).await;
         }
     };
     loop {

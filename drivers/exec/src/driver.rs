@@ -13,8 +13,8 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
-    now_ms, Command, CommandOutcome, CommandRequest, DeviceStatus, Driver, DriverContext,
-    DriverError, DriverFuture, ErrorCode, Event, Health, Report,
+    now_ms, send_status, Command, CommandOutcome, CommandRequest, DeviceStatus, Driver,
+    DriverContext, DriverError, DriverFuture, ErrorCode, Event, Health, Report,
 };
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -399,16 +399,7 @@ impl Task {
         st: Option<DeviceStatus>,
         ctx: &DriverContext,
     ) -> Result<(), DriverError> {
-        let Some(st) = st else { return Ok(()) };
-        if st.online {
-            info!(bus = %self.bus.name, device = %st.child, "device ONLINE");
-        } else {
-            warn!(bus = %self.bus.name, device = %st.child, reason = %st.reason, "device OFFLINE");
-        }
-        ctx.events
-            .send(Event::Status(st))
-            .await
-            .map_err(|_| DriverError::ChannelClosed)
+        send_status(&ctx.events, &self.bus.name, st, None).await
     }
 
     async fn all_offline(&mut self, why: &str, ctx: &DriverContext) -> Result<(), DriverError> {

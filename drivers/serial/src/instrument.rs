@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
-    now_ms, Command, CommandOutcome, CommandRequest, DeclaredCommand, Driver, DriverContext,
-    DriverError, DriverFuture, ErrorCode, Event, Health, Report, Schedule, Value,
+    now_ms, send_status, Command, CommandOutcome, CommandRequest, DeclaredCommand, Driver,
+    DriverContext, DriverError, DriverFuture, ErrorCode, Event, Health, Report, Schedule, Value,
 };
 use regex::Regex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -322,16 +322,8 @@ impl Task {
         st: Option<fieldgate_driver::DeviceStatus>,
         ctx: &DriverContext,
     ) -> Result<(), DriverError> {
-        let Some(st) = st else { return Ok(()) };
-        if st.online {
-            info!(bus = %self.bus.name, device = %st.child, "device ONLINE");
-        } else {
-            warn!(bus = %self.bus.name, device = %st.child, reason = %st.reason, failures = self.devices[idx].health.streak(), "device OFFLINE");
-        }
-        ctx.events
-            .send(Event::Status(st))
-            .await
-            .map_err(|_| DriverError::ChannelClosed)
+        let failures = Some(self.devices[idx].health.streak());
+        send_status(&ctx.events, &self.bus.name, st, failures).await
     }
 
     fn junk(&mut self, j: Junk) {
