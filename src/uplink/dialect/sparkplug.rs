@@ -334,15 +334,19 @@ impl super::Dialect for Sparkplug {
                 }
             }
             Record::Report(r) => {
+                // One pass: remember each value, note what changed and what was never born.
                 let known = self.known.entry(dev.clone()).or_default();
-                let new_metric = r.properties.keys().any(|k| !known.contains_key(k));
-                let changed: Vec<Metric> = r
-                    .properties
-                    .iter()
-                    .filter(|(k, v)| known.get(*k) != Some(*v))
-                    .map(|(k, v)| metric(k, v, r.ts_ms))
-                    .collect();
-                known.extend(r.properties.clone());
+                let mut new_metric = false;
+                let mut changed = Vec::new();
+                for (k, v) in &r.properties {
+                    match known.insert(k.clone(), v.clone()) {
+                        Some(old) if old == *v => {}
+                        old => {
+                            new_metric |= old.is_none();
+                            changed.push(metric(k, v, r.ts_ms));
+                        }
+                    }
+                }
                 if new_metric || !self.born.contains(dev) {
                     // Every metric must have been born: (re)birth the device with all of them.
                     return (vec![self.dbirth(dev, now_ms)], 1);
