@@ -133,22 +133,27 @@ impl StatusSource {
                 "since_age_s": (since > 0).then(|| now.saturating_sub(since) / 1000),
                 "last_error": m.uplink_error.lock().map(|e| e.clone()).unwrap_or_default(),
                 "connects": m.connects.load(Ordering::Relaxed),
+                "connect_attempts": m.connect_attempts.load(Ordering::Relaxed),
             },
             "queue": {
                 "records": depth.map(|d| d.records),
                 "bytes": depth.map(|d| d.bytes),
                 "oldest_age_s": oldest_age_s,
                 "delivered": m.delivered.load(Ordering::Relaxed),
+                "falling_behind": m.falling_behind.load(Ordering::Relaxed),
                 "dropped": {
                     "full": m.dropped_full.load(Ordering::Relaxed),
                     "expired": m.dropped_expired.load(Ordering::Relaxed),
                     "store_error": m.dropped_store_error.load(Ordering::Relaxed),
                     "corrupt": m.dropped_corrupt.load(Ordering::Relaxed),
                     "orphan": m.dropped_orphan.load(Ordering::Relaxed),
+                    "unsendable": m.dropped_unsendable.load(Ordering::Relaxed),
                 },
             },
             "inbound_rejected": m.inbound_rejected.load(Ordering::Relaxed),
             "commands_in_flight": m.commands_in_flight.load(Ordering::Relaxed),
+            "requests_busy": m.requests_busy.load(Ordering::Relaxed),
+            "replies_dropped": m.replies_dropped.load(Ordering::Relaxed),
             "buses": buses,
             "children": children,
         })
@@ -263,7 +268,7 @@ pub fn render(j: &Json) -> String {
     ));
     let q = &j["queue"];
     out.push(format!(
-        "queue     {} records, {} bytes, oldest {} · delivered {} · dropped: full {}, expired {}, store_error {}, corrupt {}, orphan {}",
+        "queue     {} records, {} bytes, oldest {} · delivered {} · dropped: full {}, expired {}, store_error {}, corrupt {}, orphan {}, unsendable {}{}",
         q["records"],
         q["bytes"],
         q["oldest_age_s"]
@@ -274,7 +279,13 @@ pub fn render(j: &Json) -> String {
         q["dropped"]["expired"],
         q["dropped"]["store_error"],
         q["dropped"]["corrupt"],
-        q["dropped"]["orphan"]
+        q["dropped"]["orphan"],
+        q["dropped"]["unsendable"],
+        if q["falling_behind"] == true {
+            " · FALLING BEHIND (delivery slower than collection)"
+        } else {
+            ""
+        }
     ));
     for b in j["buses"].as_array().into_iter().flatten() {
         let skipped = b["skipped"]

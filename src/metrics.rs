@@ -30,8 +30,20 @@ pub struct Metrics {
     pub dropped_corrupt: AtomicU64,
     /// Records dropped because their child is no longer configured.
     pub dropped_orphan: AtomicU64,
+    /// Records (or single properties split from one) that could never be sent: larger than
+    /// `max_packet` even alone, or a name that makes no valid MQTT topic.
+    pub dropped_unsendable: AtomicU64,
     /// Platform messages that could not be understood.
     pub inbound_rejected: AtomicU64,
+    /// Platform requests answered "busy" because too many were already being handled.
+    pub requests_busy: AtomicU64,
+    /// Answers that could not be published (the connection was lost before they went out, or
+    /// a topic the platform gave was unusable).
+    pub replies_dropped: AtomicU64,
+    /// Connection attempts made (each one CONNECT at most).
+    pub connect_attempts: AtomicU64,
+    /// The queue has been growing while connected: delivery is slower than collection.
+    pub falling_behind: AtomicBool,
     /// What each bus skipped (noise, bad frames, malformed lines), as the driver last said.
     pub bus_counters:
         Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>>,

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{error, info, warn};
 
+pub mod reader;
 mod wire;
 
 use crate::metrics::Metrics;

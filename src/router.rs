@@ -116,7 +116,12 @@ pub struct Router {
     targets: Arc<RwLock<HashMap<String, Target>>>,
     deadline: Duration,
     metrics: Arc<Metrics>,
+    /// When "busy" was last logged.
+    busy_log: Arc<Mutex<Option<Instant>>>,
 }
+
+/// Platform requests handled at once at most; more are answered "busy".
+pub const MAX_IN_FLIGHT: u64 = 256;
 
 impl Router {
     pub fn new(deadline: Duration, metrics: Arc<Metrics>) -> Self {
@@ -124,6 +129,7 @@ impl Router {
             targets: Arc::default(),
             deadline,
             metrics,
+            busy_log: Arc::default(),
         }
     }
 
@@ -135,35 +141,50 @@ impl Router {
     }
 
     /// Answer a request that could not be parsed.
-    pub fn refuse(&self, respond: &Respond, why: &str, reply: &mpsc::Sender<Reply>) {
+    pub fn refuse(&self, respond: &Respond, why: &str) -> Option<Reply> {
         let outcome = CommandOutcome::Failed {
             code: ErrorCode::BadValue,
             message: format!("malformed request: {why}"),
         };
-        if let Some(r) = respond(&outcome) {
-            let _ = reply.try_send(r);
-        }
+        respond(&outcome)
     }
 
-    /// Check a request, hand it to its child's bus, and answer it with `respond` — at once
-    /// when it is refused, else when the driver answers or the deadline passes.
+    /// Check a request, hand it to its child's bus, and answer it with `respond`: a refusal
+    /// is returned at once (the caller publishes it); a driver's answer, or the deadline's, is
+    /// sent later on `reply`. Beyond `MAX_IN_FLIGHT` requests being handled, the answer is
+    /// "busy" — the platform hears it at once instead of waiting for a timeout.
     pub fn dispatch(
         &self,
         req: Request,
         respond: Respond,
         registry: &Mutex<Registry>,
         reply: &mpsc::Sender<Reply>,
-    ) {
+    ) -> Option<Reply> {
         let rid = req.request_id().to_string();
+        if self.metrics.commands_in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            self.metrics.requests_busy.fetch_add(1, Ordering::Relaxed);
+            let busy = self.busy_log.lock().map(|mut t| {
+                let now = Instant::now();
+                let first = t.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60));
+                if first {
+                    *t = Some(now);
+                }
+                first
+            });
+            if busy.unwrap_or(false) {
+                warn!(request_id = %rid, limit = MAX_IN_FLIGHT, "platform requests beyond the limit are answered busy (counted as `requests_busy`; logged once a minute)");
+            }
+            return respond(&CommandOutcome::Failed {
+                code: ErrorCode::Busy,
+                message: format!("the gateway is handling {MAX_IN_FLIGHT} requests already"),
+            });
+        }
         let checked = self.check(&req, registry);
         let (target, command) = match checked {
             Ok(x) => x,
             Err((code, message)) => {
                 warn!(request_id = %rid, code = ?code, reason = %message, "platform request refused");
-                if let Some(r) = respond(&CommandOutcome::Failed { code, message }) {
-                    let _ = reply.try_send(r);
-                }
-                return;
+                return respond(&CommandOutcome::Failed { code, message });
             }
         };
         let (tx, rx) = oneshot::channel();
@@ -183,10 +204,7 @@ impl Router {
                 message: "the device's bus is busy with other commands".into(),
             };
             warn!(request_id = %rid, child = %child, "command refused: bus queue full");
-            if let Some(r) = respond(&o) {
-                let _ = reply.try_send(r);
-            }
-            return;
+            return respond(&o);
         }
         let reply = reply.clone();
         let limit = self.deadline + Duration::from_millis(200);
@@ -217,6 +235,7 @@ impl Router {
                 let _ = reply.send(r).await;
             }
         });
+        None
     }
 
     fn check(

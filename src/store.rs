@@ -58,11 +58,14 @@ pub struct Depth {
     pub records: u64,
     pub bytes: u64,
     pub oldest_seq: Option<u64>,
+    pub newest_seq: Option<u64>,
 }
 
 enum Req {
     Append(Vec<NewRow>, oneshot::Sender<Result<Appended, StoreError>>),
     Scan(u64, usize, oneshot::Sender<Result<Vec<Row>, StoreError>>),
+    Take(u64, usize, oneshot::Sender<Result<Vec<Row>, StoreError>>),
+    Release(Option<Vec<u64>>, oneshot::Sender<Result<(), StoreError>>),
     Delete(Vec<u64>, oneshot::Sender<Result<(), StoreError>>),
     Depth(oneshot::Sender<Result<Depth, StoreError>>),
     GetMeta(String, oneshot::Sender<Result<Option<String>, StoreError>>),
@@ -224,6 +227,18 @@ impl Store {
         self.call(|tx| Req::Scan(after, limit, tx)).await
     }
 
+    /// Like `scan`, but passes over rows already taken and marks the ones it returns as taken:
+    /// the queue's bounds never drop a taken row until it is deleted (acknowledged) or released.
+    pub async fn take(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+        self.call(|tx| Req::Take(after, limit, tx)).await
+    }
+
+    /// Give taken rows back to the bounds (`None`: every taken row, after a connection loss).
+    pub async fn release(&self, seqs: Option<Vec<u64>>) -> Result<(), StoreError> {
+        self.call(|tx| Req::Release(seqs, tx)).await
+    }
+
+    /// Delete rows (acknowledged, or dropped with a counted reason); their marks go too.
     pub async fn delete(&self, seqs: Vec<u64>) -> Result<(), StoreError> {
         self.call(|tx| Req::Delete(seqs, tx)).await
     }
@@ -266,6 +281,20 @@ fn serve(mut conn: Connection, mut q: Bounded, mut rx: mpsc::Receiver<Req>) {
             }
             Req::Scan(after, limit, tx) => {
                 let _ = tx.send(scan(&conn, after, limit));
+            }
+            Req::Take(after, limit, tx) => {
+                let _ = tx.send(take(&conn, &mut q, after, limit));
+            }
+            Req::Release(seqs, tx) => {
+                match seqs {
+                    Some(seqs) => {
+                        for s in seqs {
+                            q.marked.remove(&s);
+                        }
+                    }
+                    None => q.marked.clear(),
+                }
+                let _ = tx.send(Ok(()));
             }
             Req::Delete(seqs, tx) => {
                 deletes_since_vacuum += seqs.len();
@@ -342,6 +371,35 @@ fn scan(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Row>, StoreEr
     Ok(rows)
 }
 
+/// Up to `limit` unmarked rows after `after`, marked as they are returned.
+fn take(
+    conn: &Connection,
+    q: &mut Bounded,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Row>, StoreError> {
+    let mut out = Vec::with_capacity(limit.min(4096));
+    let mut from = after;
+    loop {
+        // Read a little more than asked when rows are marked, so one pass usually suffices.
+        let want = limit - out.len() + q.marked.len().min(1024);
+        let rows = scan(conn, from, want)?;
+        let exhausted = rows.len() < want;
+        for r in rows {
+            from = r.seq;
+            if out.len() == limit {
+                return Ok(out);
+            }
+            if q.marked.insert(r.seq) {
+                out.push(r);
+            }
+        }
+        if exhausted || out.len() == limit {
+            return Ok(out);
+        }
+    }
+}
+
 /// `PRAGMA incremental_vacuum` frees one page per step: step it to the end (rusqlite's
 /// `execute_batch` would stop after the first page).
 fn incremental_vacuum(conn: &Connection) -> Result<(), StoreError> {
@@ -352,11 +410,15 @@ fn incremental_vacuum(conn: &Connection) -> Result<(), StoreError> {
 }
 
 fn depth(conn: &Connection, q: &Bounded) -> Result<Depth, StoreError> {
-    let oldest: Option<i64> = conn.query_row("SELECT MIN(seq) FROM queue", [], |r| r.get(0))?;
+    let (oldest, newest): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT MIN(seq), MAX(seq) FROM queue", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     Ok(Depth {
         records: q.records,
         bytes: q.bytes,
         oldest_seq: oldest.map(|s| s as u64),
+        newest_seq: newest.map(|s| s as u64),
     })
 }
 

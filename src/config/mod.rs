@@ -118,6 +118,15 @@ pub enum Dialect {
     Sparkplug,
 }
 
+/// Default `platform.reconnect_min`: the first retry after a lost connection (jittered).
+pub const RECONNECT_MIN: Duration = Duration::from_secs(1);
+/// Default `platform.reconnect_max`: the longest pause between attempts (jittered down to half).
+/// Short enough that data flows within seconds of a broker's return, long enough that a fleet
+/// of gateways spreads its reconnects over several seconds.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(6);
+/// Default `platform.connect_timeout`: one attempt (TCP, TLS, CONNECT/CONNACK) at most.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Platform {
     pub dialect: Dialect,
@@ -139,6 +148,8 @@ pub struct Platform {
     pub keepalive: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// How long one connection attempt may take (TCP, TLS, CONNECT/CONNACK).
+    pub connect_timeout: Duration,
     /// Unacknowledged publishes handed to the MQTT client at once.
     pub inflight: u16,
     /// Largest MQTT packet fieldgate sends, in bytes.
@@ -636,11 +647,23 @@ impl<'a> Checker<'a> {
             Some(t) => Some(t.into_inner().0),
             None => Some(Duration::from_secs(10)),
         };
-        let reconnect_min = p.reconnect_min.map_or(Duration::from_secs(1), |d| d.0);
+        let reconnect_min = p.reconnect_min.map_or(RECONNECT_MIN, |d| d.0);
         let reconnect_max = p
             .reconnect_max
-            .map_or(Duration::from_secs(30), |d| d.0)
+            .map_or(RECONNECT_MAX, |d| d.0)
             .max(reconnect_min);
+        let connect_timeout = match p.connect_timeout {
+            Some(t) if t.get_ref().0 < Duration::from_secs(1) => {
+                self.err(
+                    Some(t.span()),
+                    "platform.connect_timeout",
+                    "connect_timeout must be at least 1s (a TLS handshake over a slow link takes seconds)",
+                );
+                None
+            }
+            Some(t) => Some(t.into_inner().0),
+            None => Some(CONNECT_TIMEOUT),
+        };
         let account = match (&dialect, &p.account) {
             (Some(Dialect::AllThingsTalk), Some(a)) if !a.get_ref().trim().is_empty() => {
                 a.get_ref().clone()
@@ -708,6 +731,7 @@ impl<'a> Checker<'a> {
             keepalive: keepalive?,
             reconnect_min,
             reconnect_max,
+            connect_timeout: connect_timeout?,
             inflight: inflight?,
             max_packet: max_packet?,
             command_timeout: command_timeout?,

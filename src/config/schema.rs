@@ -64,6 +64,9 @@ pub struct RawPlatform {
     pub reconnect_min: Option<Dur>,
     #[serde(default)]
     pub reconnect_max: Option<Dur>,
+    /// How long one connection attempt (TCP, TLS, CONNECT/CONNACK) may take.
+    #[serde(default)]
+    pub connect_timeout: Option<Spanned<Dur>>,
     #[serde(default)]
     pub inflight: Option<Spanned<u16>>,
     #[serde(default)]

@@ -6,7 +6,12 @@
 //! dropped only past it, so an outage never costs the platform the knowledge of which devices
 //! were down. Rows older than `max_age` expire. Every dropped row is counted by reason and
 //! returned to the caller, which logs once per episode — never silently.
+//!
+//! Rows the uplink has taken (in flight, or acknowledged and waiting for their batched delete)
+//! are *marked*: the bounds and expiry pass over them, so a row the platform may already have
+//! is never dropped and counted as lost. Marks live in memory only; a restart sends them again.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
@@ -63,6 +68,8 @@ pub struct Bounded {
     pub bytes: u64,
     priority_bytes: u64,
     last_expiry: Option<Instant>,
+    /// Rows taken by the uplink and not yet deleted or released.
+    pub marked: HashSet<u64>,
 }
 
 fn is_full(e: &rusqlite::Error) -> bool {
@@ -90,6 +97,7 @@ impl Bounded {
             bytes,
             priority_bytes,
             last_expiry: None,
+            marked: HashSet::new(),
         })
     }
 
@@ -136,28 +144,37 @@ impl Bounded {
         Ok(Appended { last_seq, dropped })
     }
 
-    /// Delete acknowledged rows.
+    /// Delete acknowledged rows, one statement per run of consecutive sequence numbers, all in
+    /// one transaction; their marks go with them.
     pub fn delete(&mut self, conn: &mut Connection, seqs: &[u64]) -> Result<(), StoreError> {
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
         let tx = conn.transaction()?;
-        let mut gone = Vec::with_capacity(seqs.len());
+        let mut gone = Vec::with_capacity(sorted.len());
         {
-            let mut stmt =
-                tx.prepare_cached("DELETE FROM queue WHERE seq = ?1 RETURNING kind, LENGTH(body)")?;
-            for s in seqs {
-                let mut rows = stmt.query([*s as i64])?;
-                if let Some(r) = rows.next()? {
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM queue WHERE seq >= ?1 AND seq <= ?2 RETURNING kind, LENGTH(body)",
+            )?;
+            for (lo, hi) in runs(&sorted) {
+                let mut rows = stmt.query([lo as i64, hi as i64])?;
+                while let Some(r) = rows.next()? {
                     gone.push((r.get::<_, u8>(0)?, r.get::<_, i64>(1)? as u64));
                 }
             }
         }
         tx.commit()?;
+        for s in &sorted {
+            self.marked.remove(s);
+        }
         for (kind, len) in gone {
             self.account(kind, len, -1);
         }
         Ok(())
     }
 
-    /// Drop the oldest rows of a class (`telemetry` or priority) until `over()` is false.
+    /// Drop the oldest unmarked rows of a class (`telemetry` or priority) until `over()` is
+    /// false.
     fn drop_oldest(
         &mut self,
         conn: &mut Connection,
@@ -166,24 +183,31 @@ impl Bounded {
     ) -> Result<u64, StoreError> {
         let mut n = 0;
         let sql = if telemetry {
-            "SELECT seq, kind, LENGTH(body) FROM queue WHERE kind = ?1 ORDER BY seq LIMIT 256"
+            "SELECT seq, kind, LENGTH(body) FROM queue WHERE kind = ?1 AND seq > ?2 ORDER BY seq LIMIT 256"
         } else {
-            "SELECT seq, kind, LENGTH(body) FROM queue WHERE kind != ?1 ORDER BY seq LIMIT 256"
+            "SELECT seq, kind, LENGTH(body) FROM queue WHERE kind != ?1 AND seq > ?2 ORDER BY seq LIMIT 256"
         };
+        let mut after = 0i64;
         while over(self) {
             let batch: Vec<(i64, u8, i64)> = conn
                 .prepare_cached(sql)?
-                .query_map([KIND_TELEMETRY], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .query_map(params![KIND_TELEMETRY, after], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
                 .collect::<Result<_, _>>()?;
-            if batch.is_empty() {
+            let Some(last) = batch.last().map(|b| b.0) else {
                 break;
-            }
+            };
+            after = last;
             let tx = conn.transaction()?;
             {
                 let mut del = tx.prepare_cached("DELETE FROM queue WHERE seq = ?1")?;
                 for (seq, kind, len) in batch {
                     if !over(self) {
                         break;
+                    }
+                    if self.marked.contains(&(seq as u64)) {
+                        continue;
                     }
                     del.execute([seq])?;
                     self.account(kind, len as u64, -1);
@@ -201,21 +225,27 @@ impl Bounded {
     fn expire(&mut self, conn: &mut Connection, now_ms: u64) -> Result<u64, StoreError> {
         let cutoff = now_ms.saturating_sub(self.limits.max_age.as_millis() as u64) as i64;
         let mut n = 0;
+        let mut after = 0i64;
         loop {
             let batch: Vec<(i64, u8, i64, i64)> = conn
                 .prepare_cached(
-                    "SELECT seq, kind, LENGTH(body), ts FROM queue ORDER BY seq LIMIT 256",
+                    "SELECT seq, kind, LENGTH(body), ts FROM queue WHERE seq > ?1 ORDER BY seq LIMIT 256",
                 )?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .query_map([after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect::<Result<_, _>>()?;
             let old: Vec<_> = batch.iter().take_while(|r| r.3 < cutoff).copied().collect();
             if old.is_empty() {
                 return Ok(n);
             }
+            after = old.last().map_or(after, |r| r.0);
             let tx = conn.transaction()?;
             {
                 let mut del = tx.prepare_cached("DELETE FROM queue WHERE seq = ?1")?;
                 for (seq, kind, len, _) in &old {
+                    // Taken by the uplink: it may be delivered already; its ack decides.
+                    if self.marked.contains(&(*seq as u64)) {
+                        continue;
+                    }
                     del.execute([*seq])?;
                     self.account(*kind, *len as u64, -1);
                     n += 1;
@@ -244,5 +274,32 @@ impl Bounded {
         // Only priority rows left and still too many bytes: the oldest of those go too.
         d.full += self.drop_oldest(conn, false, |b| b.bytes > max)?;
         Ok(d)
+    }
+}
+
+/// Runs of consecutive numbers in a sorted, deduplicated list, as inclusive ranges.
+fn runs(sorted: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &s in sorted {
+        match out.last_mut() {
+            Some((_, hi)) if hi.checked_add(1) == Some(s) => *hi = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn runs_of_sequence_numbers() {
+        assert_eq!(runs(&[]), vec![]);
+        assert_eq!(runs(&[1, 2, 3, 5, 7, 8]), vec![(1, 3), (5, 5), (7, 8)]);
+        assert_eq!(
+            runs(&[u64::MAX - 1, u64::MAX]),
+            vec![(u64::MAX - 1, u64::MAX)]
+        );
     }
 }

@@ -1,22 +1,36 @@
 //! The uplink: the one MQTT session to the platform, and delivery of the queue over it.
 //!
-//! Each connection attempt builds a fresh rumqttc client (IoTDA's client id and password embed
-//! the current UTC hour, so they are rebuilt every time) and backs off exponentially with
-//! jitter between attempts. The queue, not the client, is the truth: rumqttc's `publish()` only
-//! queues a request and forgets unacknowledged publishes of a clean session, so the uplink
-//! matches each `Outgoing::Publish(pkid)` to the records it carried (publishes leave in request
-//! order), deletes records only on the matching PUBACK, keeps at most `inflight` data publishes
-//! outstanding, and after any reconnect starts again from the oldest unacknowledged record.
-//! Duplicates are possible after a reconnect; loss is not.
+//! The session is built from rooms that each keep one guarantee:
+//! - `link`: rumqttc's event loop in a task of its own, never cancelled mid-handshake; one
+//!   CONNECT per attempt, bounded by `connect_timeout`;
+//! - `delivery`: which records each publish carries, the window, what a PUBACK delivers (pure,
+//!   model-tested);
+//! - `queue::reader`: the cursor, in-flight marks in the store, batched deletes of acknowledged
+//!   records, counted drops;
+//! - `fit`: every message checked against MQTT's rules and `max_packet`, oversize records split
+//!   by property, unsendable ones counted and skipped;
+//! - `children`: child add/confirm/delete and its persistence.
+//!
+//! This file keeps the session: connect with backoff and jitter, subscribe, replay, dispatch,
+//! and the order of what goes out — answers first, then session messages (statuses, births,
+//! announcements), then queued data within the window. The session never waits on the MQTT
+//! client: it only hands over what the client has room for, so a full local queue is
+//! backpressure, and only the network or the broker ends a session. After any reconnect the
+//! queue is read again from its oldest unacknowledged record: duplicates are possible, loss is
+//! not.
 
+pub mod children;
+pub mod delivery;
 pub mod dialect;
+pub mod fit;
+mod link;
 mod pace;
 mod tls;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fieldgate_driver::{now_ms, Value};
 use rumqttc::{
@@ -27,26 +41,33 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Platform;
 use crate::metrics::Metrics;
-use crate::queue::Record;
-use crate::registry::{Deleted, Registry};
+use crate::queue::reader::Reader;
+use crate::registry::Registry;
 use crate::router::{Reply, Router};
 use crate::store::{Store, StoreError};
-use dialect::{ChildView, Dialect, Inbound, Out};
+use children::Children;
+use delivery::{Delivery, Msg};
+use dialect::{Dialect, Inbound, Out};
+use link::LinkEvent;
 
-/// How many rows one store scan returns.
-const SCAN: usize = 512;
-/// Acknowledged records deleted in one transaction. Kept at 1: acknowledged rows left in the
-/// store are the oldest ones, and a queue at its bound would drop them — and count as dropped
-/// records the platform already has. Batching deletes measured ~1.6x faster drains, but the
-/// drop counters must stay exact; a future store-side "in flight" mark can bring it back.
-const ACK_BATCH: usize = 1;
-/// How often the loop proves it is alive to the watchdog.
+/// How often the loop proves it is alive to the watchdog, and flushes acknowledged deletes.
 const BEAT: Duration = Duration::from_millis(250);
 /// How often unanswered add requests are repeated.
 const ADD_RETRY: Duration = Duration::from_secs(30);
-
 /// Inbound packets larger than this are refused by the MQTT client.
 const MAX_INBOUND_PACKET: usize = 256 * 1024;
+/// Inbound topics longer than this are refused unread: ids taken from them would make answer
+/// topics no broker accepts.
+pub const MAX_INBOUND_TOPIC: usize = 512;
+/// Answers waiting to be published at most; past it they are dropped and counted.
+const MAX_REPLIES: usize = 4096;
+/// Rows one read of the queue returns at most.
+const READ_ROWS: usize = 512;
+/// Publishes (of any kind) outstanding beyond the data window: room for answers and session
+/// messages that never waits behind bulk data.
+const CONTROL_ROOM: usize = 64;
+/// How often the queue's depth is sampled to see whether delivery keeps up.
+const DEPTH_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything the uplink needs, built by the daemon.
 pub struct Uplink {
@@ -65,7 +86,7 @@ pub struct Uplink {
     pub events: mpsc::Sender<UplinkEvent>,
     /// How often the gateway's own properties are reported.
     pub report_interval: Duration,
-    pub started: std::time::Instant,
+    pub started: Instant,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -78,91 +99,206 @@ pub enum UplinkEvent {
 
 enum End {
     Shutdown,
-    /// `unacked`: records sent whose PUBACK never came; they are sent again (or, if the queue
-    /// overflows meanwhile, dropped and counted even though the broker may have them).
+    /// `unacked`: records sent whose PUBACK never came; they are sent again.
     Lost {
-        error: String,
+        cause: String,
         was_connected: bool,
         unacked: usize,
     },
 }
 
-/// Per-connection delivery state. Dropped with the connection: what was in flight is simply
-/// still in the store and is sent again by the next session.
-#[derive(Default)]
+/// Per-connection state. Dropped with the connection: what was in flight is still in the store
+/// and is read again by the next session.
 struct Session {
     connected: bool,
-    /// Acknowledged records not yet deleted from the store.
-    acked: Vec<u64>,
+    delivery: Delivery,
+    /// Answers to platform requests: first out.
+    replies: VecDeque<Out>,
+    /// Session messages (replay, add/delete, own properties, births): after answers, before data.
+    control: VecDeque<Out>,
+    /// Data messages packed but not yet handed to the client, with what they carry.
+    spill: VecDeque<(Out, Msg)>,
     pace: Option<pace::Pace>,
-    /// When set, data publishing waits for the pace until then.
+    /// When set, backlog publishing waits for the pace until then.
     paced_until: Option<tokio::time::Instant>,
-    /// Records carried by each publish request, in the order the requests were made.
-    fifo: VecDeque<Vec<u64>>,
-    /// Records carried by each publish the client has numbered, by packet id.
-    by_pkid: HashMap<u16, Vec<u64>>,
-    inflight: BTreeSet<u64>,
-    /// Data publishes not yet acknowledged.
-    outstanding: usize,
-    /// Highest sequence number examined; rows at or below it are in flight, acked, or waiting
-    /// for their child to be confirmed (then the cursor is reset).
-    cursor: u64,
+    /// Records up to this sequence number were queued before the CONNACK: the backlog, paced.
+    backlog_end: u64,
+    /// The queue may hold records to send.
+    want_fill: bool,
+}
+
+/// Once-per-episode logging of one kind of trouble: the first occurrence is logged at warn,
+/// the rest counted, and the count said when the episode ends.
+#[derive(Default)]
+struct Episode {
+    count: u64,
+}
+
+impl Episode {
+    /// True for the first occurrence of an episode.
+    fn hit(&mut self) -> bool {
+        self.count += 1;
+        self.count == 1
+    }
+
+    fn end(&mut self) -> u64 {
+        std::mem::take(&mut self.count)
+    }
+}
+
+/// Exponential backoff with jitter: each pause is drawn from [d/2, d], d doubling from `min`
+/// to `max` on every failed attempt and back to `min` after a connection that was up.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    d: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (u64::from(std::process::id()) << 32)
+            | 1;
+        Backoff {
+            min,
+            max,
+            d: min,
+            rng: seed,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.d = self.min;
+    }
+
+    /// The next pause.
+    fn next(&mut self) -> Duration {
+        // xorshift64*: enough to decorrelate a fleet.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+        let unit = r as f64 / (1u64 << 53) as f64;
+        let pause = self.d.mul_f64(0.5 + 0.5 * unit);
+        self.d = (self.d * 2).min(self.max);
+        pause
+    }
+}
+
+/// Whether the queue keeps growing while connected: delivery slower than collection.
+#[derive(Default)]
+struct Behind {
+    last: Option<u64>,
+    growing: u32,
+}
+
+impl Behind {
+    /// A new depth sample; `Some(true)` when an episode starts, `Some(false)` when it ends.
+    fn sample(&mut self, records: u64) -> Option<bool> {
+        let grew = self.last.is_some_and(|l| records > l + 100);
+        let shrank = self.last.is_some_and(|l| records < l);
+        self.last = Some(records);
+        if grew {
+            self.growing += 1;
+            return (self.growing == 3).then_some(true);
+        }
+        if shrank && self.growing >= 3 {
+            self.growing = 0;
+            return Some(false);
+        }
+        if shrank {
+            self.growing = 0;
+        }
+        None
+    }
+}
+
+/// What one session step can fail with; none of these ends the session.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("queue: {0}")]
+    Store(#[from] StoreError),
 }
 
 impl Uplink {
     pub async fn run(mut self) {
-        let mut backoff = self.platform.reconnect_min;
-        let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(64);
+        let mut backoff = Backoff::new(self.platform.reconnect_min, self.platform.reconnect_max);
+        let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(MAX_REPLIES);
+        let mut reader = Reader::new(self.store.clone(), self.metrics.clone());
+        let children = Children {
+            registry: self.registry.clone(),
+            store: self.store.clone(),
+            events: self.events.clone(),
+        };
+        let mut last_cause = String::new();
         loop {
             if *self.shutdown.borrow() {
                 break;
             }
+            self.metrics
+                .connect_attempts
+                .fetch_add(1, Ordering::Relaxed);
             let (client, eventloop) = match self.client() {
                 Ok(c) => c,
                 Err(e) => {
-                    error!(error = %e, "cannot build the MQTT session; retrying");
-                    if self.pause(backoff).await {
+                    if e != last_cause {
+                        error!(error = %e, "cannot build the MQTT session; retrying");
+                        last_cause = e;
+                    }
+                    if self.pause(backoff.next()).await {
                         break;
                     }
-                    backoff = (backoff * 2).min(self.platform.reconnect_max);
                     continue;
                 }
             };
-            match self
-                .session(client, eventloop, &reply_tx, &mut reply_rx)
-                .await
-            {
+            let (tx, rx) = mpsc::channel(link::EVENTS);
+            let task = link::spawn(eventloop, tx);
+            let end = self
+                .session(
+                    &client,
+                    rx,
+                    &mut reader,
+                    &children,
+                    &reply_tx,
+                    &mut reply_rx,
+                )
+                .await;
+            task.abort();
+            match end {
                 End::Shutdown => break,
                 End::Lost {
-                    error,
+                    cause,
                     was_connected,
                     unacked,
                 } => {
                     self.metrics.set_connected(false);
-                    let repeated = self
-                        .metrics
-                        .uplink_error
-                        .lock()
-                        .map(|e| *e == error)
-                        .unwrap_or(false);
                     if was_connected {
-                        warn!(error = %error, unacked, "platform connection lost; unacknowledged records will be sent again");
-                        backoff = self.platform.reconnect_min;
-                    } else if repeated {
-                        debug!(error = %error, retry_in = ?backoff, "still cannot connect to the platform");
-                    } else {
-                        warn!(error = %error, retry_in = ?backoff, "cannot connect to the platform (retrying with backoff; further identical failures are logged at debug)");
+                        warn!(error = %cause, unacked, "platform connection lost; unacknowledged records will be sent again");
+                        backoff.reset();
+                    }
+                    let pause = backoff.next();
+                    if !was_connected {
+                        if cause != last_cause {
+                            warn!(error = %cause, retry_in = ?pause, "cannot connect to the platform (retrying with backoff; further identical failures are logged at debug)");
+                        } else {
+                            debug!(error = %cause, retry_in = ?pause, "still cannot connect to the platform");
+                        }
                     }
                     if let Ok(mut e) = self.metrics.uplink_error.lock() {
-                        *e = error;
+                        e.clone_from(&cause);
+                    }
+                    last_cause = if was_connected { String::new() } else { cause };
+                    if self.pause(pause).await {
+                        break;
                     }
                 }
             }
-            if self.pause(jitter(backoff)).await {
-                break;
-            }
-            backoff = (backoff * 2).min(self.platform.reconnect_max);
         }
+        let _ = reader.flush().await;
         self.metrics.set_connected(false);
         info!("uplink stopped");
     }
@@ -186,6 +322,12 @@ impl Uplink {
         }
     }
 
+    /// Data messages outstanding at most, and all messages.
+    fn limits(&self) -> (usize, usize) {
+        let window = usize::from(self.platform.inflight);
+        (window, window + CONTROL_ROOM)
+    }
+
     fn client(&mut self) -> Result<(AsyncClient, EventLoop), String> {
         let secret = self
             .platform
@@ -193,6 +335,7 @@ impl Uplink {
             .load()
             .map_err(|e| format!("cannot read the device secret: {e}"))?;
         let c = self.dialect.connect(secret.expose(), now_ms());
+        let (_, limit) = self.limits();
         let p = &self.platform;
         let mut o = MqttOptions::new(c.client_id, p.host.clone(), p.port);
         // X.509-only identities send no credentials at all.
@@ -204,7 +347,9 @@ impl Uplink {
         }
         o.set_keep_alive(p.keepalive);
         o.set_clean_session(true);
-        o.set_inflight(p.inflight.saturating_add(32));
+        // The session never has more than `limit` publishes outstanding, so the client never
+        // holds one back and its request channel (limit + subscriptions) never fills.
+        o.set_inflight(u16::try_from(limit).unwrap_or(u16::MAX));
         o.set_max_packet_size(MAX_INBOUND_PACKET, p.max_packet);
         if p.tls {
             let client = p
@@ -216,29 +361,39 @@ impl Uplink {
                 client,
             )?));
         }
-        let (client, mut eventloop) = AsyncClient::new(o, usize::from(p.inflight) + 128);
+        let (client, mut eventloop) = AsyncClient::new(o, limit + CONTROL_ROOM);
+        let mut net = eventloop.network_options();
         // Small acknowledgements and responses must not wait for Nagle + delayed ACK (~40 ms
         // each way): that is most of a command's round trip otherwise.
-        let mut net = eventloop.network_options();
         net.set_tcp_nodelay(true);
+        net.set_connection_timeout(p.connect_timeout.as_secs().max(1));
         eventloop.set_network_options(net);
         Ok((client, eventloop))
     }
 
     async fn session(
         &mut self,
-        client: AsyncClient,
-        mut ev: EventLoop,
+        client: &AsyncClient,
+        mut link: mpsc::Receiver<LinkEvent>,
+        reader: &mut Reader,
+        children: &Children,
         reply_tx: &mpsc::Sender<Reply>,
         reply_rx: &mut mpsc::Receiver<Reply>,
     ) -> End {
-        let mut s = Session::default();
-        if self.platform.replay_rate > 0 || self.platform.replay_bytes_rate > 0 {
-            s.pace = Some(pace::Pace::new(
-                self.platform.replay_rate,
-                self.platform.replay_bytes_rate,
-            ));
-        }
+        let (window, limit) = self.limits();
+        let mut s = Session {
+            connected: false,
+            delivery: Delivery::new(window, limit),
+            replies: VecDeque::new(),
+            control: VecDeque::new(),
+            spill: VecDeque::new(),
+            pace: (self.platform.replay_rate > 0 || self.platform.replay_bytes_rate > 0).then(
+                || pace::Pace::new(self.platform.replay_rate, self.platform.replay_bytes_rate),
+            ),
+            paced_until: None,
+            backlog_end: 0,
+            want_fill: false,
+        };
         let mut adds = tokio::time::interval_at(tokio::time::Instant::now() + ADD_RETRY, ADD_RETRY);
         adds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut own = tokio::time::interval_at(
@@ -248,45 +403,89 @@ impl Uplink {
         own.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beat = tokio::time::interval(BEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut depth = tokio::time::interval(DEPTH_EVERY);
+        depth.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut behind = Behind::default();
+        let mut store_trouble = Episode::default();
         loop {
             self.metrics.uplink_beat.fetch_add(1, Ordering::Relaxed);
-            let step: Result<(), String> = tokio::select! {
+            let step: Result<(), StepError> = tokio::select! {
+                biased;
                 _ = self.shutdown.changed() => {
-                    self.close(&client, &mut ev, &mut s).await;
+                    self.close(client, &mut link, &mut s, reader).await;
                     return End::Shutdown;
                 }
-                polled = ev.poll() => match polled {
-                    Ok(event) => self.on_event(&client, &mut s, event, reply_tx).await,
-                    Err(e) => {
-                        // What the broker acknowledged is delivered: do not send it again.
-                        let _ = self.flush_acked(&mut s).await;
-                        return End::Lost { error: e.to_string(), was_connected: s.connected, unacked: s.inflight.len() };
+                ev = link.recv() => match ev {
+                    Some(LinkEvent::Mqtt(event)) => {
+                        self.on_event(client, &mut s, event, reader, children, reply_tx).await
+                    }
+                    down => {
+                        let cause = match down {
+                            Some(LinkEvent::Down(e)) => link::cause(&e, s.connected),
+                            _ => "the connection task stopped".to_string(),
+                        };
+                        let unacked = s.delivery.reset();
+                        if let Err(e) = reader.reset().await {
+                            error!(error = %e, "queue: cannot settle acknowledged records after the connection loss (they may be sent again)");
+                        }
+                        return End::Lost { cause, was_connected: s.connected, unacked };
                     }
                 },
-                _ = self.wake.notified(), if s.connected => self.fill(&client, &mut s).await,
-                Some(reply) = reply_rx.recv(), if s.connected => {
-                    publish(&client, &mut s, reply.topic, reply.payload, Vec::new())
+                Some(reply) = reply_rx.recv() => {
+                    self.queue_reply(&mut s, Out::new(reply.topic, reply.payload));
+                    Ok(())
                 }
-                _ = adds.tick(), if s.connected => self.reconcile_children(&client, &mut s).await,
+                _ = self.wake.notified() => {
+                    s.want_fill = true;
+                    Ok(())
+                }
+                _ = adds.tick(), if s.connected => {
+                    self.reconcile_children(&mut s, children).await;
+                    Ok(())
+                }
                 _ = self.reconcile.notified(), if s.connected => {
                     // A reload changed the children: statuses of new ones follow from the queue.
-                    s.cursor = 0;
-                    self.reconcile_children(&client, &mut s).await
+                    reader.rewind();
+                    s.want_fill = true;
+                    self.reconcile_children(&mut s, children).await;
+                    Ok(())
                 }
-                _ = own.tick(), if s.connected => self.report_own(&client, &mut s),
-                _ = beat.tick() => self.flush_acked(&mut s).await,
-                _ = tokio::time::sleep_until(s.paced_until.unwrap_or_else(tokio::time::Instant::now)), if s.paced_until.is_some() && s.connected => {
+                _ = own.tick(), if s.connected => {
+                    self.report_own(&mut s, children);
+                    Ok(())
+                }
+                _ = depth.tick(), if s.connected => {
+                    self.watch_depth(&mut behind).await;
+                    Ok(())
+                }
+                _ = beat.tick() => {
+                    s.want_fill = true;
+                    reader.flush().await.map_err(StepError::from)
+                }
+                _ = tokio::time::sleep_until(s.paced_until.unwrap_or_else(tokio::time::Instant::now)), if s.paced_until.is_some() => {
                     s.paced_until = None;
-                    self.fill(&client, &mut s).await
+                    s.want_fill = true;
+                    Ok(())
                 }
             };
-            if let Err(error) = step {
-                let _ = self.flush_acked(&mut s).await;
-                return End::Lost {
-                    error,
-                    was_connected: s.connected,
-                    unacked: s.inflight.len(),
-                };
+            let step = match step {
+                Ok(()) if s.connected => self.pump(client, &mut s, reader).await,
+                other => other,
+            };
+            match step {
+                Ok(()) => {
+                    let n = store_trouble.end();
+                    if n > 0 {
+                        info!(failures = n, "queue reads work again");
+                    }
+                }
+                Err(e) => {
+                    // The session stays up; the queue is tried again on the next beat.
+                    s.want_fill = false;
+                    if store_trouble.hit() {
+                        error!(error = %e, "cannot read or settle the queue; retrying every beat");
+                    }
+                }
             }
         }
     }
@@ -296,8 +495,10 @@ impl Uplink {
         client: &AsyncClient,
         s: &mut Session,
         event: Event,
+        reader: &mut Reader,
+        children: &Children,
         reply_tx: &mpsc::Sender<Reply>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         match event {
             Event::Incoming(Packet::ConnAck(_)) => {
                 s.connected = true;
@@ -305,9 +506,9 @@ impl Uplink {
                 self.metrics.connects.fetch_add(1, Ordering::Relaxed);
                 info!(host = %self.platform.host, port = self.platform.port, device_id = %self.platform.device_id, "platform connected");
                 for t in self.dialect.subscriptions() {
-                    client
-                        .try_subscribe(t, QoS::AtLeastOnce)
-                        .map_err(|e| e.to_string())?;
+                    if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
+                        warn!(topic = %t, error = %e, "cannot subscribe");
+                    }
                 }
                 let version = match self.dialect.version_key() {
                     Some(key) => self
@@ -320,48 +521,40 @@ impl Uplink {
                         .unwrap_or(0),
                     None => 0,
                 };
+                // What is queued now is the backlog (paced); what comes later is live.
+                s.backlog_end = self
+                    .store
+                    .depth()
+                    .await
+                    .ok()
+                    .and_then(|d| d.newest_seq)
+                    .unwrap_or(0);
                 // Session replay: sync requests, statuses, announcements — per the dialect.
-                let children = self.children_view()?;
-                for o in self.dialect.on_connect(&children, version, now_ms()) {
-                    publish(client, s, o.topic, o.payload, Vec::new())?;
-                }
-                self.reconcile_children(client, s).await?;
-                self.report_own(client, s)?;
-                self.fill(client, s).await
+                let view = children.view();
+                s.control
+                    .extend(self.dialect.on_connect(&view, version, now_ms()));
+                self.reconcile_children(s, children).await;
+                self.report_own(s, children);
+                s.want_fill = true;
+                Ok(())
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
-                match s.fifo.pop_front() {
-                    Some(seqs) => {
-                        s.by_pkid.insert(pkid, seqs);
-                    }
-                    None => warn!(
-                        pkid,
-                        "publish numbered by the client that fieldgate did not request"
-                    ),
+                if let Err(e) = s.delivery.numbered(pkid) {
+                    warn!(error = %e, "publish bookkeeping");
                 }
                 Ok(())
             }
             Event::Incoming(Packet::PubAck(ack)) => {
-                let Some(seqs) = s.by_pkid.remove(&ack.pkid) else {
-                    return Ok(());
-                };
-                if seqs.is_empty() {
-                    return Ok(());
+                if let Some(records) = s.delivery.acked(ack.pkid) {
+                    if !records.is_empty() {
+                        reader.acked(records).await?;
+                    }
+                    s.want_fill = true;
                 }
-                s.outstanding = s.outstanding.saturating_sub(1);
-                self.metrics
-                    .delivered
-                    .fetch_add(seqs.len() as u64, Ordering::Relaxed);
-                // Delete in batches (one transaction per many acks); until then the records
-                // stay "in flight" so no scan sends them again.
-                s.acked.extend(seqs);
-                if s.acked.len() >= ACK_BATCH {
-                    self.flush_acked(s).await?;
-                }
-                self.fill(client, s).await
+                Ok(())
             }
             Event::Incoming(Packet::Publish(p)) => {
-                self.inbound(client, s, &p.topic, &p.payload, reply_tx)
+                self.inbound(s, &p.topic, &p.payload, reader, children, reply_tx)
                     .await;
                 Ok(())
             }
@@ -369,242 +562,192 @@ impl Uplink {
         }
     }
 
-    /// Hand the client as many queued records as the window allows.
-    async fn fill(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), String> {
-        let window = usize::from(self.platform.inflight);
-        let per_message = self.dialect.batch_limit().max(1);
-        while s.outstanding < window {
-            // Read about what the free part of the window can carry, not more.
-            let want = ((window - s.outstanding) * per_message).clamp(per_message, SCAN);
-            let rows = self
-                .store
-                .scan(s.cursor, want)
-                .await
-                .map_err(|e: StoreError| e.to_string())?;
-            let Some(last) = rows.last().map(|r| r.seq) else {
+    /// Hand the client what it has room for: answers, then session messages, then data.
+    async fn pump(
+        &mut self,
+        client: &AsyncClient,
+        s: &mut Session,
+        reader: &mut Reader,
+    ) -> Result<(), StepError> {
+        while s.delivery.room() {
+            let Some(o) = s.replies.pop_front().or_else(|| s.control.pop_front()) else {
                 break;
             };
-            let full_scan = rows.len() == want;
-            let mut drop_seqs = Vec::new();
-            let mut sendable: Vec<(u64, String, Record)> = Vec::new();
-            {
-                let reg = self
-                    .registry
-                    .lock()
-                    .map_err(|_| "registry lock poisoned".to_string())?;
-                for row in rows {
-                    if s.inflight.contains(&row.seq) {
-                        continue;
-                    }
-                    match Record::decode(&row) {
-                        Err(e) => {
-                            warn!(seq = row.seq, child = %row.child, error = %e, "dropping unreadable queue record");
-                            self.metrics.dropped_corrupt.fetch_add(1, Ordering::Relaxed);
-                            drop_seqs.push(row.seq);
-                        }
-                        Ok(rec) if !reg.contains(rec.child()) => {
-                            warn!(seq = row.seq, child = %rec.child(), "dropping queued record of a child no longer configured");
-                            self.metrics.dropped_orphan.fetch_add(1, Ordering::Relaxed);
-                            drop_seqs.push(row.seq);
-                        }
-                        Ok(rec) => {
-                            // A child not yet confirmed by the platform waits; its order holds.
-                            if let Some(dev) = reg.device_id(rec.child()) {
-                                sendable.push((row.seq, dev.to_string(), rec));
-                            }
-                        }
-                    }
-                }
+            if let Some(why) = fit::refuse(&o, self.platform.max_packet) {
+                self.metrics.replies_dropped.fetch_add(1, Ordering::Relaxed);
+                warn!(reason = %why, "message not sent: it cannot go on the wire");
+                continue;
             }
-            if !drop_seqs.is_empty() {
-                self.store
-                    .delete(drop_seqs)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            if !hand(client, s, o, Msg::default()) {
+                return Ok(());
             }
-            // Pack consecutive records of one kind into messages, in order.
-            let mut i = 0;
-            let mut consumed_to = last;
-            while i < sendable.len() {
-                if s.outstanding >= window || s.paced_until.is_some() {
-                    consumed_to = sendable[i].0 - 1;
+        }
+        if !s.control.is_empty() {
+            // Births and announcements go before the data that depends on them.
+            return Ok(());
+        }
+        loop {
+            while s.delivery.data_room() {
+                let Some((o, m)) = s.spill.pop_front() else {
                     break;
-                }
-                let first = i;
-                let (outs, n) = self.dialect.pack(
-                    &sendable[i..],
-                    self.platform.max_packet.saturating_sub(512),
-                    now_ms(),
-                );
-                let n = n.clamp(1, sendable.len() - i);
-                let seqs: Vec<u64> = sendable[i..i + n].iter().map(|r| r.0).collect();
-                i += n;
-                if outs.is_empty() {
-                    // Nothing this platform carries (e.g. statuses on AllThingsTalk): done.
-                    self.store.delete(seqs).await.map_err(|e| e.to_string())?;
-                    continue;
-                }
-                let size: usize = outs.iter().map(|o| o.payload.len()).sum();
-                if let Some(pace) = s.pace.as_mut() {
-                    if let Err(wait) = pace.take(size, std::time::Instant::now()) {
-                        // Not yet: these records go out when the bucket has refilled.
-                        s.paced_until = Some(tokio::time::Instant::now() + wait);
-                        consumed_to = sendable[first].0 - 1;
-                        break;
-                    }
-                }
-                debug!(
-                    messages = outs.len(),
-                    records = seqs.len(),
-                    bytes = size,
-                    outstanding = s.outstanding,
-                    "publishing queued records"
-                );
-                s.inflight.extend(seqs.iter().copied());
-                s.outstanding += 1;
-                // Several messages for these records: the last one carries them, so they are
-                // deleted only when it is acknowledged (PUBACKs come in order on a session).
-                let last = outs.len() - 1;
-                for (k, Out { topic, payload }) in outs.into_iter().enumerate() {
-                    let carried = if k == last { seqs.clone() } else { Vec::new() };
-                    publish(client, s, topic, payload, carried)?;
+                };
+                if !hand(client, s, o, m) {
+                    return Ok(());
                 }
             }
-            s.cursor = s.cursor.max(consumed_to);
-            if !full_scan || s.outstanding >= window || s.paced_until.is_some() {
+            if !s.spill.is_empty() || !s.want_fill || !s.delivery.data_room() {
+                return Ok(());
+            }
+            if s.paced_until.is_some() {
+                return Ok(());
+            }
+            self.fill(s, reader).await?;
+            if s.spill.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Read queued records and pack them into data messages (into `spill`) while the window
+    /// has room.
+    async fn fill(&mut self, s: &mut Session, reader: &mut Reader) -> Result<(), StepError> {
+        let (window, _) = self.limits();
+        let per_message = self.dialect.batch_limit().max(1);
+        let (data_out, _) = s.delivery.outstanding();
+        let rows = (window.saturating_sub(data_out) * per_message).clamp(per_message, READ_ROWS);
+        let taken = reader.next(rows, &self.registry).await?;
+        if taken.records.is_empty() {
+            s.want_fill = taken.more;
+            return Ok(());
+        }
+        let recs = taken.records;
+        let mut i = 0;
+        let mut planned = 0usize;
+        while i < recs.len() {
+            if data_out + planned >= window {
                 break;
             }
+            let backlog = recs[i].0 <= s.backlog_end;
+            if backlog {
+                if let Some(wait) = s.pace.as_mut().and_then(|p| p.wait(Instant::now())) {
+                    s.paced_until = Some(tokio::time::Instant::now() + wait);
+                    break;
+                }
+            }
+            let f = fit::fit(
+                self.dialect.as_mut(),
+                &recs[i..],
+                self.platform.max_packet,
+                now_ms(),
+            );
+            i += f.consumed.max(1);
+            if !f.done.is_empty() {
+                reader.done(f.done).await?;
+            }
+            if !f.unsendable.is_empty() || f.dropped_parts > 0 {
+                self.metrics
+                    .dropped_unsendable
+                    .fetch_add(f.dropped_parts as u64, Ordering::Relaxed);
+                warn!(records = f.unsendable.len(), properties = f.dropped_parts, reason = ?f.reason, "dropping what can never be sent (counted as `unsendable`)");
+                if !f.unsendable.is_empty() {
+                    reader.unsendable(f.unsendable).await?;
+                }
+            }
+            if f.messages.is_empty() {
+                continue;
+            }
+            let size: usize = f.messages.iter().map(|o| o.payload.len()).sum();
+            if backlog {
+                if let Some(p) = s.pace.as_mut() {
+                    p.charge(size);
+                }
+            }
+            planned += f.messages.len();
+            let last = f.messages.len() - 1;
+            let mut carried = Some(f.carried);
+            for (k, o) in f.messages.into_iter().enumerate() {
+                let records = if k == last {
+                    carried.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                s.spill.push_back((
+                    o,
+                    Msg {
+                        records,
+                        data: true,
+                    },
+                ));
+            }
+        }
+        if i < recs.len() {
+            reader.unsent(&recs[i..]).await?;
         }
         Ok(())
     }
 
-    /// Every configured child as the dialect sees it.
-    fn children_view(&self) -> Result<Vec<ChildView>, String> {
-        let reg = self
-            .registry
-            .lock()
-            .map_err(|_| "registry lock poisoned".to_string())?;
-        Ok(reg
-            .children()
-            .map(|c| ChildView {
-                node_id: c.node_id.clone(),
-                device_id: c.device_id.clone(),
-                product_id: c.product_id.clone(),
-                name: c.name.clone(),
-                online: c.online,
-            })
-            .collect())
+    /// Queue an answer; beyond `MAX_REPLIES` it is dropped and counted.
+    fn queue_reply(&self, s: &mut Session, o: Out) {
+        if s.replies.len() >= MAX_REPLIES {
+            self.metrics.replies_dropped.fetch_add(1, Ordering::Relaxed);
+            debug!(topic = %o.topic, "answer dropped: too many waiting");
+            return;
+        }
+        s.replies.push_back(o);
     }
 
     /// Ask the platform to add the children it does not know yet and to delete the ones the
     /// config dropped. Where the platform assigns no ids (ThingsBoard), a child announced is a
     /// child known by its node id, and a child forgotten is deleted, right away.
-    async fn reconcile_children(
-        &mut self,
-        client: &AsyncClient,
-        s: &mut Session,
-    ) -> Result<(), String> {
-        let pending: Vec<ChildView> = {
-            let reg = self
-                .registry
-                .lock()
-                .map_err(|_| "registry lock poisoned".to_string())?;
-            reg.unconfirmed()
-                .iter()
-                .map(|c| ChildView {
-                    node_id: c.node_id.clone(),
-                    device_id: None,
-                    product_id: c.product_id.clone(),
-                    name: c.name.clone(),
-                    online: c.online,
-                })
-                .collect()
-        };
+    async fn reconcile_children(&mut self, s: &mut Session, children: &Children) {
+        let pending = children.unconfirmed();
         if !pending.is_empty() {
             info!(
                 children = pending.len(),
                 "asking the platform to add children"
             );
-            for o in self.dialect.add(&pending, now_ms()) {
-                publish(client, s, o.topic, o.payload, Vec::new())?;
-            }
+            s.control.extend(self.dialect.add(&pending, now_ms()));
             if !self.dialect.assigns_ids() {
                 let devices = pending
                     .iter()
                     .map(|c| (c.node_id.clone(), c.node_id.clone()))
                     .collect();
-                self.children_added(s, devices, Vec::new()).await;
+                if children.added(devices, Vec::new()).await {
+                    s.want_fill = true;
+                }
             }
         }
-        let ids = self
-            .registry
-            .lock()
-            .map(|r| r.to_delete())
-            .map_err(|_| "registry lock poisoned".to_string())?;
+        let ids = children.to_delete();
         if !ids.is_empty() {
             info!(
                 children = ids.len(),
                 "asking the platform to delete children"
             );
-            for o in self.dialect.delete(&ids, now_ms()) {
-                publish(client, s, o.topic, o.payload, Vec::new())?;
-            }
+            s.control.extend(self.dialect.delete(&ids, now_ms()));
             if !self.dialect.assigns_ids() {
                 for d in ids {
-                    self.platform_deleted(&d).await;
+                    children.deleted(&d).await;
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// The platform knows these children now (node id → platform id).
-    async fn children_added(
-        &mut self,
-        s: &mut Session,
-        devices: Vec<(String, String)>,
-        failed: Vec<dialect::Failed>,
-    ) {
-        let mut learned = Vec::new();
-        if let Ok(mut reg) = self.registry.lock() {
-            for (node, dev) in &devices {
-                if reg.device_id(node) == Some(dev.as_str()) {
-                    continue;
-                }
-                if reg.confirm(node, dev) {
-                    learned.extend(reg.persisted(node));
-                } else {
-                    warn!(node_id = %node, device_id = %dev, "platform reports a child that is not in the config");
-                }
-            }
-            for f in &failed {
-                reg.refused(&f.id, format!("{}: {}", f.error_code, f.error_msg));
-            }
-        }
-        for p in &learned {
-            info!(node_id = %p.node_id, device_id = ?p.device_id, "child confirmed by the platform");
-            if let Err(e) = self.store.save_child(p.clone()).await {
-                error!(node_id = %p.node_id, error = %e, "cannot persist the platform device id");
-            }
-        }
-        for f in failed {
-            error!(node_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, "platform refused to add child (retried later)");
-        }
-        if !learned.is_empty() {
-            // Their queued records (skipped until now) can go, and so can their status.
-            s.cursor = 0;
-            self.wake.notify_one();
         }
     }
 
     async fn inbound(
         &mut self,
-        client: &AsyncClient,
         s: &mut Session,
         topic: &str,
         payload: &[u8],
+        reader: &mut Reader,
+        children: &Children,
         reply_tx: &mpsc::Sender<Reply>,
     ) {
+        if topic.len() > MAX_INBOUND_TOPIC {
+            self.metrics
+                .inbound_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(bytes = topic.len(), limit = MAX_INBOUND_TOPIC, "ignoring a platform message with an oversize topic (not answered: its id would make an invalid answer topic)");
+            return;
+        }
         let msg = match self.dialect.parse(topic, payload) {
             Ok(m) => m,
             Err(e) => {
@@ -613,15 +756,15 @@ impl Uplink {
                     .fetch_add(1, Ordering::Relaxed);
                 warn!(topic = %topic, bytes = payload.len(), error = %e.message, "ignoring malformed platform message");
                 // A request we cannot read is still answered, so the platform does not wait.
-                if let Some(respond) = e.respond {
-                    self.router.refuse(&respond, &e.message, reply_tx);
+                if let Some(r) = e.respond.and_then(|r| self.router.refuse(&r, &e.message)) {
+                    self.queue_reply(s, Out::new(r.topic, r.payload));
                 }
                 return;
             }
         };
         let msg = match msg {
             Inbound::Notified { inbound, ack } => {
-                let _ = reply_tx.try_send(ack);
+                self.queue_reply(s, Out::new(ack.topic, ack.payload));
                 *inbound
             }
             other => other,
@@ -632,7 +775,11 @@ impl Uplink {
                 failed,
                 version,
             } => {
-                self.children_added(s, devices, failed).await;
+                if children.added(devices, failed).await {
+                    // Their queued records (passed over until now) can go.
+                    reader.rewind();
+                    s.want_fill = true;
+                }
                 self.save_version(version).await;
             }
             Inbound::Deleted {
@@ -640,13 +787,13 @@ impl Uplink {
                 version,
             } => {
                 for d in device_ids {
-                    self.platform_deleted(&d).await;
+                    children.deleted(&d).await;
                 }
                 self.save_version(version).await;
             }
             Inbound::DeleteResult { deleted, failed } => {
                 for d in deleted {
-                    self.platform_deleted(&d).await;
+                    children.deleted(&d).await;
                 }
                 for f in failed {
                     error!(device_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, "platform refused to delete child (retried later)");
@@ -661,46 +808,24 @@ impl Uplink {
                 warn!(device_id = %from, new_name = %to, "the platform renamed a child; fieldgate keeps speaking for it by its configured id");
             }
             Inbound::Request { request, respond } => {
-                self.router
-                    .dispatch(request, respond, &self.registry, reply_tx);
+                if let Some(r) = self
+                    .router
+                    .dispatch(request, respond, &self.registry, reply_tx)
+                {
+                    self.queue_reply(s, Out::new(r.topic, r.payload));
+                }
             }
             Inbound::Rebirth => {
                 info!("the platform asks for a rebirth: sending every birth certificate again");
-                let children = match self.children_view() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        error!(error = %e, "cannot list the children for a rebirth");
-                        return;
-                    }
-                };
-                for o in self.dialect.on_connect(&children, 0, now_ms()) {
-                    if let Err(e) = publish(client, s, o.topic, o.payload, Vec::new()) {
-                        warn!(error = %e, "rebirth not sent");
-                    }
-                }
+                let view = children.view();
+                s.control
+                    .extend(self.dialect.on_connect(&view, 0, now_ms()));
             }
             Inbound::Ignored(what) => {
                 debug!(topic = %topic, what = %what, "platform message ignored")
             }
             Inbound::Notified { .. } => debug!(topic = %topic, "nested notification ignored"),
         }
-    }
-
-    /// Delete acknowledged records from the store.
-    async fn flush_acked(&mut self, s: &mut Session) -> Result<(), String> {
-        if s.acked.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut s.acked);
-        let r = self
-            .store
-            .delete(batch.clone())
-            .await
-            .map_err(|e| e.to_string());
-        for q in &batch {
-            s.inflight.remove(q);
-        }
-        r
     }
 
     async fn save_version(&self, version: Option<i64>) {
@@ -714,53 +839,30 @@ impl Uplink {
         }
     }
 
-    /// The platform deleted a child: one we asked for, or one it removed on its own.
-    async fn platform_deleted(&mut self, device_id: &str) {
-        let outcome = self
-            .registry
-            .lock()
-            .map(|mut r| r.deleted(device_id))
-            .map_err(|_| ());
-        match outcome {
-            Ok(Deleted::Requested(node)) => {
-                info!(node_id = %node, device_id = %device_id, "child deleted on the platform");
-                let still = self.registry.lock().ok().and_then(|r| r.persisted(&node));
-                let r = match still {
-                    Some(p) => self.store.save_child(p).await,
-                    None => self.store.forget_child(&node).await,
-                };
-                if let Err(e) = r {
-                    error!(node_id = %node, error = %e, "cannot persist the deletion");
-                }
+    /// Sample the queue's depth; say once per episode when it keeps growing while connected.
+    async fn watch_depth(&self, behind: &mut Behind) {
+        let Ok(d) = self.store.depth().await else {
+            return;
+        };
+        match behind.sample(d.records) {
+            Some(true) => {
+                self.metrics.falling_behind.store(true, Ordering::Relaxed);
+                warn!(records = d.records, "the queue keeps growing while connected: delivery is slower than collection (raise inflight or replay rates, or poll less)");
             }
-            Ok(Deleted::ByPlatform(node)) => {
-                warn!(node_id = %node, device_id = %device_id, "the platform deleted this child: it is no longer polled nor added again (remove it from the config, reload, and add it back to restore it)");
-                if let Some(p) = self.registry.lock().ok().and_then(|r| r.persisted(&node)) {
-                    if let Err(e) = self.store.save_child(p).await {
-                        error!(node_id = %node, error = %e, "cannot persist the deletion");
-                    }
-                }
-                let _ = self.events.try_send(UplinkEvent::ChildDeleted(node));
+            Some(false) => {
+                self.metrics.falling_behind.store(false, Ordering::Relaxed);
+                info!(
+                    records = d.records,
+                    "delivery is catching up: the queue is shrinking"
+                );
             }
-            Ok(Deleted::Unknown) => {
-                debug!(device_id = %device_id, "platform deleted a device we do not know")
-            }
-            Err(_) => error!("registry lock poisoned"),
+            None => {}
         }
     }
 
     /// The gateway's own properties, on connect and every `report_interval`.
-    fn report_own(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), String> {
-        let (online, total) = self
-            .registry
-            .lock()
-            .map(|r| {
-                (
-                    r.children().filter(|c| c.online == Some(true)).count(),
-                    r.children().count(),
-                )
-            })
-            .unwrap_or((0, 0));
+    fn report_own(&mut self, s: &mut Session, children: &Children) {
+        let (online, total) = children.counts();
         let props = std::collections::BTreeMap::from([
             (
                 "version".to_string(),
@@ -777,80 +879,109 @@ impl Uplink {
             ("children_online".to_string(), Value::UInt(online as u64)),
             ("children_total".to_string(), Value::UInt(total as u64)),
         ]);
-        for o in self.dialect.own(&props, now_ms()) {
-            publish(client, s, o.topic, o.payload, Vec::new())?;
-        }
-        Ok(())
+        s.control.extend(self.dialect.own(&props, now_ms()));
     }
 
     /// Graceful stop: stop feeding, give outstanding publishes a moment to be acknowledged
-    /// (so they are not sent twice after the restart), then disconnect cleanly.
-    async fn close(&mut self, client: &AsyncClient, ev: &mut EventLoop, s: &mut Session) {
-        let _ = self.flush_acked(s).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while s.connected && s.outstanding > 0 {
-            match tokio::time::timeout_at(deadline, ev.poll()).await {
-                Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
-                    if let Some(seqs) = s.fifo.pop_front() {
-                        s.by_pkid.insert(pkid, seqs);
-                    }
-                }
-                Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                    if let Some(seqs) = s.by_pkid.remove(&ack.pkid) {
-                        if !seqs.is_empty() {
-                            s.outstanding = s.outstanding.saturating_sub(1);
-                            let _ = self.store.delete(seqs).await;
-                        }
-                    }
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) | Err(_) => break,
-            }
-        }
+    /// (so they are not sent twice after the restart), say the dialect's last words, then
+    /// disconnect cleanly.
+    async fn close(
+        &mut self,
+        client: &AsyncClient,
+        link: &mut mpsc::Receiver<LinkEvent>,
+        s: &mut Session,
+        reader: &mut Reader,
+    ) {
         if s.connected {
+            settle(link, s, reader, Duration::from_secs(2)).await;
             // What the platform must hear before a deliberate goodbye (Sparkplug: NDEATH — a
             // clean DISCONNECT does not fire the will).
-            let last_words = self.dialect.on_shutdown(now_ms());
-            let mut waiting = 0usize;
-            for o in last_words {
-                if publish(client, s, o.topic, o.payload, Vec::new()).is_ok() {
-                    waiting += 1;
-                }
+            for o in self.dialect.on_shutdown(now_ms()) {
+                hand(client, s, o, Msg::default());
             }
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
-            while waiting > 0 {
-                match tokio::time::timeout_at(deadline, ev.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => waiting -= 1,
-                    Ok(Ok(_)) => {}
-                    Ok(Err(_)) | Err(_) => break,
-                }
-            }
+            settle(link, s, reader, Duration::from_millis(1500)).await;
             let _ = client.try_disconnect();
-            let _ = tokio::time::timeout(Duration::from_millis(500), ev.poll()).await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Some(LinkEvent::Mqtt(_)) = link.recv().await {}
+            })
+            .await;
+        }
+        let _ = reader.flush().await;
+    }
+}
+
+/// Hand one publish to the client. False when the client is gone (the connection task has
+/// stopped and its `Down` event follows); the message is then dropped, its records stay in
+/// the queue.
+fn hand(client: &AsyncClient, s: &mut Session, o: Out, m: Msg) -> bool {
+    match client.try_publish(o.topic, QoS::AtLeastOnce, false, o.payload) {
+        Ok(()) => {
+            s.delivery.requested(m);
+            true
+        }
+        Err(e) => {
+            debug!(error = %e, "the MQTT client took no more requests");
+            false
         }
     }
 }
 
-/// Queue one QoS 1 publish and remember which records it carries.
-fn publish(
-    client: &AsyncClient,
+/// Process events until every outstanding publish is acknowledged or `within` passes.
+async fn settle(
+    link: &mut mpsc::Receiver<LinkEvent>,
     s: &mut Session,
-    topic: String,
-    payload: Vec<u8>,
-    seqs: Vec<u64>,
-) -> Result<(), String> {
-    client
-        .try_publish(topic, QoS::AtLeastOnce, false, payload)
-        .map_err(|e| format!("MQTT client request queue: {e}"))?;
-    s.fifo.push_back(seqs);
-    Ok(())
+    reader: &mut Reader,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while s.delivery.outstanding().1 > 0 {
+        match tokio::time::timeout_at(deadline, link.recv()).await {
+            Ok(Some(LinkEvent::Mqtt(Event::Outgoing(Outgoing::Publish(pkid))))) => {
+                let _ = s.delivery.numbered(pkid);
+            }
+            Ok(Some(LinkEvent::Mqtt(Event::Incoming(Packet::PubAck(ack))))) => {
+                if let Some(records) = s.delivery.acked(ack.pkid) {
+                    if !records.is_empty() {
+                        let _ = reader.acked(records).await;
+                    }
+                }
+            }
+            Ok(Some(LinkEvent::Mqtt(_))) => {}
+            _ => break,
+        }
+    }
 }
 
-/// ±25 % jitter so a fleet does not reconnect in lock-step after a broker restart.
-fn jitter(d: Duration) -> Duration {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    d.mul_f64(0.75 + 0.5 * f64::from(n % 1000) / 1000.0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(6));
+        let pauses: Vec<Duration> = (0..6).map(|_| b.next()).collect();
+        for (p, d) in pauses.iter().zip([1u64, 2, 4, 6, 6, 6]) {
+            let d = Duration::from_secs(d);
+            assert!(*p >= d / 2 && *p <= d, "{p:?} within [{:?}, {d:?}]", d / 2);
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_secs(1));
+        // Two gateways started at once still draw different pauses.
+        let mut a = Backoff::new(Duration::from_secs(8), Duration::from_secs(8));
+        let mut c = Backoff::new(Duration::from_secs(8), Duration::from_secs(8));
+        c.rng ^= 0x9E37_79B9_7F4A_7C15;
+        assert_ne!(a.next(), c.next());
+    }
+
+    #[test]
+    fn falling_behind_is_an_episode() {
+        let mut b = Behind::default();
+        assert_eq!(b.sample(0), None);
+        assert_eq!(b.sample(1000), None);
+        assert_eq!(b.sample(2000), None);
+        assert_eq!(b.sample(3000), Some(true), "third growth in a row");
+        assert_eq!(b.sample(4000), None, "said once");
+        assert_eq!(b.sample(3500), Some(false));
+        assert_eq!(b.sample(3400), None);
+    }
 }

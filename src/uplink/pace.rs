@@ -33,32 +33,33 @@ impl Pace {
         self.bytes = (self.bytes + dt * self.bytes_per_s).min(self.bytes_per_s);
     }
 
-    /// Take one message of `len` bytes, or say how long to wait before trying again.
-    /// A message larger than a second's worth of bytes passes once the bucket is full.
-    pub fn take(&mut self, len: usize, now: Instant) -> Result<(), Duration> {
+    /// How long until one more message may go (None: now). Check before packing, so a
+    /// message once packed is always sent (dialects number their messages).
+    pub fn wait(&mut self, now: Instant) -> Option<Duration> {
         self.refill(now);
-        let need_b = (len as f64).min(self.bytes_per_s);
         let short_m = if self.msgs_per_s > 0.0 {
             (1.0 - self.msgs).max(0.0) / self.msgs_per_s
         } else {
             0.0
         };
+        // Bytes may run into debt by one message; the next one waits until it is paid.
         let short_b = if self.bytes_per_s > 0.0 {
-            (need_b - self.bytes).max(0.0) / self.bytes_per_s
+            (-self.bytes).max(0.0) / self.bytes_per_s
         } else {
             0.0
         };
         let wait = short_m.max(short_b);
-        if wait > 0.0 {
-            return Err(Duration::from_secs_f64(wait).max(Duration::from_millis(1)));
-        }
+        (wait > 0.0).then(|| Duration::from_secs_f64(wait).max(Duration::from_millis(1)))
+    }
+
+    /// Charge one sent message of `len` bytes.
+    pub fn charge(&mut self, len: usize) {
         if self.msgs_per_s > 0.0 {
             self.msgs -= 1.0;
         }
         if self.bytes_per_s > 0.0 {
-            self.bytes -= need_b;
+            self.bytes -= (len as f64).min(self.bytes_per_s);
         }
-        Ok(())
     }
 }
 
@@ -71,26 +72,40 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pace::new(10, 0);
         for _ in 0..10 {
-            assert!(p.take(100, t0).is_ok(), "a second's burst");
+            assert_eq!(p.wait(t0), None, "a second's burst");
+            p.charge(100);
         }
-        let wait = p.take(100, t0).expect_err("bucket empty");
+        let wait = p.wait(t0).unwrap_or_default();
         assert!(
             wait >= Duration::from_millis(99) && wait <= Duration::from_millis(101),
             "{wait:?}"
         );
-        assert!(p.take(100, t0 + Duration::from_millis(100)).is_ok());
+        assert_eq!(p.wait(t0 + Duration::from_millis(100)), None);
     }
 
     #[test]
     fn bytes_limit_and_oversize_messages() {
         let t0 = Instant::now();
         let mut p = Pace::new(0, 1000);
-        assert!(p.take(600, t0).is_ok());
-        assert!(p.take(600, t0).is_err());
-        // a 5000-byte message waits for a full bucket, then passes
+        assert_eq!(p.wait(t0), None);
+        p.charge(600);
+        assert_eq!(p.wait(t0), None, "400 bytes left: one more may go");
+        p.charge(600);
+        let w = p.wait(t0).unwrap_or_default();
+        assert!(
+            w >= Duration::from_millis(199),
+            "in debt by 200 bytes: {w:?}"
+        );
+        // a 5000-byte message costs at most a second's worth
         let mut q = Pace::new(0, 1000);
-        assert!(q.take(5000, t0).is_ok());
-        assert!(q.take(1, t0).is_err());
-        assert!(Pace::new(0, 0).take(usize::MAX, t0).is_ok(), "unlimited");
+        q.charge(5000);
+        assert_eq!(q.wait(t0), None, "the full bucket paid for it");
+        q.charge(5000);
+        let w = q.wait(t0).unwrap_or_default();
+        assert!(w >= Duration::from_millis(999), "{w:?}");
+        assert_eq!(q.wait(t0 + Duration::from_millis(1001)), None);
+        let mut u = Pace::new(0, 0);
+        u.charge(usize::MAX);
+        assert_eq!(u.wait(t0), None, "unlimited");
     }
 }

@@ -1,0 +1,159 @@
+//! The read half of the queue: what the uplink takes from the store, in order.
+//!
+//! The reader owns the cursor (the highest sequence number handed out or passed over), decodes
+//! rows, drops the ones that can never be sent with a counted reason (`corrupt`, `orphan`,
+//! `unsendable`), and keeps the store's in-flight marks right: a row it hands out stays marked
+//! until its PUBACK deletes it, or until the connection is lost and the row is released to be
+//! sent again. Acknowledged rows are deleted in batches (one transaction per many acks); until
+//! then they stay marked, so no scan sends them again and no bound drops them.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tracing::warn;
+
+use crate::metrics::Metrics;
+use crate::queue::Record;
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+
+/// Acknowledged records deleted in one transaction at most (also flushed on every beat).
+pub const ACK_BATCH: usize = 4096;
+
+/// A record ready to send: sequence number, the child's platform id, the record.
+pub type Sendable = (u64, String, Record);
+
+pub struct Reader {
+    store: Store,
+    metrics: Arc<Metrics>,
+    cursor: u64,
+    acked: Vec<u64>,
+}
+
+/// One read: sendable records in order, and whether the store may hold more after them.
+pub struct Taken {
+    pub records: Vec<Sendable>,
+    pub more: bool,
+}
+
+impl Reader {
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
+        Reader {
+            store,
+            metrics,
+            cursor: 0,
+            acked: Vec::new(),
+        }
+    }
+
+    /// Start again from the oldest record not taken (a child was confirmed, a reload).
+    pub fn rewind(&mut self) {
+        self.cursor = 0;
+    }
+
+    /// Take up to `rows` rows after the cursor. Records of children the platform has not
+    /// confirmed yet are passed over and left unmarked (read again after `rewind`).
+    pub async fn next(
+        &mut self,
+        rows: usize,
+        registry: &Mutex<Registry>,
+    ) -> Result<Taken, StoreError> {
+        let got = self.store.take(self.cursor, rows).await?;
+        let more = got.len() == rows;
+        let Some(last) = got.last().map(|r| r.seq) else {
+            return Ok(Taken {
+                records: Vec::new(),
+                more: false,
+            });
+        };
+        let mut records = Vec::with_capacity(got.len());
+        let mut gone = Vec::new();
+        let mut waiting = Vec::new();
+        {
+            let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
+            for row in got {
+                match Record::decode(&row) {
+                    Err(e) => {
+                        warn!(seq = row.seq, child = %row.child, error = %e, "dropping unreadable queue record (counted as `corrupt`)");
+                        self.metrics.dropped_corrupt.fetch_add(1, Ordering::Relaxed);
+                        gone.push(row.seq);
+                    }
+                    Ok(rec) if !reg.contains(rec.child()) => {
+                        warn!(seq = row.seq, child = %rec.child(), "dropping queued record of a child no longer configured (counted as `orphan`)");
+                        self.metrics.dropped_orphan.fetch_add(1, Ordering::Relaxed);
+                        gone.push(row.seq);
+                    }
+                    Ok(rec) => match reg.device_id(rec.child()) {
+                        Some(dev) => records.push((row.seq, dev.to_string(), rec)),
+                        // A child not yet confirmed by the platform waits; its order holds.
+                        None => waiting.push(row.seq),
+                    },
+                }
+            }
+        }
+        self.cursor = self.cursor.max(last);
+        if !gone.is_empty() {
+            self.store.delete(gone).await?;
+        }
+        if !waiting.is_empty() {
+            self.store.release(Some(waiting)).await?;
+        }
+        Ok(Taken { records, more })
+    }
+
+    /// These taken records were not sent after all (window full, paced): release them and
+    /// move the cursor back before the first, so they are read again in order.
+    pub async fn unsent(&mut self, records: &[Sendable]) -> Result<(), StoreError> {
+        let Some(first) = records.first().map(|r| r.0) else {
+            return Ok(());
+        };
+        self.cursor = self.cursor.min(first.saturating_sub(1));
+        self.store
+            .release(Some(records.iter().map(|r| r.0).collect()))
+            .await
+    }
+
+    /// Records the broker acknowledged; deleted by `flush`, at the latest at `ACK_BATCH`.
+    pub async fn acked(&mut self, seqs: Vec<u64>) -> Result<(), StoreError> {
+        self.metrics
+            .delivered
+            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        self.acked.extend(seqs);
+        if self.acked.len() >= ACK_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Delete every acknowledged record now.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.acked.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.acked);
+        self.store.delete(batch).await
+    }
+
+    /// Records that need no message on this platform (e.g. statuses where it has none): done.
+    pub async fn done(&mut self, seqs: Vec<u64>) -> Result<(), StoreError> {
+        self.store.delete(seqs).await
+    }
+
+    /// Records that can never be sent (too large even alone, a name that makes no valid
+    /// topic): removed and counted as `unsendable`.
+    pub async fn unsendable(&mut self, seqs: Vec<u64>) -> Result<(), StoreError> {
+        self.metrics
+            .dropped_unsendable
+            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        self.store.delete(seqs).await
+    }
+
+    /// The connection is gone: delete what was acknowledged, release everything else that was
+    /// taken, and start again from the oldest record.
+    pub async fn reset(&mut self) -> Result<(), StoreError> {
+        let flushed = self.flush().await;
+        self.cursor = 0;
+        self.store.release(None).await?;
+        flushed
+    }
+}
