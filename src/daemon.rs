@@ -101,6 +101,9 @@ pub async fn serve(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let wake = Arc::new(Notify::new());
     let reconcile = Arc::new(Notify::new());
+    for w in cfg.warnings() {
+        warn!(warning = %w, "config");
+    }
     if let Ok(d) = store.depth().await {
         if d.records > 0 {
             info!(

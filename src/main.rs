@@ -12,6 +12,9 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Check { config } => match config::load(&config) {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!(
                     "{}: OK ({} buses, {} devices, platform {}:{})",
                     config.display(),

@@ -394,11 +394,24 @@ impl Checker<'_> {
     ) -> Option<FieldSpec> {
         let service = rf.service.unwrap_or_else(|| default_service.to_string());
         let property = rf.property.get_ref().clone();
-        if property.is_empty() || !seen.insert((service.clone(), property.clone())) {
+        if let Some(why) = fieldgate_driver::name_problem(&property)
+            .or_else(|| fieldgate_driver::name_problem(&service))
+        {
             self.err(
                 Some(rf.property.span()),
                 format!("{path}.property"),
-                format!("property `{service}.{property}` is empty or declared twice"),
+                format!(
+                    "`{}.{}`: a name {why}",
+                    service.escape_debug(),
+                    property.escape_debug()
+                ),
+            );
+            return None;
+        } else if !seen.insert((service.clone(), property.clone())) {
+            self.err(
+                Some(rf.property.span()),
+                format!("{path}.property"),
+                format!("property `{service}.{property}` declared twice"),
             );
             return None;
         }

@@ -132,6 +132,21 @@ impl Checker<'_> {
                 ok &= all;
                 for (cpath, rc) in raw_chars {
                     let svc = rc.service.clone().unwrap_or_else(|| service.clone());
+                    if let Some(why) = fieldgate_driver::name_problem(rc.property.get_ref())
+                        .or_else(|| fieldgate_driver::name_problem(&svc))
+                    {
+                        self.err(
+                            Some(rc.property.span()),
+                            format!("{cpath}.property"),
+                            format!(
+                                "`{}.{}`: a name {why}",
+                                svc.escape_debug(),
+                                rc.property.get_ref().escape_debug()
+                            ),
+                        );
+                        ok = false;
+                        continue;
+                    }
                     if !seen.insert((svc.clone(), rc.property.get_ref().clone())) {
                         self.err(
                             Some(rc.property.span()),

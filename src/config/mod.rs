@@ -248,6 +248,34 @@ pub struct Device {
 
 pub const DEFAULT_PATH: &str = "/etc/fieldgate/fieldgate.toml";
 
+impl Config {
+    /// What is valid but worth saying: `check` prints these, `run` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        let budget = self.platform.max_packet.saturating_sub(512);
+        for d in &self.devices {
+            if !seen.insert(d.profile.clone()) {
+                continue;
+            }
+            // A generous estimate of one full report: each property as `"name":-1234567.125,`
+            // plus the message's envelope.
+            let names: Vec<&str> = match &d.ascii {
+                Some(a) => a.0.fields.iter().map(|f| f.property.as_str()).collect(),
+                None => d.points.iter().map(|p| p.property.as_str()).collect(),
+            };
+            let estimate: usize = 256 + names.iter().map(|n| n.len() + 24).sum::<usize>();
+            if estimate > budget {
+                out.push(format!(
+                    "profile `{}`: one full report (~{estimate} bytes) is larger than max_packet {} allows; each report will be split across several messages by property",
+                    d.profile, self.platform.max_packet
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// Load and validate a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -1271,11 +1299,18 @@ impl<'a> Checker<'a> {
     ) -> Option<PointSpec> {
         let service = rp.service.unwrap_or_else(|| default_service.to_string());
         let property = rp.property.get_ref().clone();
-        if property.is_empty() {
+        if let Some(why) = fieldgate_driver::name_problem(&property) {
             self.err(
                 Some(rp.property.span()),
                 format!("{path}.property"),
-                "property must not be empty",
+                format!("property `{}` {why}", property.escape_debug()),
+            );
+        }
+        if let Some(why) = fieldgate_driver::name_problem(&service) {
+            self.err(
+                Some(rp.property.span()),
+                format!("{path}.service"),
+                format!("service `{}` {why}", service.escape_debug()),
             );
         }
         if !seen.insert((service.clone(), property.clone())) {

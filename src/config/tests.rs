@@ -84,6 +84,13 @@ fn corpus_each_mistake_gets_a_precise_message() {
     // (replace, with, expected path, expected words in the message, text on the reported line)
     let cases: &[(&str, &str, &str, &str, &str)] = &[
         (
+            "property = \"voltage\"",
+            "property = \"temp/#+\"",
+            "profile.meter.point[0].property",
+            "cannot appear in an MQTT topic level",
+            "property = \"temp/#+\"",
+        ),
+        (
             "unit = 1\n",
             "unit = 300\n",
             "device[0]",

@@ -194,9 +194,40 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// Longest property or service name, in bytes.
+pub const MAX_NAME: usize = 128;
+
+/// Why `name` cannot be a property or service name, if it cannot. Names end up in JSON, in
+/// MQTT topics (AllThingsTalk assets) and in terminals, so one rule holds for every driver and
+/// dialect: 1–128 bytes, no MQTT wildcard or level separator (`+`, `#`, `/`), no control
+/// characters (NUL included).
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.len() > MAX_NAME {
+        Some("is longer than 128 bytes")
+    } else if name.contains(['+', '#', '/']) {
+        Some("contains `+`, `#` or `/`, which cannot appear in an MQTT topic level")
+    } else if name.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(name_problem("temp_1.avg"), None);
+        assert_eq!(name_problem("Temperatur °C"), None);
+        for bad in ["", "temp/#+", "a+b", "a#", "x/y", "nul\0", "tab\t"] {
+            assert!(name_problem(bad).is_some(), "{bad:?}");
+        }
+        assert!(name_problem(&"x".repeat(129)).is_some());
+    }
 
     #[test]
     fn value_json_forms() {

@@ -45,6 +45,8 @@ pub enum LineError {
     Child(String),
     #[error("property `{0}`: only numbers, booleans and strings are values")]
     Value(String),
+    #[error("name `{0}` {1}")]
+    Name(String, &'static str),
     #[error("line longer than {0} bytes")]
     TooLong(usize),
 }
@@ -104,8 +106,16 @@ fn value(name: &str, v: &Json) -> Result<Value, LineError> {
 
 fn props(m: &serde_json::Map<String, Json>) -> Result<BTreeMap<String, Value>, LineError> {
     m.iter()
-        .map(|(k, v)| Ok((k.clone(), value(k, v)?)))
+        .map(|(k, v)| Ok((name(k)?, value(k, v)?)))
         .collect()
+}
+
+/// A property or service name, checked like the config checks its own.
+fn name(n: &str) -> Result<String, LineError> {
+    match fieldgate_driver::name_problem(n) {
+        None => Ok(n.to_string()),
+        Some(why) => Err(LineError::Name(n.chars().take(40).collect(), why)),
+    }
 }
 
 /// Parse and check one line from the program.
@@ -127,7 +137,7 @@ pub fn parse_line(line: &[u8], known: &dyn Fn(&str) -> bool) -> Result<FromDrive
             }
             Ok(FromDriver::Report {
                 child: child(raw.child)?,
-                service: raw.service.unwrap_or_else(|| "data".into()),
+                service: name(raw.service.as_deref().unwrap_or("data"))?,
                 properties: props(&p)?,
                 ts_ms: raw.ts,
             })
@@ -145,7 +155,7 @@ pub fn parse_line(line: &[u8], known: &dyn Fn(&str) -> bool) -> Result<FromDrive
                     let Json::Object(m) = v else {
                         return Err(LineError::Field("values"));
                     };
-                    out.insert(svc, props(&m)?);
+                    out.insert(name(&svc)?, props(&m)?);
                 }
                 Ok(out)
             } else {
@@ -225,6 +235,14 @@ mod tests {
                 "properties",
             ),
             (br#"{"type":"report","properties":{"t":1}}"#, "`child`"),
+            (
+                br#"{"type":"report","child":"t1","properties":{"temp/#+":1}}"#,
+                "name `temp/#+`",
+            ),
+            (
+                br#"{"type":"report","child":"t1","service":"a+b","properties":{"t":1}}"#,
+                "name `a+b`",
+            ),
             (br#"{"type":"status","child":"t1"}"#, "`online`"),
             (br#"{"type":"result","ok":true}"#, "`id`"),
             (

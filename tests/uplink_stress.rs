@@ -1,0 +1,198 @@
+//! The session under pressure, through the binary, mosquitto and a Modbus server:
+//! - a burst of 3,000 platform requests: the session stays up, every request is answered (a
+//!   result or "busy"), and the device sees exactly the writes answered as done;
+//! - a request whose id would make an answer topic no broker accepts is refused unanswered,
+//!   and the session stays up;
+//! - a profile whose full report is larger than `max_packet`: `check` warns, every report is
+//!   split by property across messages, and every property arrives.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value as Json;
+
+fn status(cfg: &std::path::Path) -> Json {
+    let (_, out, _) = fieldgate(&["status", "--json", "-c", &cfg.to_string_lossy()]);
+    serde_json::from_str(&out).unwrap_or(Json::Null)
+}
+
+#[test]
+fn a_burst_of_requests_is_answered_and_the_session_stays_up() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let platform = TestPlatform::start(broker.port, "gw_burst");
+    let sim = meter_sim();
+    let cfg = meter_config(
+        d,
+        &format!(
+            "dialect = \"iotda\"\nhost = \"127.0.0.1\"\nport = {}\ntls = false\ndevice_id = \"gw_burst\"\nsecret = \"s\"",
+            broker.port
+        ),
+        sim.port,
+    );
+    let mut gw = Gateway::start(&cfg);
+    wait_until(Duration::from_secs(20), "first readings", || {
+        platform.reports().len() >= 4
+    });
+
+    // An id that fills the request topic to MQTT's limit: its answer topic would be longer.
+    let prefix = platform.topic("properties/set/request_id=");
+    let long = "x".repeat(65_535 - prefix.len());
+    platform.send(
+        &format!("{prefix}{long}"),
+        br#"{"object_device_id":"energy-meter_m1","services":[{"service_id":"energy","properties":{"demand_limit":1.0}}]}"#,
+    );
+
+    const N: usize = 3000;
+    let t = Instant::now();
+    for i in 0..N {
+        let node = if i % 2 == 0 { "m1" } else { "m2" };
+        let v = (i % 500) as f64 / 2.0;
+        let body = format!(
+            r#"{{"object_device_id":"energy-meter_{node}","services":[{{"service_id":"energy","properties":{{"demand_limit":{v}}}}}]}}"#
+        );
+        platform.send(
+            &platform.topic(&format!("properties/set/request_id=b{i}")),
+            body.as_bytes(),
+        );
+    }
+    let sent_in = t.elapsed();
+    let answers = || -> HashMap<String, i64> {
+        platform
+            .messages()
+            .into_iter()
+            .filter_map(|m| {
+                let rid = m
+                    .topic
+                    .split("properties/set/response/request_id=")
+                    .nth(1)?;
+                Some((
+                    rid.to_string(),
+                    m.json["result_code"].as_i64().unwrap_or(-1),
+                ))
+            })
+            .collect()
+    };
+    wait_until(Duration::from_secs(60), "every request answered", || {
+        let a = answers();
+        (0..N).all(|i| a.contains_key(&format!("b{i}")))
+    });
+    let a = answers();
+    let done = (0..N)
+        .filter(|i| a.get(&format!("b{i}")) == Some(&0))
+        .count();
+    let busy = N - done;
+    println!("{N} requests sent in {sent_in:?}: {done} done, {busy} refused (busy)");
+    std::thread::sleep(Duration::from_millis(500));
+    let writes = sim
+        .state
+        .writes
+        .lock()
+        .map(|w| w.iter().filter(|(_, addr)| *addr == 4).count())
+        .unwrap_or(0);
+    assert_eq!(
+        writes, done,
+        "the device saw exactly the writes answered as done"
+    );
+    assert!(done > 0, "some writes went through");
+    assert!(
+        !a.keys().any(|k| k.len() > 1000),
+        "the oversize id was never echoed"
+    );
+    let s = status(&cfg);
+    assert_eq!(s["uplink"]["connects"], 1, "the session stayed up: {s}");
+    assert_eq!(gw.count(&["platform connection lost"]), 0);
+    assert!(s["inbound_rejected"].as_u64().unwrap_or(0) >= 1, "{s}");
+    // Readings still flow afterwards.
+    let n = platform.reports().len();
+    wait_until(Duration::from_secs(10), "readings continue", || {
+        platform.reports().len() > n + 4
+    });
+    assert_eq!(gw.terminate(), Some(0));
+}
+
+#[test]
+fn a_report_larger_than_max_packet_is_split_by_property() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let platform = TestPlatform::start(broker.port, "gw_big");
+    let sim = ModbusSim::new(SimState::default());
+    let mut points = String::new();
+    for i in 0..120 {
+        points += &format!(
+            "[[profile.wide.point]]\nproperty = \"point_with_a_long_name_{i:03}\"\naddress = \"holding:{i}\"\n"
+        );
+    }
+    let cfg = d.join("big.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[gateway]
+runtime_dir = "{dir}/run"
+
+[platform]
+dialect = "iotda"
+host = "127.0.0.1"
+port = {port}
+tls = false
+device_id = "gw_big"
+secret = "s"
+max_packet = 4096
+
+[store]
+path = "{dir}/fg.db"
+
+[[bus]]
+name = "a"
+driver = "modbus-tcp"
+endpoint = "127.0.0.1:{modbus}"
+
+[profile.wide]
+product_id = "wide"
+{points}
+[[device]]
+node_id = "w1"
+bus = "a"
+profile = "wide"
+poll = "200ms"
+"#,
+            dir = d.display(),
+            port = broker.port,
+            modbus = sim.port,
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = fieldgate(&["check", "-c", &cfg.to_string_lossy()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("split"),
+        "check warns: {err}"
+    );
+    let mut gw = Gateway::start(&cfg);
+    wait_until(Duration::from_secs(20), "several full readings", || {
+        let names: std::collections::BTreeSet<String> = platform
+            .reports()
+            .iter()
+            .flat_map(|(_, s)| {
+                s["properties"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .collect();
+        names.len() == 120 && platform.reports().len() >= 6
+    });
+    for m in platform.raw() {
+        assert!(m.1.len() < 4096, "every message fits: {} bytes", m.1.len());
+    }
+    let s = status(&cfg);
+    assert_eq!(s["queue"]["dropped"]["unsendable"], 0, "{s}");
+    assert_eq!(s["uplink"]["connects"], 1, "{s}");
+    assert_eq!(gw.terminate(), Some(0));
+}
