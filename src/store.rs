@@ -89,7 +89,10 @@ CREATE TABLE IF NOT EXISTS queue (
     ts    INTEGER NOT NULL DEFAULT 0,
     body  BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS queue_kind ON queue(kind, seq);
+-- No index on kind: every append and delete would maintain a second B-tree; the bounds
+-- find telemetry by walking the primary key, and priority rows are dropped only past their
+-- own bound.
+DROP INDEX IF EXISTS queue_kind;
 CREATE TABLE IF NOT EXISTS registry (
     node_id          TEXT PRIMARY KEY,
     device_id        TEXT,
@@ -233,6 +236,34 @@ impl Store {
         self.call(|tx| Req::Take(after, limit, tx)).await
     }
 
+    /// Start a `take` without waiting for it (read-ahead); None when the store is busy.
+    pub fn take_ahead(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Option<oneshot::Receiver<Result<Vec<Row>, StoreError>>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.try_send(Req::Take(after, limit, tx)).ok()?;
+        Some(rx)
+    }
+
+    /// Queue a `delete` without waiting for it; the rows come back when the store is busy.
+    /// Requests are served in order, so a later `take` never sees these rows.
+    #[allow(clippy::type_complexity)]
+    pub fn delete_later(
+        &self,
+        seqs: Vec<u64>,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, Vec<u64>> {
+        let (tx, rx) = oneshot::channel();
+        match self.tx.try_send(Req::Delete(seqs, tx)) {
+            Ok(()) => Ok(rx),
+            Err(e) => match e.into_inner() {
+                Req::Delete(seqs, _) => Err(seqs),
+                _ => Err(Vec::new()),
+            },
+        }
+    }
+
     /// Give taken rows back to the bounds (`None`: every taken row, after a connection loss).
     pub async fn release(&self, seqs: Option<Vec<u64>>) -> Result<(), StoreError> {
         self.call(|tx| Req::Release(seqs, tx)).await
@@ -299,9 +330,9 @@ fn serve(mut conn: Connection, mut q: Bounded, mut rx: mpsc::Receiver<Req>) {
             Req::Delete(seqs, tx) => {
                 deletes_since_vacuum += seqs.len();
                 let r = q.delete(&mut conn, &seqs);
-                // Give freed pages back to the file system as the queue drains: every 10,000
+                // Give freed pages back to the file system as the queue drains: every 100,000
                 // deletions, and whenever the queue becomes empty.
-                if deletes_since_vacuum >= 10_000 || (q.records == 0 && deletes_since_vacuum > 0) {
+                if deletes_since_vacuum >= 100_000 || (q.records == 0 && deletes_since_vacuum > 0) {
                     deletes_since_vacuum = 0;
                     if let Err(e) = incremental_vacuum(&conn) {
                         warn!(error = %e, "incremental vacuum failed");
@@ -371,7 +402,8 @@ fn scan(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Row>, StoreEr
     Ok(rows)
 }
 
-/// Up to `limit` unmarked rows after `after`, marked as they are returned.
+/// Up to `limit` unmarked rows after `after`, marked as they are returned (`child` is left
+/// empty: the body carries it).
 fn take(
     conn: &Connection,
     q: &mut Bounded,
@@ -380,24 +412,34 @@ fn take(
 ) -> Result<Vec<Row>, StoreError> {
     let mut out = Vec::with_capacity(limit.min(4096));
     let mut from = after;
-    loop {
-        // Read a little more than asked when rows are marked, so one pass usually suffices.
-        let want = limit - out.len() + q.marked.len().min(1024);
-        let rows = scan(conn, from, want)?;
-        let exhausted = rows.len() < want;
-        for r in rows {
-            from = r.seq;
-            if out.len() == limit {
-                return Ok(out);
+    let mut stmt = conn
+        .prepare_cached("SELECT seq, kind, body FROM queue WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    while out.len() < limit {
+        let want = limit - out.len();
+        let mut rows = stmt.query(params![from as i64, want as i64])?;
+        let mut read = 0;
+        while let Some(r) = rows.next()? {
+            read += 1;
+            let seq = r.get::<_, i64>(0)? as u64;
+            from = seq;
+            if q.marked.contains_key(&seq) {
+                continue;
             }
-            if q.marked.insert(r.seq) {
-                out.push(r);
-            }
+            let kind: u8 = r.get(1)?;
+            let body: Vec<u8> = r.get(2)?;
+            q.marked.insert(seq, (kind, body.len() as u64));
+            out.push(Row {
+                seq,
+                kind,
+                child: String::new(),
+                body,
+            });
         }
-        if exhausted || out.len() == limit {
-            return Ok(out);
+        if read < want {
+            break;
         }
     }
+    Ok(out)
 }
 
 /// `PRAGMA incremental_vacuum` frees one page per step: step it to the end (rusqlite's
@@ -410,10 +452,14 @@ fn incremental_vacuum(conn: &Connection) -> Result<(), StoreError> {
 }
 
 fn depth(conn: &Connection, q: &Bounded) -> Result<Depth, StoreError> {
-    let (oldest, newest): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT MIN(seq), MAX(seq) FROM queue", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+    // Two statements: SQLite answers a lone MIN or MAX from the primary key in one step, but
+    // scans the whole table for both in one query.
+    let oldest: Option<i64> = conn
+        .prepare_cached("SELECT MIN(seq) FROM queue")?
+        .query_row([], |r| r.get(0))?;
+    let newest: Option<i64> = conn
+        .prepare_cached("SELECT MAX(seq) FROM queue")?
+        .query_row([], |r| r.get(0))?;
     Ok(Depth {
         records: q.records,
         bytes: q.bytes,

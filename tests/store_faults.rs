@@ -402,7 +402,8 @@ fn replay_after_an_outage_is_paced_and_complete() {
     });
 
     broker.stop();
-    std::thread::sleep(Duration::from_secs(3));
+    // 4 units × 50 polls/s × 4 s ≈ 800 records: well over the 15 messages asserted below.
+    std::thread::sleep(Duration::from_secs(4));
     let backlog = status(&cfg)["queue"]["records"].as_u64().unwrap_or(0);
     let during = taken(&sim);
     let restarted = std::time::Instant::now();

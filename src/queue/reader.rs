@@ -6,6 +6,10 @@
 //! until its PUBACK deletes it, or until the connection is lost and the row is released to be
 //! sent again. Acknowledged rows are deleted in batches (one transaction per many acks); until
 //! then they stay marked, so no scan sends them again and no bound drops them.
+//!
+//! While the uplink packs one read, the next is already being taken by the store thread
+//! (read-ahead): a read-ahead that no longer starts at the cursor (a rewind, unsent records)
+//! is released unread.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -15,7 +19,8 @@ use tracing::warn;
 use crate::metrics::Metrics;
 use crate::queue::Record;
 use crate::registry::Registry;
-use crate::store::{Store, StoreError};
+use crate::store::{Row, Store, StoreError};
+use tokio::sync::oneshot;
 
 /// Acknowledged records deleted in one transaction at most (also flushed on every beat).
 pub const ACK_BATCH: usize = 4096;
@@ -28,6 +33,16 @@ pub struct Reader {
     metrics: Arc<Metrics>,
     cursor: u64,
     acked: Vec<u64>,
+    ahead: Option<Ahead>,
+    /// Deletes queued at the store and not yet confirmed.
+    deleting: Vec<oneshot::Receiver<Result<(), StoreError>>>,
+}
+
+/// A take already asked of the store.
+struct Ahead {
+    after: u64,
+    limit: usize,
+    rows: oneshot::Receiver<Result<Vec<Row>, StoreError>>,
 }
 
 /// One read: sendable records in order, and whether the store may hold more after them.
@@ -43,6 +58,8 @@ impl Reader {
             metrics,
             cursor: 0,
             acked: Vec::new(),
+            ahead: None,
+            deleting: Vec::new(),
         }
     }
 
@@ -58,8 +75,25 @@ impl Reader {
         rows: usize,
         registry: &Mutex<Registry>,
     ) -> Result<Taken, StoreError> {
-        let got = self.store.take(self.cursor, rows).await?;
-        let more = got.len() == rows;
+        let (got, asked) = match self.ahead.take() {
+            Some(a) if a.after == self.cursor => {
+                let got = a.rows.await.map_err(|_| StoreError::Closed)??;
+                (got, a.limit)
+            }
+            stale => {
+                if let Some(a) = stale {
+                    // Read for another cursor: give its rows back.
+                    if let Ok(Ok(rows)) = a.rows.await {
+                        let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+                        if !seqs.is_empty() {
+                            self.store.release(Some(seqs)).await?;
+                        }
+                    }
+                }
+                (self.store.take(self.cursor, rows).await?, rows)
+            }
+        };
+        let more = got.len() == asked;
         let Some(last) = got.last().map(|r| r.seq) else {
             return Ok(Taken {
                 records: Vec::new(),
@@ -74,7 +108,7 @@ impl Reader {
             for row in got {
                 match Record::decode(&row) {
                     Err(e) => {
-                        warn!(seq = row.seq, child = %row.child, error = %e, "dropping unreadable queue record (counted as `corrupt`)");
+                        warn!(seq = row.seq, error = %e, "dropping unreadable queue record (counted as `corrupt`)");
                         self.metrics.dropped_corrupt.fetch_add(1, Ordering::Relaxed);
                         gone.push(row.seq);
                     }
@@ -97,6 +131,16 @@ impl Reader {
         }
         if !waiting.is_empty() {
             self.store.release(Some(waiting)).await?;
+        }
+        if more {
+            self.ahead = self
+                .store
+                .take_ahead(self.cursor, rows)
+                .map(|rows_rx| Ahead {
+                    after: self.cursor,
+                    limit: rows,
+                    rows: rows_rx,
+                });
         }
         Ok(Taken { records, more })
     }
@@ -125,13 +169,42 @@ impl Reader {
         Ok(())
     }
 
-    /// Delete every acknowledged record now.
+    /// Delete every acknowledged record: queued at the store without waiting (the session
+    /// goes on sending meanwhile); an earlier delete's failure is returned here.
     pub async fn flush(&mut self) -> Result<(), StoreError> {
-        if self.acked.is_empty() {
-            return Ok(());
+        let mut failed = None;
+        self.deleting.retain_mut(|rx| match rx.try_recv() {
+            Ok(Ok(())) => false,
+            Ok(Err(e)) => {
+                failed.get_or_insert(e);
+                false
+            }
+            Err(oneshot::error::TryRecvError::Empty) => true,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                failed.get_or_insert(StoreError::Closed);
+                false
+            }
+        });
+        if !self.acked.is_empty() {
+            let batch = std::mem::take(&mut self.acked);
+            match self.store.delete_later(batch) {
+                Ok(rx) => self.deleting.push(rx),
+                Err(batch) => self.store.delete(batch).await?,
+            }
         }
-        let batch = std::mem::take(&mut self.acked);
-        self.store.delete(batch).await
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Flush, and wait until every queued delete is done.
+    pub async fn finish(&mut self) -> Result<(), StoreError> {
+        let mut r = self.flush().await;
+        for rx in std::mem::take(&mut self.deleting) {
+            let done = rx.await.map_err(|_| StoreError::Closed).and_then(|r| r);
+            if r.is_ok() {
+                r = done;
+            }
+        }
+        r
     }
 
     /// Records that need no message on this platform (e.g. statuses where it has none): done.
@@ -151,7 +224,9 @@ impl Reader {
     /// The connection is gone: delete what was acknowledged, release everything else that was
     /// taken, and start again from the oldest record.
     pub async fn reset(&mut self) -> Result<(), StoreError> {
-        let flushed = self.flush().await;
+        // A read-ahead is taken before the release below (one queue, in order): released too.
+        self.ahead = None;
+        let flushed = self.finish().await;
         self.cursor = 0;
         self.store.release(None).await?;
         flushed

@@ -11,7 +11,7 @@
 //! are *marked*: the bounds and expiry pass over them, so a row the platform may already have
 //! is never dropped and counted as lost. Marks live in memory only; a restart sends them again.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
@@ -68,8 +68,9 @@ pub struct Bounded {
     pub bytes: u64,
     priority_bytes: u64,
     last_expiry: Option<Instant>,
-    /// Rows taken by the uplink and not yet deleted or released.
-    pub marked: HashSet<u64>,
+    /// Rows taken by the uplink and not yet deleted or released, with their kind and body
+    /// length (so deleting them needs no read back).
+    pub marked: HashMap<u64, (u8, u64)>,
 }
 
 fn is_full(e: &rusqlite::Error) -> bool {
@@ -97,7 +98,7 @@ impl Bounded {
             bytes,
             priority_bytes,
             last_expiry: None,
-            marked: HashSet::new(),
+            marked: HashMap::new(),
         })
     }
 
@@ -144,19 +145,34 @@ impl Bounded {
         Ok(Appended { last_seq, dropped })
     }
 
-    /// Delete acknowledged rows, one statement per run of consecutive sequence numbers, all in
-    /// one transaction; their marks go with them.
+    /// Delete rows, one statement per run of consecutive sequence numbers, all in one
+    /// transaction; their marks go with them. Taken rows are accounted from their marks; others
+    /// (tests, rows never taken) are read back as they go.
     pub fn delete(&mut self, conn: &mut Connection, seqs: &[u64]) -> Result<(), StoreError> {
-        let mut sorted = seqs.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
+        let mut known = Vec::with_capacity(seqs.len());
+        let mut unknown = Vec::new();
+        for s in seqs {
+            if self.marked.contains_key(s) {
+                known.push(*s);
+            } else {
+                unknown.push(*s);
+            }
+        }
+        known.sort_unstable();
+        known.dedup();
+        unknown.sort_unstable();
+        unknown.dedup();
         let tx = conn.transaction()?;
-        let mut gone = Vec::with_capacity(sorted.len());
+        let mut gone = Vec::with_capacity(unknown.len());
         {
+            let mut plain = tx.prepare_cached("DELETE FROM queue WHERE seq >= ?1 AND seq <= ?2")?;
+            for (lo, hi) in runs(&known) {
+                plain.execute([lo as i64, hi as i64])?;
+            }
             let mut stmt = tx.prepare_cached(
                 "DELETE FROM queue WHERE seq >= ?1 AND seq <= ?2 RETURNING kind, LENGTH(body)",
             )?;
-            for (lo, hi) in runs(&sorted) {
+            for (lo, hi) in runs(&unknown) {
                 let mut rows = stmt.query([lo as i64, hi as i64])?;
                 while let Some(r) = rows.next()? {
                     gone.push((r.get::<_, u8>(0)?, r.get::<_, i64>(1)? as u64));
@@ -164,8 +180,10 @@ impl Bounded {
             }
         }
         tx.commit()?;
-        for s in &sorted {
-            self.marked.remove(s);
+        for s in &known {
+            if let Some(k) = self.marked.remove(s) {
+                gone.push(k);
+            }
         }
         for (kind, len) in gone {
             self.account(kind, len, -1);
@@ -206,7 +224,7 @@ impl Bounded {
                     if !over(self) {
                         break;
                     }
-                    if self.marked.contains(&(seq as u64)) {
+                    if self.marked.contains_key(&(seq as u64)) {
                         continue;
                     }
                     del.execute([seq])?;
@@ -243,7 +261,7 @@ impl Bounded {
                 let mut del = tx.prepare_cached("DELETE FROM queue WHERE seq = ?1")?;
                 for (seq, kind, len, _) in &old {
                     // Taken by the uplink: it may be delivered already; its ack decides.
-                    if self.marked.contains(&(*seq as u64)) {
+                    if self.marked.contains_key(&(*seq as u64)) {
                         continue;
                     }
                     del.execute([*seq])?;

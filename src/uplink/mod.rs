@@ -62,7 +62,7 @@ pub const MAX_INBOUND_TOPIC: usize = 512;
 /// Answers waiting to be published at most; past it they are dropped and counted.
 const MAX_REPLIES: usize = 4096;
 /// Rows one read of the queue returns at most.
-const READ_ROWS: usize = 512;
+const READ_ROWS: usize = 2048;
 /// Publishes (of any kind) outstanding beyond the data window: room for answers and session
 /// messages that never waits behind bulk data.
 const CONTROL_ROOM: usize = 64;
@@ -298,7 +298,7 @@ impl Uplink {
                 }
             }
         }
-        let _ = reader.flush().await;
+        let _ = reader.finish().await;
         self.metrics.set_connected(false);
         info!("uplink stopped");
     }
@@ -906,7 +906,7 @@ impl Uplink {
             })
             .await;
         }
-        let _ = reader.flush().await;
+        let _ = reader.finish().await;
     }
 }
 

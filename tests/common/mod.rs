@@ -818,6 +818,8 @@ pub struct Relay {
     pub port: u16,
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     pub connects: Arc<std::sync::atomic::AtomicUsize>,
+    /// Every connection: when it was accepted, and whether the broker took it.
+    pub attempts: Arc<Mutex<Vec<(Instant, bool)>>>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -838,14 +840,19 @@ impl Relay {
             .unwrap_or_else(|e| panic!("{e}"));
         let connections = Arc::new(AtomicUsize::new(0));
         let connects = Arc::new(AtomicUsize::new(0));
-        let (c1, c2) = (connections.clone(), connects.clone());
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let (c1, c2, a1) = (connections.clone(), connects.clone(), attempts.clone());
         rt.spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 c1.fetch_add(1, Ordering::SeqCst);
-                let c2 = c2.clone();
+                let (c2, a1) = (c2.clone(), a1.clone());
+                let at = Instant::now();
                 tokio::spawn(async move {
-                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                    else {
+                    let up = tokio::net::TcpStream::connect(("127.0.0.1", target)).await;
+                    if let Ok(mut a) = a1.lock() {
+                        a.push((at, up.is_ok()));
+                    }
+                    let Ok(outbound) = up else {
                         return;
                     };
                     let _ = inbound.set_nodelay(true);
@@ -862,6 +869,7 @@ impl Relay {
             port,
             connections,
             connects,
+            attempts,
             rt: Some(rt),
         }
     }

@@ -48,6 +48,28 @@ impl Value {
             Value::Text(s) => serde_json::Value::String(s.clone()),
         }
     }
+
+    /// Append the value as JSON text — the same text `to_json()` would print, without
+    /// building a `serde_json::Value` (the uplink's hot path).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing to a Vec cannot fail.
+        let _ = match self {
+            Value::Bool(b) => out.write_all(if *b { b"true" } else { b"false" }),
+            Value::Int(i) => write!(out, "{i}"),
+            Value::UInt(u) => write!(out, "{u}"),
+            Value::Float(f) if f.is_finite() => {
+                serde_json::to_writer(&mut *out, f).map_err(std::io::Error::other)
+            }
+            Value::Float(_) => out.write_all(b"null"),
+            Value::Text(s) => serde_json::to_writer(&mut *out, s).map_err(std::io::Error::other),
+        };
+    }
+}
+
+/// Append `s` as a JSON string (quoted, escaped).
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// One sample of one service of one child: the unit the queue stores and the uplink sends.
@@ -227,6 +249,31 @@ mod tests {
             assert!(name_problem(bad).is_some(), "{bad:?}");
         }
         assert!(name_problem(&"x".repeat(129)).is_some());
+    }
+
+    #[test]
+    fn written_json_is_what_to_json_prints() {
+        for v in [
+            Value::Bool(true),
+            Value::Bool(false),
+            Value::Int(i64::MIN),
+            Value::UInt(u64::MAX),
+            Value::Float(-230.5),
+            Value::Float(1e300),
+            Value::Float(0.1),
+            Value::Float(-0.0),
+            Value::Float(f64::NAN),
+            Value::Float(f64::INFINITY),
+            Value::Text("a \"q\" \\ \u{1} ü".into()),
+        ] {
+            let mut out = Vec::new();
+            v.write_json(&mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                v.to_json().to_string(),
+                "{v:?}"
+            );
+        }
     }
 
     #[test]

@@ -101,22 +101,46 @@ fn props_json(p: &BTreeMap<String, Value>) -> Json {
 #[derive(Default)]
 pub struct ReportBatch {
     /// Device id (already JSON-quoted) and its services, each already serialised once.
-    devices: Vec<(String, Vec<String>)>,
+    devices: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
     bytes: usize,
+    /// The last event time written, by second: consecutive records mostly share it.
+    stamp: Option<(u64, String)>,
 }
 
 impl ReportBatch {
+    /// `{"event_time":…,"properties":{…},"service_id":…}`, keys in the order serde_json
+    /// writes an object (sorted), as the tests pin; written directly, not through `Value`s.
+    fn service(&mut self, r: &Report) -> Vec<u8> {
+        let second = r.ts_ms / 1000;
+        let stamp = match &self.stamp {
+            Some((s, t)) if *s == second => t,
+            _ => &self.stamp.insert((second, event_time(r.ts_ms))).1,
+        };
+        let mut out = Vec::with_capacity(64 + r.properties.len() * 24);
+        out.extend_from_slice(br#"{"event_time":""#);
+        out.extend_from_slice(stamp.as_bytes());
+        out.extend_from_slice(br#"","properties":{"#);
+        for (i, (k, v)) in r.properties.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            fieldgate_driver::write_json_str(&mut out, k);
+            out.push(b':');
+            v.write_json(&mut out);
+        }
+        out.extend_from_slice(br#"},"service_id":"#);
+        fieldgate_driver::write_json_str(&mut out, &r.service);
+        out.push(b'}');
+        out
+    }
+
     /// Try to add one report for `device_id`; false when it does not fit (then send this batch).
     pub fn push(&mut self, device_id: &str, r: &Report, max_bytes: usize) -> bool {
-        // Keys in the order serde_json writes an object (sorted), as the tests pin.
-        let svc = json!({
-            "event_time": event_time(r.ts_ms),
-            "properties": props_json(&r.properties),
-            "service_id": r.service,
-        })
-        .to_string();
-        let quoted = Json::from(device_id).to_string();
-        let pos = self.devices.iter().position(|(d, _)| *d == quoted);
+        let svc = self.service(r);
+        let mut quoted = Vec::with_capacity(device_id.len() + 2);
+        fieldgate_driver::write_json_str(&mut quoted, device_id);
+        // Reports of one device usually follow each other: look from the end.
+        let pos = self.devices.iter().rposition(|(d, _)| *d == quoted);
         let extra = svc.len() + 1 + if pos.is_none() { quoted.len() + 30 } else { 0 };
         if !self.devices.is_empty() && self.bytes + extra + 16 > max_bytes {
             return false;
@@ -141,20 +165,25 @@ impl ReportBatch {
 
     /// `{"devices":[{"device_id":…,"services":[…]}]}`, assembled from the pieces.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = String::with_capacity(self.bytes + 32);
-        out.push_str(r#"{"devices":["#);
+        let mut out = Vec::with_capacity(self.bytes + 32);
+        out.extend_from_slice(br#"{"devices":["#);
         for (i, (d, services)) in self.devices.iter().enumerate() {
             if i > 0 {
-                out.push(',');
+                out.push(b',');
             }
-            out.push_str(r#"{"device_id":"#);
-            out.push_str(d);
-            out.push_str(r#","services":["#);
-            out.push_str(&services.join(","));
-            out.push_str("]}");
+            out.extend_from_slice(br#"{"device_id":"#);
+            out.extend_from_slice(d);
+            out.extend_from_slice(br#","services":["#);
+            for (j, s) in services.iter().enumerate() {
+                if j > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(s);
+            }
+            out.extend_from_slice(b"]}");
         }
-        out.push_str("]}");
-        out.into_bytes()
+        out.extend_from_slice(b"]}");
+        out
     }
 }
 
