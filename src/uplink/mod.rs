@@ -146,12 +146,15 @@ impl Episode {
     }
 }
 
-/// Exponential backoff with jitter: each pause is drawn from [d/2, d], d doubling from `min`
-/// to `max` on every failed attempt and back to `min` after a connection that was up.
+/// Exponential backoff with jitter. The first pause after a connection was lost is drawn from
+/// [0, min(5 × min, max)] ("full jitter"), so a fleet that lost its broker at the same instant
+/// does not come back in the same second; after that each pause is drawn from [d/2, d], d
+/// doubling from 2 × min up to `max`.
 struct Backoff {
     min: Duration,
     max: Duration,
     d: Duration,
+    fresh: bool,
     rng: u64,
 }
 
@@ -167,23 +170,35 @@ impl Backoff {
             min,
             max,
             d: min,
+            fresh: true,
             rng: seed,
         }
     }
 
+    /// A connection was up: the next pause is a fresh start.
     fn reset(&mut self) {
-        self.d = self.min;
+        self.fresh = true;
     }
 
-    /// The next pause.
-    fn next(&mut self) -> Duration {
+    /// A uniform draw from [0, 1).
+    fn unit(&mut self) -> f64 {
         // xorshift64*: enough to decorrelate a fleet.
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
         let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
-        let unit = r as f64 / (1u64 << 53) as f64;
-        let pause = self.d.mul_f64(0.5 + 0.5 * unit);
+        r as f64 / (1u64 << 53) as f64
+    }
+
+    /// The next pause.
+    fn next(&mut self) -> Duration {
+        if self.fresh {
+            self.fresh = false;
+            self.d = (self.min * 2).min(self.max);
+            let first = (self.min * 5).min(self.max);
+            return first.mul_f64(self.unit());
+        }
+        let pause = self.d.mul_f64(0.5 + 0.5 * self.unit());
         self.d = (self.d * 2).min(self.max);
         pause
     }
@@ -199,7 +214,9 @@ struct Behind {
 impl Behind {
     /// A new depth sample; `Some(true)` when an episode starts, `Some(false)` when it ends.
     fn sample(&mut self, records: u64) -> Option<bool> {
-        let grew = self.last.is_some_and(|l| records > l + 100);
+        // Three samples in a row each more than a few records deeper: a trend, not the
+        // jitter of group commits.
+        let grew = self.last.is_some_and(|l| records > l + 10);
         let shrank = self.last.is_some_and(|l| records < l);
         self.last = Some(records);
         if grew {
@@ -659,7 +676,7 @@ impl Uplink {
             let size: usize = f.messages.iter().map(|o| o.payload.len()).sum();
             if backlog {
                 if let Some(p) = s.pace.as_mut() {
-                    p.charge(size);
+                    p.charge(f.messages.len(), size);
                 }
             }
             planned += f.messages.len();
@@ -959,18 +976,33 @@ mod tests {
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(6));
-        let pauses: Vec<Duration> = (0..6).map(|_| b.next()).collect();
-        for (p, d) in pauses.iter().zip([1u64, 2, 4, 6, 6, 6]) {
+        assert!(
+            b.next() <= Duration::from_secs(5),
+            "first: full jitter up to 5 × min"
+        );
+        let pauses: Vec<Duration> = (0..5).map(|_| b.next()).collect();
+        for (p, d) in pauses.iter().zip([2u64, 4, 6, 6, 6]) {
             let d = Duration::from_secs(d);
             assert!(*p >= d / 2 && *p <= d, "{p:?} within [{:?}, {d:?}]", d / 2);
         }
         b.reset();
-        assert!(b.next() <= Duration::from_secs(1));
-        // Two gateways started at once still draw different pauses.
-        let mut a = Backoff::new(Duration::from_secs(8), Duration::from_secs(8));
-        let mut c = Backoff::new(Duration::from_secs(8), Duration::from_secs(8));
-        c.rng ^= 0x9E37_79B9_7F4A_7C15;
-        assert_ne!(a.next(), c.next());
+        assert!(b.next() <= Duration::from_secs(5));
+        assert!(
+            b.next() >= Duration::from_secs(1),
+            "then from [d/2, d] again"
+        );
+        // A fleet's first pauses spread over the whole range: no fifth of it in any second.
+        let mut seconds = [0usize; 5];
+        for i in 0..1000u64 {
+            let mut g = Backoff::new(Duration::from_secs(1), Duration::from_secs(6));
+            g.rng ^= i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for _ in 0..i % 7 {
+                g.unit();
+            }
+            let p = g.next().as_secs() as usize;
+            seconds[p.min(4)] += 1;
+        }
+        assert!(seconds.iter().all(|&n| n < 250), "{seconds:?}");
     }
 
     #[test]

@@ -52,13 +52,14 @@ impl Pace {
         (wait > 0.0).then(|| Duration::from_secs_f64(wait).max(Duration::from_millis(1)))
     }
 
-    /// Charge one sent message of `len` bytes.
-    pub fn charge(&mut self, len: usize) {
+    /// Charge `msgs` sent messages of `len` bytes in all (the balance may go into debt; the
+    /// next `wait` says how long it takes to pay).
+    pub fn charge(&mut self, msgs: usize, len: usize) {
         if self.msgs_per_s > 0.0 {
-            self.msgs -= 1.0;
+            self.msgs -= msgs as f64;
         }
         if self.bytes_per_s > 0.0 {
-            self.bytes -= (len as f64).min(self.bytes_per_s);
+            self.bytes -= (len as f64).min(self.bytes_per_s * msgs.max(1) as f64);
         }
     }
 }
@@ -73,7 +74,7 @@ mod tests {
         let mut p = Pace::new(10, 0);
         for _ in 0..10 {
             assert_eq!(p.wait(t0), None, "a second's burst");
-            p.charge(100);
+            p.charge(1, 100);
         }
         let wait = p.wait(t0).unwrap_or_default();
         assert!(
@@ -81,6 +82,10 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(p.wait(t0 + Duration::from_millis(100)), None);
+        // Ten messages at once (one per property): a second's worth.
+        let mut q = Pace::new(10, 0);
+        q.charge(10, 1000);
+        assert!(q.wait(t0).is_some_and(|w| w >= Duration::from_millis(99)));
     }
 
     #[test]
@@ -88,9 +93,9 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pace::new(0, 1000);
         assert_eq!(p.wait(t0), None);
-        p.charge(600);
+        p.charge(1, 600);
         assert_eq!(p.wait(t0), None, "400 bytes left: one more may go");
-        p.charge(600);
+        p.charge(1, 600);
         let w = p.wait(t0).unwrap_or_default();
         assert!(
             w >= Duration::from_millis(199),
@@ -98,14 +103,14 @@ mod tests {
         );
         // a 5000-byte message costs at most a second's worth
         let mut q = Pace::new(0, 1000);
-        q.charge(5000);
+        q.charge(1, 5000);
         assert_eq!(q.wait(t0), None, "the full bucket paid for it");
-        q.charge(5000);
+        q.charge(1, 5000);
         let w = q.wait(t0).unwrap_or_default();
         assert!(w >= Duration::from_millis(999), "{w:?}");
         assert_eq!(q.wait(t0 + Duration::from_millis(1001)), None);
         let mut u = Pace::new(0, 0);
-        u.charge(usize::MAX);
+        u.charge(1, usize::MAX);
         assert_eq!(u.wait(t0), None, "unlimited");
     }
 }
