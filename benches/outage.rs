@@ -1,5 +1,5 @@
 //! Recovery after a broker outage, with the default reconnect settings (`reconnect_min` 1 s,
-//! `reconnect_max` 6 s, each pause drawn from [d/2, d]).
+//! `reconnect_max` 6 s: the first retry after the loss within [0, 5 s], then [¾d, d]).
 //!
 //! 1. One gateway (IoTDA, two meters polled every 100 ms, nothing tuned): the broker is
 //!    stopped for FG_OUTAGE_S seconds (20) and started again, FG_OUTAGE_RUNS times (3). Prints
@@ -25,11 +25,6 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn status(cfg: &Path) -> serde_json::Value {
-    let (_, out, _) = fieldgate(&["status", "--json", "-c", &cfg.to_string_lossy()]);
-    serde_json::from_str(&out).unwrap_or(serde_json::Value::Null)
 }
 
 fn delivered(cfg: &Path) -> u64 {

@@ -30,11 +30,6 @@ fn ddata(p: &TestPlatform) -> usize {
         .count()
 }
 
-fn status(cfg: &std::path::Path) -> serde_json::Value {
-    let (_, out, _) = fieldgate(&["status", "--json", "-c", &cfg.to_string_lossy()]);
-    serde_json::from_str(&out).unwrap_or(serde_json::Value::Null)
-}
-
 #[test]
 fn live_data_is_not_paced() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

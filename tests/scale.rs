@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use fieldgate::uplink::dialect::sparkplug::{MetricValue, Payload};
 use prost::Message;
-use serde_json::Value as Json;
 
 const BUSES: usize = 5;
 const UNITS: u8 = 200;
@@ -168,11 +167,6 @@ fn complete_and_ordered(all: &Counters) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn status(cfg: &Path) -> Json {
-    let (_, out, _) = fieldgate(&["status", "--json", "-c", &cfg.to_string_lossy()]);
-    serde_json::from_str(&out).unwrap_or(Json::Null)
 }
 
 fn wait(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {

@@ -12,12 +12,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value as Json;
-
-fn status(cfg: &std::path::Path) -> Json {
-    let (_, out, _) = fieldgate(&["status", "--json", "-c", &cfg.to_string_lossy()]);
-    serde_json::from_str(&out).unwrap_or(Json::Null)
-}
 
 #[test]
 fn a_burst_of_requests_is_answered_and_the_session_stays_up() {

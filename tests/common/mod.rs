@@ -30,6 +30,12 @@ pub fn fieldgate(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `fieldgate status --json -c CFG`, parsed (Null when the daemon does not answer).
+pub fn status(cfg: &Path) -> Json {
+    let (_, out, _) = fieldgate(&["status", "--json", "-c", &cfg.to_string_lossy()]);
+    serde_json::from_str(&out).unwrap_or(Json::Null)
+}
+
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
