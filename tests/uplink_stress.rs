@@ -190,3 +190,115 @@ poll = "200ms"
     assert_eq!(s["uplink"]["connects"], 1, "{s}");
     assert_eq!(gw.terminate(), Some(0));
 }
+
+/// An exec program reports 30,000 properties in one line (larger than `max_packet`), then a
+/// property named `temp/#+` (refused by the protocol), then ordinary readings: the big report
+/// arrives split by property, the bad name is skipped and counted, and the readings behind
+/// both flow.
+#[test]
+fn an_oversize_exec_report_and_a_bad_name_do_not_block_the_queue() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let d = dir.path();
+    let script = d.join("flood.py");
+    std::fs::write(
+        &script,
+        r#"import json, sys, time
+start = json.loads(sys.stdin.readline())
+def send(m):
+    sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
+send({"type": "status", "child": "big", "online": True})
+send({"type": "report", "child": "big", "properties": {f"p{i:05}": i for i in range(30000)}})
+send({"type": "report", "child": "big", "properties": {"temp/#+": 1.0}})
+n = 0
+while True:
+    n += 1
+    send({"type": "report", "child": "big", "properties": {"n": n}})
+    time.sleep(0.1)
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start(d);
+    let platform = TestPlatform::start(broker.port, "gw_flood");
+    let cfg = d.join("flood.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[gateway]
+runtime_dir = "{dir}/run"
+
+[platform]
+dialect = "iotda"
+host = "127.0.0.1"
+port = {port}
+tls = false
+device_id = "gw_flood"
+secret = "s"
+
+[store]
+path = "{dir}/fg.db"
+
+[[bus]]
+name = "x"
+driver = "exec"
+command = ["python3", "{script}"]
+max_line = 1048576
+
+[profile.flood]
+kind = "exec"
+product_id = "flood"
+
+[[device]]
+node_id = "big"
+bus = "x"
+profile = "flood"
+"#,
+            dir = d.display(),
+            port = broker.port,
+            script = script.display(),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let gw = Gateway::start(&cfg);
+    let names = || -> std::collections::BTreeSet<String> {
+        platform
+            .reports()
+            .iter()
+            .flat_map(|(_, s)| {
+                s["properties"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the big report and readings after it",
+        || {
+            let n = names();
+            n.iter().filter(|k| k.starts_with('p')).count() == 30_000 && n.contains("n")
+        },
+    );
+    let big_messages = platform
+        .raw()
+        .iter()
+        .filter(|(t, b)| t.ends_with("/properties/report") && b.len() > 100_000)
+        .count();
+    assert!(big_messages >= 2, "split across {big_messages} messages");
+    assert!(
+        !names().contains("temp/#+"),
+        "the bad name never reaches a topic or payload"
+    );
+    let s = status(&cfg);
+    assert_eq!(s["uplink"]["connects"], 1, "{s}");
+    assert_eq!(s["queue"]["dropped"]["unsendable"], 0, "{s}");
+    wait_until(Duration::from_secs(10), "the refused line counted", || {
+        status(&cfg)["buses"][0]["skipped"]["bad_lines"].as_u64() == Some(1)
+    });
+    assert!(
+        gw.count(&["temp/#+"]) >= 1,
+        "the refusal names the property"
+    );
+    drop(gw);
+}

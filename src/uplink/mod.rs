@@ -125,6 +125,8 @@ struct Session {
     backlog_end: u64,
     /// The queue may hold records to send.
     want_fill: bool,
+    /// Records or messages that could not go on the wire, logged once per episode.
+    unsendable: Episode,
 }
 
 /// Once-per-episode logging of one kind of trouble: the first occurrence is logged at warn,
@@ -410,6 +412,7 @@ impl Uplink {
             paced_until: None,
             backlog_end: 0,
             want_fill: false,
+            unsendable: Episode::default(),
         };
         let mut adds = tokio::time::interval_at(tokio::time::Instant::now() + ADD_RETRY, ADD_RETRY);
         adds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -592,7 +595,9 @@ impl Uplink {
             };
             if let Some(why) = fit::refuse(&o, self.platform.max_packet) {
                 self.metrics.replies_dropped.fetch_add(1, Ordering::Relaxed);
-                warn!(reason = %why, "message not sent: it cannot go on the wire");
+                if s.unsendable.hit() {
+                    warn!(reason = %why, "message not sent: it cannot go on the wire (further ones are counted; logged again when an episode ends)");
+                }
                 continue;
             }
             if !hand(client, s, o, Msg::default()) {
@@ -665,9 +670,19 @@ impl Uplink {
                 self.metrics
                     .dropped_unsendable
                     .fetch_add(f.dropped_parts as u64, Ordering::Relaxed);
-                warn!(records = f.unsendable.len(), properties = f.dropped_parts, reason = ?f.reason, "dropping what can never be sent (counted as `unsendable`)");
+                if s.unsendable.hit() {
+                    warn!(records = f.unsendable.len(), properties = f.dropped_parts, reason = ?f.reason, "dropping what can never be sent (counted as `unsendable`; logged once per episode)");
+                }
                 if !f.unsendable.is_empty() {
                     reader.unsendable(f.unsendable).await?;
+                }
+            } else if !f.messages.is_empty() {
+                let n = s.unsendable.end();
+                if n > 1 {
+                    info!(
+                        occurrences = n,
+                        "unsendable episode over: records go on the wire again"
+                    );
                 }
             }
             if f.messages.is_empty() {
