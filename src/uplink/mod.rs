@@ -430,7 +430,6 @@ impl Uplink {
         loop {
             self.metrics.uplink_beat.fetch_add(1, Ordering::Relaxed);
             let step: Result<(), StepError> = tokio::select! {
-                biased;
                 _ = self.shutdown.changed() => {
                     self.close(client, &mut link, &mut s, reader).await;
                     return End::Shutdown;
