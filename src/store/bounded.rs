@@ -12,6 +12,7 @@
 //! is never dropped and counted as lost. Marks live in memory only; a restart sends them again.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
@@ -70,7 +71,7 @@ pub struct Bounded {
     last_expiry: Option<Instant>,
     /// Rows taken by the uplink and not yet deleted or released, with their kind and body
     /// length (so deleting them needs no read back).
-    pub marked: HashMap<u64, (u8, u64)>,
+    pub marked: Marks,
 }
 
 fn is_full(e: &rusqlite::Error) -> bool {
@@ -98,7 +99,7 @@ impl Bounded {
             bytes,
             priority_bytes,
             last_expiry: None,
-            marked: HashMap::new(),
+            marked: Marks::default(),
         })
     }
 
@@ -292,6 +293,62 @@ impl Bounded {
         // Only priority rows left and still too many bytes: the oldest of those go too.
         d.full += self.drop_oldest(conn, false, |b| b.bytes > max)?;
         Ok(d)
+    }
+}
+
+/// Sequence numbers are already well spread integers: a multiplicative hash is enough, and
+/// costs a fraction of SipHash on a path taken for every row sent and deleted.
+#[derive(Default)]
+pub struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Taken rows: sequence number → (kind, body length), and the highest one taken (rows above it
+/// cannot be marked, so most reads need no lookup at all).
+#[derive(Default)]
+pub struct Marks {
+    map: HashMap<u64, (u8, u64), BuildHasherDefault<SeqHasher>>,
+    highest: u64,
+}
+
+impl Marks {
+    pub fn contains_key(&self, seq: &u64) -> bool {
+        *seq <= self.highest && self.map.contains_key(seq)
+    }
+
+    pub fn insert(&mut self, seq: u64, v: (u8, u64)) -> Option<(u8, u64)> {
+        self.highest = self.highest.max(seq);
+        self.map.insert(seq, v)
+    }
+
+    pub fn remove(&mut self, seq: &u64) -> Option<(u8, u64)> {
+        if *seq > self.highest {
+            return None;
+        }
+        let v = self.map.remove(seq);
+        if self.map.is_empty() {
+            self.highest = 0;
+        }
+        v
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.highest = 0;
     }
 }
 
