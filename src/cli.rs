@@ -9,6 +9,8 @@ use crate::config::DEFAULT_PATH;
 
 /// Exit code for a bad configuration (sysexits EX_CONFIG): systemd must not restart-loop on it.
 pub const EX_CONFIG: i32 = 78;
+/// Exit code when another instance holds the store (sysexits EX_TEMPFAIL).
+pub const EX_TEMPFAIL: i32 = 75;
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     crate::config::Dur::parse(s)

@@ -340,5 +340,55 @@ pub fn render(j: &Json) -> String {
             age(c["last_report_age_s"].as_f64()),
         ));
     }
-    out.join("\n")
+    // Names, reasons and values come from devices, driver programs and the platform: never
+    // let their control characters (terminal escapes, forged line breaks) reach the terminal.
+    out.iter()
+        .map(|l| escape_controls(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `s` with every control character written as a Rust escape (`\u{1b}`, `\n`, …).
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_text_cannot_drive_the_terminal() {
+        let j = json!({
+            "version": "0", "gateway": "gw\u{1b}[2J", "uptime_s": 1,
+            "uplink": {"connected": false, "host": "h", "port": 1, "device_id": "d",
+                       "last_error": "boom\nFAKE LINE", "connects": 0},
+            "queue": {"records": 0, "bytes": 0, "delivered": 0, "dropped": {}},
+            "buses": [],
+            "children": [{"node_id": "m1", "status": "OFFLINE",
+                          "reason": "\u{1b}]0;owned\u{7}\u{1b}[2J", "bus": "b"}],
+        });
+        let text = render(&j);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\u{1b}]0;owned\\u{7}"), "{text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("FAKE")),
+            "no forged line: {text}"
+        );
+        assert_eq!(escape_controls("plain ü"), "plain ü");
+    }
 }

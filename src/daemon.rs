@@ -37,6 +37,8 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    AlreadyRunning(#[from] crate::instance::LockError),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -89,6 +91,7 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     info!(version = env!("CARGO_PKG_VERSION"), gateway = %cfg.gateway.name, buses = cfg.buses.len(), devices = cfg.devices.len(), "fieldgate starting");
     let mut signals = service::Signals::new()?;
+    let _instance = crate::instance::acquire(&cfg.store.path)?;
     let store = Store::open(
         &cfg.store.path,
         cfg.store.limits,

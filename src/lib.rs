@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod instance;
 pub mod metrics;
 pub mod probe;
 pub mod queue;

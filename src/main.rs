@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fieldgate::cli::{Cli, Cmd, EX_CONFIG};
+use fieldgate::cli::{Cli, Cmd, EX_CONFIG, EX_TEMPFAIL};
 use fieldgate::config;
 
 fn main() -> ExitCode {
@@ -101,6 +101,10 @@ fn main() -> ExitCode {
                     config.display()
                 );
                 ExitCode::from(EX_CONFIG as u8)
+            }
+            Err(e @ fieldgate::daemon::RunError::AlreadyRunning(_)) => {
+                eprintln!("fieldgate: {e}");
+                ExitCode::from(EX_TEMPFAIL as u8)
             }
             Err(e) => {
                 eprintln!("fieldgate: {e:#}");

@@ -224,3 +224,36 @@ fn status_works_while_the_uplink_is_down() {
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot reach the daemon"), "{err}");
 }
+
+/// One daemon per store: a second `run` on the same config exits 75 (EX_TEMPFAIL) naming the
+/// first one's pid, and the first keeps running with its control socket.
+#[test]
+fn a_second_instance_on_one_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sim = ModbusSim::new(SimState::default());
+    let cfg = config(dir.path(), free_port(), sim.port, "s");
+    let mut first = Gateway::start(&cfg);
+    wait_until(
+        Duration::from_secs(10),
+        "the first instance answering",
+        || status(&cfg)["children"][0]["node_id"] == "d1",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", first.child.id())),
+        "names the holder: {err}"
+    );
+    assert!(first.running());
+    assert_eq!(
+        status(&cfg)["children"][0]["node_id"],
+        "d1",
+        "the first one's control socket is still there"
+    );
+    assert_eq!(first.terminate(), Some(0));
+}

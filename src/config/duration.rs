@@ -1,6 +1,7 @@
 //! Human durations in the config: `"500ms"`, `"1s"`, `"2m"`, `"1h"`, `"7d"`, or a combination
 //! such as `"1m30s"`. A bare number is refused: a gateway config is read by people in a hurry,
-//! and `timeout = 5` is ambiguous.
+//! and `timeout = 5` is ambiguous. No duration may exceed [`MAX`] (ten years): larger ones
+//! are refused by `check` rather than overflowing an `Instant` or a millisecond count later.
 
 use std::fmt;
 use std::time::Duration;
@@ -9,6 +10,9 @@ use serde::{de, Deserialize, Deserializer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
+
+/// The longest duration any key accepts: ten years (3650 days).
+pub const MAX: Duration = Duration::from_secs(3650 * 86_400);
 
 impl Dur {
     pub fn parse(s: &str) -> Result<Duration, String> {
@@ -46,6 +50,11 @@ impl Dur {
                 u => return Err(format!("unknown unit `{u}` in `{s}` (use ms, s, m, h, d)")),
             };
             total = total.saturating_add(d);
+            if total > MAX {
+                return Err(format!(
+                    "`{s}` is longer than any setting allows (at most 3650d)"
+                ));
+            }
         }
         Ok(total)
     }
@@ -78,6 +87,18 @@ mod tests {
         assert_eq!(Dur::parse("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert!(Dur::parse("5").unwrap_err().contains("needs a unit"));
         assert!(Dur::parse("fast").unwrap_err().contains("not a duration"));
+        assert_eq!(Dur::parse("3650d"), Ok(MAX));
+        for huge in [
+            "18446744073709551615s",
+            "18446744073709552s",
+            "3651d",
+            "3650d1ms",
+        ] {
+            assert!(
+                Dur::parse(huge).unwrap_err().contains("at most 3650d"),
+                "{huge}"
+            );
+        }
         assert!(Dur::parse("3 weeks").unwrap_err().contains("unknown unit"));
     }
 }

@@ -252,6 +252,16 @@ impl Config {
     /// What is valid but worth saying: `check` prints these, `run` logs them.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let host = self.platform.host.as_str();
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !self.platform.tls && !loopback {
+            out.push(format!(
+                "platform.tls = false: the credentials and every message to {host} travel unencrypted"
+            ));
+        }
         let mut seen = BTreeSet::new();
         let budget = self.platform.max_packet.saturating_sub(512);
         for d in &self.devices {
@@ -748,7 +758,9 @@ impl<'a> Checker<'a> {
             group_id,
             dialect: dialect?,
             host: p.host.into_inner(),
-            tls: p.tls.unwrap_or(port != 1883),
+            // TLS unless explicitly turned off, whatever the port: credentials and IoTDA's
+            // HMAC (replayable for the rest of the hour) never go in the clear by default.
+            tls: p.tls.unwrap_or(true),
             port,
             ca_file: p.ca_file.map(PathBuf::from),
             client_auth,

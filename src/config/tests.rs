@@ -64,7 +64,33 @@ fn line_of(src: &str, needle: &str) -> usize {
 fn good_config_parses_with_defaults() {
     let c = parse(GOOD, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.platform.port, 1883);
-    assert!(!c.platform.tls, "port 1883 defaults to plain MQTT");
+    assert!(
+        c.platform.tls,
+        "TLS unless explicitly turned off, even on port 1883"
+    );
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let plain = parse(
+        &GOOD.replace("port = 1883", "port = 1883\ntls = false"),
+        Path::new("t.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!plain.platform.tls);
+    assert!(
+        plain.warnings().is_empty(),
+        "plain MQTT to loopback is not warned about"
+    );
+    let remote = parse(
+        &GOOD
+            .replace("host = \"127.0.0.1\"", "host = \"broker.example\"")
+            .replace("port = 1883", "port = 1883\ntls = false"),
+        Path::new("t.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        remote.warnings().iter().any(|w| w.contains("unencrypted")),
+        "{:?}",
+        remote.warnings()
+    );
     assert_eq!(c.platform.keepalive, Duration::from_secs(120));
     assert_eq!(c.devices[0].product_id, "prod");
     assert_eq!(c.devices[0].points[0].service, "energy");
@@ -83,6 +109,13 @@ fn secrets_do_not_debug_print() {
 fn corpus_each_mistake_gets_a_precise_message() {
     // (replace, with, expected path, expected words in the message, text on the reported line)
     let cases: &[(&str, &str, &str, &str, &str)] = &[
+        (
+            "poll = \"1s\"",
+            "poll = \"18446744073709551615s\"",
+            "device[0]",
+            "at most 3650d",
+            "poll = \"18446744073709551615s\"",
+        ),
         (
             "property = \"voltage\"",
             "property = \"temp/#+\"",

@@ -242,7 +242,8 @@ impl Bounded {
     /// (near enough: a batch is committed within the commit window), so this reads a few rows
     /// by primary key and stops at the first one still young.
     fn expire(&mut self, conn: &mut Connection, now_ms: u64) -> Result<u64, StoreError> {
-        let cutoff = now_ms.saturating_sub(self.limits.max_age.as_millis() as u64) as i64;
+        let age_ms = u64::try_from(self.limits.max_age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = i64::try_from(now_ms.saturating_sub(age_ms)).unwrap_or(i64::MAX);
         let mut n = 0;
         let mut after = 0i64;
         loop {
