@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use fieldgate_driver::now_ms;
 use serde_json::{json, Value as Json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::UnixListener;
 use tracing::{info, warn};
 
@@ -160,42 +160,98 @@ impl StatusSource {
     }
 }
 
-/// Serve the control socket until the task is dropped.
+/// Longest request line a client may send.
+const MAX_REQUEST: u64 = 1024;
+/// Clients served at once; more wait in the kernel's backlog until one is done.
+const MAX_CLIENTS: usize = 64;
+/// How long one client may hold a connection (request and answer together).
+const CLIENT_TIME: Duration = Duration::from_secs(5);
+/// How long a client may take to send its request line (`fieldgate status` sends it at once).
+const REQUEST_TIME: Duration = Duration::from_secs(1);
+
+/// Serve the control socket until the task is dropped. Local users are neighbours too: a
+/// request is at most `MAX_REQUEST` bytes, at most `MAX_CLIENTS` are served at once, each for
+/// at most `CLIENT_TIME`, and a failing `accept` (out of file descriptors) is retried, never
+/// the end of the socket.
 pub async fn serve(dir: PathBuf, source: StatusSource) {
     let path = dir.join(SOCKET_NAME);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         warn!(dir = %dir.display(), error = %e, "cannot create the runtime directory; `fieldgate status` will not work");
         return;
     }
-    let _ = std::fs::remove_file(&path);
-    let listener = match UnixListener::bind(&path) {
+    // Bound under a temporary name, restricted, then moved into place: the socket is never
+    // reachable under its real name with the process umask's permissions.
+    let staging = dir.join(format!(".{SOCKET_NAME}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = match UnixListener::bind(&staging) {
         Ok(l) => l,
         Err(e) => {
             warn!(path = %path.display(), error = %e, "cannot open the control socket; `fieldgate status` will not work");
             return;
         }
     };
-    if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)) {
-        warn!(path = %path.display(), error = %e, "cannot restrict the control socket's permissions");
+    if let Err(e) = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o660))
+        .and_then(|()| std::fs::rename(&staging, &path))
+    {
+        warn!(path = %path.display(), error = %e, "cannot put the control socket in place; `fieldgate status` will not work");
+        let _ = std::fs::remove_file(&staging);
+        return;
     }
     info!(path = %path.display(), "control socket ready");
-    while let Ok((stream, _)) = listener.accept().await {
+    let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let mut failing = 0u64;
+    loop {
+        let Ok(permit) = clients.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                if failing > 0 {
+                    info!(failures = failing, "control socket accepts again");
+                    failing = 0;
+                }
+                stream
+            }
+            Err(e) => {
+                failing += 1;
+                if failing == 1 {
+                    warn!(error = %e, "control socket cannot accept (retrying)");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let source = source.clone();
         tokio::spawn(async move {
-            let (rd, mut wr) = stream.into_split();
-            let mut line = String::new();
-            let mut rd = TokioBufReader::new(rd);
-            let req = tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line)).await;
-            let answer = match (req, line.trim()) {
-                (Ok(Ok(_)), "status") => source.snapshot().await,
-                (Ok(Ok(_)), other) => {
-                    json!({"error": format!("unknown request `{other}` (try `status`)")})
-                }
-                _ => return,
-            };
-            let _ = wr.write_all(format!("{answer}\n").as_bytes()).await;
+            let _permit = permit;
+            let _ = tokio::time::timeout(CLIENT_TIME, answer(stream, source)).await;
         });
     }
+}
+
+/// Read one request line (bounded) and answer it.
+async fn answer(stream: tokio::net::UnixStream, source: StatusSource) {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    let mut rd = TokioBufReader::new(rd.take(MAX_REQUEST));
+    let read = match tokio::time::timeout(REQUEST_TIME, rd.read_line(&mut line)).await {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    let answer = match read {
+        Ok(_) if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST => {
+            json!({"error": format!("request longer than {MAX_REQUEST} bytes")})
+        }
+        Ok(_) => match line.trim() {
+            "status" => source.snapshot().await,
+            other => json!({"error": format!(
+                "unknown request `{}` (try `status`)",
+                escape_controls(&other.chars().take(64).collect::<String>())
+            )}),
+        },
+        Err(_) => return,
+    };
+    let _ = wr.write_all(format!("{answer}\n").as_bytes()).await;
 }
 
 /// Remove the socket file at a clean stop.

@@ -257,3 +257,50 @@ fn a_second_instance_on_one_store_is_refused() {
     );
     assert_eq!(first.terminate(), Some(0));
 }
+
+/// Local users are neighbours too: a request without a newline is cut at 1 KiB and refused,
+/// and 100 idle connections (each dropped after 1 s without a request) delay `fieldgate status`
+/// by a few seconds — they never end the accept loop.
+#[test]
+fn the_control_socket_bounds_its_clients() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sim = ModbusSim::new(SimState::default());
+    let cfg = config(dir.path(), free_port(), sim.port, "s");
+    let mut gw = Gateway::start(&cfg);
+    let socket = dir.path().join("run").join("fieldgate.sock");
+    wait_until(Duration::from_secs(10), "the daemon answering", || {
+        status(&cfg)["children"][0]["node_id"] == "d1"
+    });
+
+    let mut flood = UnixStream::connect(&socket).unwrap_or_else(|e| panic!("{e}"));
+    flood
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let junk = vec![b'x'; 2 << 20];
+    // The daemon stops reading after 1 KiB; the rest may not fit in the socket buffer.
+    let _ = flood.set_write_timeout(Some(Duration::from_secs(2)));
+    let _ = flood.write_all(&junk);
+    let mut answer = String::new();
+    let _ = flood.read_to_string(&mut answer);
+    assert!(answer.contains("longer than 1024 bytes"), "{answer:?}");
+
+    let idle: Vec<UnixStream> = (0..100)
+        .filter_map(|_| UnixStream::connect(&socket).ok())
+        .collect();
+    assert_eq!(idle.len(), 100);
+    let t = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(15),
+        "status despite idle clients",
+        || status(&cfg)["children"][0]["node_id"] == "d1",
+    );
+    println!(
+        "status answered {:?} after 100 idle connections",
+        t.elapsed()
+    );
+    drop(idle);
+    assert!(gw.running());
+    assert_eq!(gw.terminate(), Some(0));
+}
