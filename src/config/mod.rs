@@ -118,6 +118,9 @@ pub enum Dialect {
     Sparkplug,
 }
 
+/// Longest `gateway.runtime_dir`, in bytes: the control socket's path must fit `sun_path`.
+pub const MAX_RUNTIME_DIR: usize = 80;
+
 /// Default `platform.reconnect_min`: the first retry after a lost connection (jittered).
 pub const RECONNECT_MIN: Duration = Duration::from_secs(1);
 /// Default `platform.reconnect_max`: the longest pause between attempts (jittered down to half).
@@ -261,6 +264,25 @@ impl Config {
             out.push(format!(
                 "platform.tls = false: the credentials and every message to {host} travel unencrypted"
             ));
+        }
+        if let SecretSource::File(f) = &self.platform.secret {
+            use std::os::unix::fs::PermissionsExt;
+            match std::fs::metadata(f) {
+                Err(e) => out.push(format!(
+                    "platform.secret_file {}: {e} (the uplink retries until it can be read)",
+                    f.display()
+                )),
+                Ok(m) if m.permissions().mode() & 0o004 != 0 => out.push(format!(
+                    "platform.secret_file {} is readable by every user (chmod 0640, group fieldgate)",
+                    f.display()
+                )),
+                Ok(_) => {}
+            }
+        }
+        if let Some(ca) = &self.platform.ca_file {
+            if let Err(e) = std::fs::metadata(ca) {
+                out.push(format!("platform.ca_file {}: {e}", ca.display()));
+            }
         }
         let mut seen = BTreeSet::new();
         let budget = self.platform.max_packet.saturating_sub(512);
@@ -544,12 +566,25 @@ impl<'a> Checker<'a> {
             Some(r) => r.into_inner().0,
             None => Duration::from_secs(60),
         };
+        let runtime_dir = g.runtime_dir.unwrap_or_else(|| "/run/fieldgate".into());
+        // The control socket (and its staging name, `.fieldgate.sock.<pid>`) must fit a Unix
+        // socket path (108 bytes).
+        if runtime_dir.len() > MAX_RUNTIME_DIR {
+            self.err(
+                None,
+                "gateway.runtime_dir",
+                format!(
+                    "runtime_dir is {} bytes; at most {MAX_RUNTIME_DIR} leave room for the control socket's path",
+                    runtime_dir.len()
+                ),
+            );
+        }
         Gateway {
             report_interval,
             name: g.name.unwrap_or_else(|| "fieldgate".into()),
             log_level,
             log_target,
-            runtime_dir: PathBuf::from(g.runtime_dir.unwrap_or_else(|| "/run/fieldgate".into())),
+            runtime_dir: PathBuf::from(runtime_dir),
         }
     }
 
@@ -745,6 +780,17 @@ impl<'a> Checker<'a> {
             }
             (_, None) => String::new(),
         };
+        // The gateway's id is in every dialect's topics.
+        if p.device_id.get_ref().contains(['+', '#', '/'])
+            || p.device_id.get_ref().chars().any(char::is_control)
+        {
+            self.err(
+                Some(p.device_id.span()),
+                "platform.device_id",
+                "device_id is part of MQTT topics: no `+`, `#`, `/` or control characters",
+            );
+            return None;
+        }
         if dialect == Some(Dialect::Sparkplug) && !sparkplug_id(p.device_id.get_ref()) {
             self.err(
                 Some(p.device_id.span()),

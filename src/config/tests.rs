@@ -61,6 +61,56 @@ fn line_of(src: &str, needle: &str) -> usize {
 }
 
 #[test]
+fn a_runtime_dir_too_long_for_the_socket_is_refused() {
+    let long = format!("/run/{}", "d".repeat(90));
+    let text = GOOD.replace(
+        "name = \"cabinet-7\"",
+        &format!("name = \"cabinet-7\"\nruntime_dir = \"{long}\""),
+    );
+    let e = parse(&text, Path::new("t.toml"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("gateway.runtime_dir") && e.contains("control socket"),
+        "{e}"
+    );
+}
+
+#[test]
+fn secret_files_readable_by_everyone_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s").unwrap_or_else(|e| panic!("{e}"));
+    let text = GOOD.replace(
+        "secret = \"s3cret\"",
+        &format!("secret_file = \"{}\"\ntls = false", secret.display()),
+    );
+    let warned = |mode: u32| {
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("{e}"));
+        parse(&text, Path::new("t.toml"))
+            .map(|c| c.warnings())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert!(warned(0o644)
+        .iter()
+        .any(|w| w.contains("readable by every user")));
+    assert!(warned(0o640).is_empty(), "{:?}", warned(0o640));
+    std::fs::remove_file(&secret).unwrap_or_else(|e| panic!("{e}"));
+    assert!(warned_missing(&text)
+        .iter()
+        .any(|w| w.contains("secret_file")));
+}
+
+fn warned_missing(text: &str) -> Vec<String> {
+    parse(text, Path::new("t.toml"))
+        .map(|c| c.warnings())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
 fn good_config_parses_with_defaults() {
     let c = parse(GOOD, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.platform.port, 1883);
@@ -109,6 +159,20 @@ fn secrets_do_not_debug_print() {
 fn corpus_each_mistake_gets_a_precise_message() {
     // (replace, with, expected path, expected words in the message, text on the reported line)
     let cases: &[(&str, &str, &str, &str, &str)] = &[
+        (
+            "scale = 0.1",
+            "scale = nan",
+            "profile.meter.point[0].address",
+            "`scale` must be a finite number",
+            "address = \"input:0\"",
+        ),
+        (
+            "device_id = \"gw_1\"",
+            "device_id = \"gw/#+\"",
+            "platform.device_id",
+            "part of MQTT topics",
+            "device_id = \"gw/#+\"",
+        ),
         (
             "poll = \"1s\"",
             "poll = \"18446744073709551615s\"",

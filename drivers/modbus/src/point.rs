@@ -249,6 +249,23 @@ impl PointSpec {
         if self.scale == Some(0.0) {
             errs.push("`scale` must not be 0 (writes divide by it)".into());
         }
+        for (key, v) in [
+            ("scale", self.scale),
+            ("offset", self.offset),
+            ("min", self.min),
+            ("max", self.max),
+        ] {
+            if v.is_some_and(|v| !v.is_finite()) {
+                errs.push(format!(
+                    "`{key}` must be a finite number (nan and inf would disable checks or write garbage)"
+                ));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.min, self.max) {
+            if lo > hi {
+                errs.push(format!("`min` {lo} is above `max` {hi}"));
+            }
+        }
         if self.writable && self.table.is_bits() && self.table != Table::Coil {
             errs.push(
                 "discrete inputs are read-only; only coils and holding registers can be writable"
