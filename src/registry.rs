@@ -78,6 +78,19 @@ pub struct Changes {
     pub replaced: Vec<String>,
 }
 
+/// What an add response did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmed {
+    /// The child is known by this id now.
+    New,
+    /// It already was.
+    Already,
+    /// Not a child we asked to add: ignored.
+    Unsolicited,
+    /// Not a configured child.
+    Unknown,
+}
+
 #[derive(Debug, Default)]
 pub struct Registry {
     children: BTreeMap<String, Child>,
@@ -185,6 +198,23 @@ impl Registry {
         self.by_device
             .insert(device_id.to_string(), node.to_string());
         true
+    }
+
+    /// An add response from the platform: accepted only for a child we asked it to add (not
+    /// yet confirmed, not deleted by the platform). An unsolicited one — a replayed or forged
+    /// response naming a confirmed child with another id, or a child the platform deleted —
+    /// changes nothing.
+    pub fn confirm_requested(&mut self, node: &str, device_id: &str) -> Confirmed {
+        match self.children.get(node) {
+            None => Confirmed::Unknown,
+            Some(c) if c.platform_deleted => Confirmed::Unsolicited,
+            Some(c) if c.device_id.as_deref() == Some(device_id) => Confirmed::Already,
+            Some(c) if c.device_id.is_some() => Confirmed::Unsolicited,
+            Some(_) => {
+                self.confirm(node, device_id);
+                Confirmed::New
+            }
+        }
     }
 
     /// The platform refused to add a child.
@@ -337,6 +367,24 @@ mod tests {
             vec!["a".to_string()]
         );
         assert_eq!(r.deleted("nope"), Deleted::Unknown);
+    }
+
+    #[test]
+    fn unsolicited_add_responses_change_nothing() {
+        let mut r = Registry::new(&[spec("a", "p"), spec("b", "p")]);
+        assert_eq!(r.confirm_requested("a", "p_a"), Confirmed::New);
+        assert_eq!(r.confirm_requested("a", "p_a"), Confirmed::Already);
+        assert_eq!(r.confirm_requested("a", "forged"), Confirmed::Unsolicited);
+        assert_eq!(r.device_id("a"), Some("p_a"), "the confirmed id stands");
+        assert_eq!(r.confirm_requested("zz", "x"), Confirmed::Unknown);
+        assert_eq!(r.confirm_requested("b", "p_b"), Confirmed::New);
+        assert!(matches!(r.deleted("p_b"), Deleted::ByPlatform(_)));
+        assert_eq!(r.confirm_requested("b", "p_b2"), Confirmed::Unsolicited);
+        assert_eq!(
+            r.device_id("b"),
+            None,
+            "a child the platform deleted stays deleted"
+        );
     }
 
     #[test]

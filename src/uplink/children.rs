@@ -10,7 +10,7 @@ use tracing::{debug, error, info, warn};
 
 use super::dialect::{ChildView, Failed};
 use super::UplinkEvent;
-use crate::registry::{Deleted, Registry};
+use crate::registry::{Confirmed, Deleted, Registry};
 use crate::store::Store;
 
 pub struct Children {
@@ -76,13 +76,15 @@ impl Children {
         {
             let mut reg = self.reg();
             for (node, dev) in &devices {
-                if reg.device_id(node) == Some(dev.as_str()) {
-                    continue;
-                }
-                if reg.confirm(node, dev) {
-                    learned.extend(reg.persisted(node));
-                } else {
-                    warn!(node_id = %node, device_id = %dev, "platform reports a child that is not in the config");
+                match reg.confirm_requested(node, dev) {
+                    Confirmed::New => learned.extend(reg.persisted(node)),
+                    Confirmed::Already => {}
+                    Confirmed::Unsolicited => {
+                        warn!(node_id = %node, device_id = %dev, "ignoring an add response for a child already confirmed under another id or deleted by the platform (not requested)")
+                    }
+                    Confirmed::Unknown => {
+                        warn!(node_id = %node, device_id = %dev, "platform reports a child that is not in the config")
+                    }
                 }
             }
             for f in &failed {
