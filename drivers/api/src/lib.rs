@@ -7,11 +7,13 @@
 //! answers each [`CommandRequest`] it receives with a [`CommandOutcome`] before the request's
 //! deadline. Nothing in here knows about MQTT, SQLite or any platform.
 
+mod episode;
 mod health;
 pub mod params;
 mod schedule;
 pub mod testing;
 
+pub use episode::Episode;
 pub use health::{send_status, Health};
 pub use params::{DeclaredCommand, ParamKind, ParamSpec};
 pub use schedule::Schedule;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
     now_ms, Command, CommandOutcome, CommandRequest, Driver, DriverContext, DriverError,
-    DriverFuture, ErrorCode, Event, Health, Report, Schedule, Value,
+    DriverFuture, Episode, ErrorCode, Event, Health, Report, Schedule, Value,
 };
 use fieldgate_serial::{Parity, PortSettings};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -151,7 +151,8 @@ struct DeviceState {
     health: Health,
     /// Points whose last decode failed, to log each once per episode.
     bad_points: BTreeSet<usize>,
-    overrun_episode: bool,
+    /// Poll overruns, logged by episode (at once, then at most once a minute with the count).
+    overruns: Episode,
 }
 
 struct BusTask {
@@ -184,7 +185,7 @@ impl BusTask {
                     schedule: Schedule::new(spec.poll, first),
                     health: Health::new(spec.node_id.clone(), bus.offline_after),
                     bad_points: BTreeSet::new(),
-                    overrun_episode: false,
+                    overruns: Episode::new(Duration::from_secs(60)),
                     spec,
                 }
             })
@@ -488,10 +489,11 @@ impl BusTask {
 
         let now = Instant::now();
         let missed = dev.schedule.advance(now);
-        if missed > 0 && !dev.overrun_episode {
-            warn!(bus = %bus, device = %dev.spec.node_id, missed, total = dev.schedule.overruns(), period = ?dev.schedule.period(), "poll overrun: slots skipped");
+        if missed > 0 {
+            if let Some(count) = dev.overruns.hit(missed, now) {
+                warn!(bus = %bus, device = %dev.spec.node_id, missed = count, total = dev.schedule.overruns(), period = ?dev.schedule.period(), "poll overrun: slots skipped (count since the last such line; at most one a minute while it lasts)");
+            }
         }
-        dev.overrun_episode = missed > 0;
         if dev.health.online() == Some(false) {
             // Poll a dead device less often: period × 2^(failures past the threshold), capped.
             let extra = dev
