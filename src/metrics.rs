@@ -60,3 +60,47 @@ impl Metrics {
         }
     }
 }
+
+/// Once-per-episode logging of one kind of trouble: the caller logs when a streak starts, the
+/// occurrences are counted, and the count is said when the streak ends (the next success).
+/// For conditions that flap without a clear end, `fieldgate_driver::Episode` ends on a quiet
+/// interval instead.
+#[derive(Debug, Default)]
+pub struct Streak {
+    count: u64,
+}
+
+impl Streak {
+    /// Add `n` occurrences; true when they start a streak.
+    pub fn add(&mut self, n: u64) -> bool {
+        let first = self.count == 0 && n > 0;
+        self.count = self.count.saturating_add(n);
+        first
+    }
+
+    /// One occurrence; true when it starts a streak.
+    pub fn hit(&mut self) -> bool {
+        self.add(1)
+    }
+
+    /// End the streak: how many occurrences it had (0: there was none).
+    pub fn end(&mut self) -> u64 {
+        std::mem::take(&mut self.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Streak;
+
+    #[test]
+    fn a_streak_starts_once_and_says_its_count() {
+        let mut s = Streak::default();
+        assert!(!s.add(0), "nothing happened");
+        assert!(s.hit());
+        assert!(!s.add(4));
+        assert_eq!(s.end(), 5);
+        assert_eq!(s.end(), 0);
+        assert!(s.hit(), "a new streak");
+    }
+}

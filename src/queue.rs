@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 pub mod reader;
 mod wire;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Streak};
 use crate::registry::Registry;
 use crate::store::{NewRow, Row, Store, StoreError, KIND_TELEMETRY};
 
@@ -155,14 +155,14 @@ fn take(ev: Event, batch: &mut Vec<Record>, metrics: &Metrics) {
 /// One "dropping" episode per reason: logged when it starts and when it ends, never per record.
 #[derive(Default)]
 pub struct Episodes {
-    full: u64,
-    expired: u64,
-    store_error: u64,
+    full: Streak,
+    expired: Streak,
+    store_error: Streak,
 }
 
 impl Episodes {
     fn note(
-        episode: &mut u64,
+        episode: &mut Streak,
         n: u64,
         counter: &std::sync::atomic::AtomicU64,
         start: impl FnOnce(),
@@ -171,16 +171,15 @@ impl Episodes {
             return;
         }
         counter.fetch_add(n, Ordering::Relaxed);
-        if *episode == 0 {
+        if episode.add(n) {
             start();
         }
-        *episode += n;
     }
 
-    fn end(episode: &mut u64, what: &str) {
-        if *episode > 0 {
-            info!(dropped = *episode, "{what}: episode over");
-            *episode = 0;
+    fn end(episode: &mut Streak, what: &str) {
+        let dropped = episode.end();
+        if dropped > 0 {
+            info!(dropped, "{what}: episode over");
         }
     }
 }

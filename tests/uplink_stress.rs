@@ -122,27 +122,15 @@ fn a_report_larger_than_max_packet_is_split_by_property() {
             "[[profile.wide.point]]\nproperty = \"point_with_a_long_name_{i:03}\"\naddress = \"holding:{i}\"\n"
         );
     }
-    let cfg = d.join("big.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[gateway]
-runtime_dir = "{dir}/run"
-
-[platform]
-dialect = "iotda"
-host = "127.0.0.1"
-port = {port}
-tls = false
-device_id = "gw_big"
-secret = "s"
-max_packet = 4096
-
-[store]
-path = "{dir}/fg.db"
-
-[[bus]]
+    let cfg = write_config(
+        d,
+        "big.toml",
+        &format!(
+            "dialect = \"iotda\"\nhost = \"127.0.0.1\"\nport = {}\ntls = false\ndevice_id = \"gw_big\"\nsecret = \"s\"\nmax_packet = 4096",
+            broker.port
+        ),
+        &format!(
+            r#"[[bus]]
 name = "a"
 driver = "modbus-tcp"
 endpoint = "127.0.0.1:{modbus}"
@@ -156,12 +144,9 @@ bus = "a"
 profile = "wide"
 poll = "200ms"
 "#,
-            dir = d.display(),
-            port = broker.port,
             modbus = sim.port,
         ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let (code, _, err) = fieldgate(&["check", "-c", &cfg.to_string_lossy()]);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -219,26 +204,15 @@ while True:
     .unwrap_or_else(|e| panic!("{e}"));
     let broker = Mosquitto::start(d);
     let platform = TestPlatform::start(broker.port, "gw_flood");
-    let cfg = d.join("flood.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[gateway]
-runtime_dir = "{dir}/run"
-
-[platform]
-dialect = "iotda"
-host = "127.0.0.1"
-port = {port}
-tls = false
-device_id = "gw_flood"
-secret = "s"
-
-[store]
-path = "{dir}/fg.db"
-
-[[bus]]
+    let cfg = write_config(
+        d,
+        "flood.toml",
+        &format!(
+            "dialect = \"iotda\"\nhost = \"127.0.0.1\"\nport = {}\ntls = false\ndevice_id = \"gw_flood\"\nsecret = \"s\"",
+            broker.port
+        ),
+        &format!(
+            r#"[[bus]]
 name = "x"
 driver = "exec"
 command = ["python3", "{script}"]
@@ -253,12 +227,9 @@ node_id = "big"
 bus = "x"
 profile = "flood"
 "#,
-            dir = d.display(),
-            port = broker.port,
             script = script.display(),
         ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let gw = Gateway::start(&cfg);
     let names = || -> std::collections::BTreeSet<String> {
         platform

@@ -44,7 +44,7 @@ pub fn spawn(mut ev: EventLoop, tx: mpsc::Sender<LinkEvent>) -> JoinHandle<()> {
 /// `connected`: it had been up (a CONNACK arrived).
 pub fn cause(e: &ConnectionError, connected: bool) -> String {
     use std::io::ErrorKind;
-    let what = match e {
+    match e {
         ConnectionError::ConnectionRefused(
             ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword,
         ) => "not authorised: the broker refused the credentials".to_string(),
@@ -68,8 +68,7 @@ pub fn cause(e: &ConnectionError, connected: bool) -> String {
         ConnectionError::MqttState(s) => format!("MQTT: {s}"),
         ConnectionError::NotConnAck(p) => format!("the broker answered CONNECT with {p:?}"),
         ConnectionError::RequestsDone => "the session closed the client".to_string(),
-    };
-    what
+    }
 }
 
 fn looks_like_dns(e: &std::io::Error) -> bool {

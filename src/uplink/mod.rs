@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Platform;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Streak};
 use crate::queue::reader::Reader;
 use crate::registry::Registry;
 use crate::router::{Reply, Router};
@@ -126,26 +126,7 @@ struct Session {
     /// The queue may hold records to send.
     want_fill: bool,
     /// Records or messages that could not go on the wire, logged once per episode.
-    unsendable: Episode,
-}
-
-/// Once-per-episode logging of one kind of trouble: the first occurrence is logged at warn,
-/// the rest counted, and the count said when the episode ends.
-#[derive(Default)]
-struct Episode {
-    count: u64,
-}
-
-impl Episode {
-    /// True for the first occurrence of an episode.
-    fn hit(&mut self) -> bool {
-        self.count += 1;
-        self.count == 1
-    }
-
-    fn end(&mut self) -> u64 {
-        std::mem::take(&mut self.count)
-    }
+    unsendable: Streak,
 }
 
 /// Exponential backoff with jitter. The first pause after a connection was lost is drawn from
@@ -412,7 +393,7 @@ impl Uplink {
             paced_until: None,
             backlog_end: 0,
             want_fill: false,
-            unsendable: Episode::default(),
+            unsendable: Streak::default(),
         };
         let mut adds = tokio::time::interval_at(tokio::time::Instant::now() + ADD_RETRY, ADD_RETRY);
         adds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -426,7 +407,7 @@ impl Uplink {
         let mut depth = tokio::time::interval(DEPTH_EVERY);
         depth.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut behind = Behind::default();
-        let mut store_trouble = Episode::default();
+        let mut store_trouble = Streak::default();
         loop {
             self.metrics.uplink_beat.fetch_add(1, Ordering::Relaxed);
             let step: Result<(), StepError> = tokio::select! {
@@ -557,19 +538,8 @@ impl Uplink {
                 s.want_fill = true;
                 Ok(())
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if let Err(e) = s.delivery.numbered(pkid) {
-                    warn!(error = %e, "publish bookkeeping");
-                }
-                Ok(())
-            }
-            Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(records) = s.delivery.acked(ack.pkid) {
-                    if !records.is_empty() {
-                        reader.acked(records).await?;
-                    }
-                    s.want_fill = true;
-                }
+            Event::Outgoing(Outgoing::Publish(_)) | Event::Incoming(Packet::PubAck(_)) => {
+                track(s, reader, &event).await?;
                 Ok(())
             }
             Event::Incoming(Packet::Publish(p)) => {
@@ -957,6 +927,28 @@ fn hand(client: &AsyncClient, s: &mut Session, o: Out, m: Msg) -> bool {
     }
 }
 
+/// The delivery bookkeeping of one event: a publish the client numbered, or a PUBACK and the
+/// records it delivers. Other events are left alone.
+async fn track(s: &mut Session, reader: &mut Reader, event: &Event) -> Result<(), StoreError> {
+    match event {
+        Event::Outgoing(Outgoing::Publish(pkid)) => {
+            if let Err(e) = s.delivery.numbered(*pkid) {
+                warn!(error = %e, "publish bookkeeping");
+            }
+        }
+        Event::Incoming(Packet::PubAck(ack)) => {
+            if let Some(records) = s.delivery.acked(ack.pkid) {
+                if !records.is_empty() {
+                    reader.acked(records).await?;
+                }
+                s.want_fill = true;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Process events until every outstanding publish is acknowledged or `within` passes.
 async fn settle(
     link: &mut mpsc::Receiver<LinkEvent>,
@@ -967,17 +959,9 @@ async fn settle(
     let deadline = tokio::time::Instant::now() + within;
     while s.delivery.outstanding().1 > 0 {
         match tokio::time::timeout_at(deadline, link.recv()).await {
-            Ok(Some(LinkEvent::Mqtt(Event::Outgoing(Outgoing::Publish(pkid))))) => {
-                let _ = s.delivery.numbered(pkid);
+            Ok(Some(LinkEvent::Mqtt(event))) => {
+                let _ = track(s, reader, &event).await;
             }
-            Ok(Some(LinkEvent::Mqtt(Event::Incoming(Packet::PubAck(ack))))) => {
-                if let Some(records) = s.delivery.acked(ack.pkid) {
-                    if !records.is_empty() {
-                        let _ = reader.acked(records).await;
-                    }
-                }
-            }
-            Ok(Some(LinkEvent::Mqtt(_))) => {}
             _ => break,
         }
     }

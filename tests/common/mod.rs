@@ -656,6 +656,21 @@ impl Drop for Gateway {
 #[allow(unused_imports)]
 pub use fieldgate_serial::testing::PtyPair;
 
+/// Write `dir/name`: a gateway with its runtime dir and store under `dir`, the `[platform]`
+/// lines given, and the rest (buses, profiles, devices) as given.
+pub fn write_config(dir: &Path, name: &str, platform: &str, rest: &str) -> PathBuf {
+    let path = dir.join(name);
+    let d = dir.display();
+    std::fs::write(
+        &path,
+        format!(
+            "[gateway]\nruntime_dir = \"{d}/run\"\n\n[platform]\n{platform}\n\n[store]\npath = \"{d}/fg.db\"\n\n{rest}"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
 /// A config with two meters (units 1 and 2, a `counter` at holding:100 and a writable
 /// `demand_limit` at holding:4 with a `set_limit` command) on one Modbus TCP bus, polled every
 /// 100 ms, and the `[platform]` lines given (dialect, host, port, identity).
