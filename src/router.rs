@@ -451,7 +451,12 @@ pub fn coerce(p: &PointSpec, v: &Json) -> Result<Value, (ErrorCode, String)> {
         )));
     }
     // The type's own range (after inverse scaling) is checked by the codec, before the write.
-    Ok(Value::Float(x))
+    // Whole numbers stay exact: u64::MAX has no f64.
+    Ok(match v {
+        Json::Number(n) if n.is_u64() => n.as_u64().map_or(Value::Float(x), Value::UInt),
+        Json::Number(n) if n.is_i64() => n.as_i64().map_or(Value::Float(x), Value::Int),
+        _ => Value::Float(x),
+    })
 }
 
 fn fmt_opt(v: Option<f64>) -> String {

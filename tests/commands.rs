@@ -53,6 +53,20 @@ service = "control"
 address = "coil:0"
 writable = true
 
+[[profile.meter.point]]
+property = "total"
+service = "control"
+address = "holding:20"
+type = "u64"
+writable = true
+
+[[profile.meter.point]]
+property = "trim"
+service = "control"
+address = "holding:30"
+type = "f32"
+writable = true
+
 [[profile.meter.command]]
 name = "set_limit"
 service = "control"
@@ -237,6 +251,35 @@ fn commands_reach_the_registers_and_hostile_requests_never_do() {
         ),
         (json!(false), json!(12.5), json!(7)),
         "{r}"
+    );
+
+    // Values at the edges of their type: u64::MAX goes through exactly; 2^64 and an f32
+    // beyond f32::MAX are refused with the bad-value code, never wrapped or saturated.
+    let r = p.ask("properties/set", "e1", br#"{"object_device_id":"meter_m1","services":[{"service_id":"control","properties":{"total":18446744073709551615}}]}"#);
+    assert_eq!(r["result_code"], 0, "{r}");
+    let regs: Vec<Option<u16>> = (20..24).map(|a| reg(1, a)).collect();
+    assert_eq!(regs, vec![Some(0xFFFF); 4]);
+    for (i, body) in [
+        r#"{"total":18446744073709551616}"#,
+        r#"{"total":-1}"#,
+        r#"{"trim":1e300}"#,
+        r#"{"trim":-3.5e38}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = p.ask(
+            "properties/set",
+            &format!("e{}", i + 2),
+            format!(r#"{{"object_device_id":"meter_m1","services":[{{"service_id":"control","properties":{body}}}]}}"#).as_bytes(),
+        );
+        assert_eq!(r["result_code"], 4, "{body}: {r}");
+    }
+    assert_eq!((20..24).map(|a| reg(1, a)).collect::<Vec<_>>(), regs);
+    assert_eq!(
+        (reg(1, 30), reg(1, 31)),
+        (None, None),
+        "no f32 write happened"
     );
 
     // A hung write answers with the timeout code long before the platform's 20 s.

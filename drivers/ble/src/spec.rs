@@ -191,39 +191,44 @@ pub fn decode_char(c: &GattChar, raw: &[u8]) -> Result<Value, String> {
     })
 }
 
-/// Encode a (checked) command value for a characteristic.
+/// Encode a (checked) command value for a characteristic. Whole numbers are converted exactly
+/// (`try_from`), never wrapped or saturated; an f32 must still be finite after the cast.
 pub fn encode_char(kind: CharType, v: &Value) -> Result<Vec<u8>, String> {
-    let int = || -> Result<i64, String> {
+    let int = || -> Result<i128, String> {
         match v {
-            Value::Int(i) => Ok(*i),
-            Value::UInt(u) => i64::try_from(*u).map_err(|_| "too large".to_string()),
-            Value::Bool(b) => Ok(i64::from(*b)),
-            Value::Float(f) if f.fract() == 0.0 => Ok(*f as i64),
-            other => Err(format!("{other:?} is not a whole number")),
+            Value::Int(i) => Ok(i128::from(*i)),
+            Value::UInt(u) => Ok(i128::from(*u)),
+            Value::Bool(b) => Ok(i128::from(*b)),
+            // Strictly inside ±2^64 every whole f64 is exact in i128.
+            Value::Float(f) if f.fract() == 0.0 && f.abs() < 18_446_744_073_709_551_616.0 => {
+                Ok(*f as i128)
+            }
+            other => Err(format!("{other:?} is not a whole number in range")),
         }
     };
-    let fits = |i: i64, lo: i64, hi: i64| {
-        if (lo..=hi).contains(&i) {
-            Ok(i)
-        } else {
-            Err(format!("{i} does not fit {kind:?}"))
-        }
-    };
+    fn fit<T: TryFrom<i128>>(i: i128, kind: CharType) -> Result<T, String> {
+        T::try_from(i).map_err(|_| format!("{i} does not fit {kind:?}"))
+    }
     Ok(match kind {
-        CharType::Bool | CharType::U8 => vec![fits(int()?, 0, 255)? as u8],
-        CharType::I8 => vec![fits(int()?, -128, 127)? as i8 as u8],
-        CharType::U16 => (fits(int()?, 0, 65535)? as u16).to_le_bytes().to_vec(),
-        CharType::I16 => (fits(int()?, -32768, 32767)? as i16).to_le_bytes().to_vec(),
-        CharType::U32 => (fits(int()?, 0, i64::from(u32::MAX))? as u32)
-            .to_le_bytes()
-            .to_vec(),
-        CharType::I32 => (fits(int()?, i64::from(i32::MIN), i64::from(i32::MAX))? as i32)
-            .to_le_bytes()
-            .to_vec(),
-        CharType::F32 => match v {
-            Value::Float(f) => (*f as f32).to_le_bytes().to_vec(),
-            _ => (int()? as f32).to_le_bytes().to_vec(),
-        },
+        CharType::Bool | CharType::U8 => vec![fit::<u8>(int()?, kind)?],
+        CharType::I8 => fit::<i8>(int()?, kind)?.to_le_bytes().to_vec(),
+        CharType::U16 => fit::<u16>(int()?, kind)?.to_le_bytes().to_vec(),
+        CharType::I16 => fit::<i16>(int()?, kind)?.to_le_bytes().to_vec(),
+        CharType::U32 => fit::<u32>(int()?, kind)?.to_le_bytes().to_vec(),
+        CharType::I32 => fit::<i32>(int()?, kind)?.to_le_bytes().to_vec(),
+        CharType::F32 => {
+            let x = match v {
+                Value::Float(f) => *f,
+                Value::Int(i) => *i as f64,
+                Value::UInt(u) => *u as f64,
+                other => return Err(format!("{other:?} is not a number")),
+            };
+            let f = x as f32;
+            if !f.is_finite() {
+                return Err(format!("{x} does not fit F32"));
+            }
+            f.to_le_bytes().to_vec()
+        }
         CharType::Text => match v {
             Value::Text(s) => s.as_bytes().to_vec(),
             other => return Err(format!("{other:?} is not text")),
@@ -267,5 +272,63 @@ mod tests {
         );
         assert!(encode_char(CharType::U8, &Value::Int(300)).is_err());
         assert_eq!(encode_char(CharType::I8, &Value::Int(-1)), Ok(vec![0xFF]));
+    }
+
+    /// Every characteristic type against its edges: limits exact, one beyond refused,
+    /// non-finite and huge values refused rather than wrapped or saturated.
+    #[test]
+    fn writes_at_the_edges_of_every_type() {
+        use Value::{Bool, Float, Int, UInt};
+        let ok: &[(CharType, Value, &[u8])] = &[
+            (CharType::Bool, Bool(true), &[1]),
+            (CharType::U8, UInt(255), &[255]),
+            (CharType::I8, Int(-128), &[0x80]),
+            (CharType::U16, UInt(65535), &[0xFF, 0xFF]),
+            (CharType::I16, Int(-32768), &[0, 0x80]),
+            (CharType::U32, UInt(u64::from(u32::MAX)), &[0xFF; 4]),
+            (CharType::I32, Int(i64::from(i32::MIN)), &[0, 0, 0, 0x80]),
+            (CharType::U16, Float(-0.0), &[0, 0]),
+            (
+                CharType::F32,
+                Float(f64::from(f32::MAX)),
+                &[0xFF, 0xFF, 0x7F, 0x7F],
+            ),
+            (CharType::F32, Float(-0.0), &[0, 0, 0, 0x80]),
+        ];
+        for (kind, v, want) in ok {
+            assert_eq!(encode_char(*kind, v), Ok(want.to_vec()), "{kind:?} {v:?}");
+        }
+        let next_up = |f: f64| f64::from_bits(f.to_bits() + 1);
+        let refused: &[(CharType, Value)] = &[
+            (CharType::Bool, Int(256)),
+            (CharType::U8, Int(-1)),
+            (CharType::I8, Int(128)),
+            (CharType::U16, UInt(65536)),
+            (CharType::I16, Int(32768)),
+            (CharType::U32, UInt(u64::from(u32::MAX) + 1)),
+            (CharType::I32, Int(i64::from(i32::MAX) + 1)),
+            (CharType::U32, UInt(u64::MAX)),
+            (CharType::I32, Float(1e300)),
+            (CharType::U16, Float(1.5)),
+            (CharType::F32, Float(1e300)),
+            (CharType::F32, Float(-1e300)),
+            (CharType::F32, Float(next_up(f64::from(f32::MAX)) * 2.0)),
+        ];
+        for (kind, v) in refused {
+            assert!(encode_char(*kind, v).is_err(), "{kind:?} {v:?}");
+        }
+        for kind in [
+            CharType::U8,
+            CharType::I8,
+            CharType::U16,
+            CharType::I16,
+            CharType::U32,
+            CharType::I32,
+            CharType::F32,
+        ] {
+            for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                assert!(encode_char(kind, &Float(v)).is_err(), "{kind:?} {v}");
+            }
+        }
     }
 }

@@ -75,6 +75,9 @@ pub fn decode_registers(p: &PointSpec, regs: &[u16]) -> Result<Value, CodecError
     scale(p, raw)
 }
 
+/// 2^64, exactly representable; the exclusive bound of every integer register type.
+const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+
 fn as_f64(v: &Value) -> f64 {
     match v {
         Value::Int(i) => *i as f64,
@@ -120,26 +123,60 @@ pub fn encode_registers(p: &PointSpec, v: &Value) -> Result<Vec<u16>, CodecError
         return Err(CodecError::NotFinite);
     }
     let raw = (x - p.offset.unwrap_or(0.0)) / p.scale.unwrap_or(1.0);
-    let int = |lo: f64, hi: f64| -> Result<i128, CodecError> {
-        let r = raw.round();
-        if r < lo || r > hi {
-            Err(CodecError::OutOfRange(format!("{x}")))
-        } else {
-            Ok(r as i128)
+    if !raw.is_finite() {
+        return Err(CodecError::NotFinite);
+    }
+    let out_of_range = || CodecError::OutOfRange(format!("{x}"));
+    // The register value as an exact integer: whole numbers without scaling are taken as they
+    // are (u64::MAX has no exact f64); anything else is rounded and must lie strictly inside
+    // ±2^64, where every f64 is a whole number that i128 holds exactly.
+    let int = || -> Result<i128, CodecError> {
+        match (v, p.scale.is_none() && p.offset.is_none()) {
+            (Value::Int(i), true) => Ok(i128::from(*i)),
+            (Value::UInt(u), true) => Ok(i128::from(*u)),
+            _ => {
+                let r = raw.round();
+                if r > -TWO_POW_64 && r < TWO_POW_64 {
+                    Ok(r as i128)
+                } else {
+                    Err(out_of_range())
+                }
+            }
         }
     };
     let bytes: Vec<u8> = match p.dtype {
-        DataType::U16 => (int(0.0, 65535.0)? as u16).to_be_bytes().to_vec(),
-        DataType::I16 => (int(-32768.0, 32767.0)? as i16).to_be_bytes().to_vec(),
-        DataType::U32 => (int(0.0, u32::MAX as f64)? as u32).to_be_bytes().to_vec(),
-        DataType::I32 => (int(i32::MIN as f64, i32::MAX as f64)? as i32)
+        DataType::U16 => u16::try_from(int()?)
+            .map_err(|_| out_of_range())?
             .to_be_bytes()
             .to_vec(),
-        DataType::U64 => (int(0.0, u64::MAX as f64)? as u64).to_be_bytes().to_vec(),
-        DataType::I64 => (int(i64::MIN as f64, i64::MAX as f64)? as i64)
+        DataType::I16 => i16::try_from(int()?)
+            .map_err(|_| out_of_range())?
             .to_be_bytes()
             .to_vec(),
-        DataType::F32 => (raw as f32).to_be_bytes().to_vec(),
+        DataType::U32 => u32::try_from(int()?)
+            .map_err(|_| out_of_range())?
+            .to_be_bytes()
+            .to_vec(),
+        DataType::I32 => i32::try_from(int()?)
+            .map_err(|_| out_of_range())?
+            .to_be_bytes()
+            .to_vec(),
+        DataType::U64 => u64::try_from(int()?)
+            .map_err(|_| out_of_range())?
+            .to_be_bytes()
+            .to_vec(),
+        DataType::I64 => i64::try_from(int()?)
+            .map_err(|_| out_of_range())?
+            .to_be_bytes()
+            .to_vec(),
+        DataType::F32 => {
+            // The cast saturates to ±inf above f32::MAX: finite in f64 is not enough.
+            let f = raw as f32;
+            if !f.is_finite() {
+                return Err(out_of_range());
+            }
+            f.to_be_bytes().to_vec()
+        }
         DataType::F64 => raw.to_be_bytes().to_vec(),
         DataType::Bool | DataType::String { .. } => {
             return Err(CodecError::OutOfRange(
@@ -274,6 +311,88 @@ mod tests {
                 expected: 2,
                 got: 1
             })
+        );
+    }
+
+    /// Every register type against its edges: the limits go through exactly, one step beyond
+    /// them, non-finite values and values far out of range are refused, never wrapped,
+    /// truncated or saturated.
+    #[test]
+    fn writes_at_the_edges_of_every_type() {
+        fn regs(dtype: &str, v: Value) -> Result<Vec<u16>, CodecError> {
+            encode_registers(&point("holding:0", dtype), &v)
+        }
+        use Value::{Float, Int, UInt};
+        let next_up = |f: f64| f64::from_bits(f.to_bits() + 1);
+        let ok: &[(&str, Value, &[u16])] = &[
+            ("u16", UInt(0), &[0]),
+            ("u16", UInt(65535), &[0xFFFF]),
+            ("u16", Float(-0.0), &[0]),
+            ("i16", Int(-32768), &[0x8000]),
+            ("i16", Int(32767), &[0x7FFF]),
+            ("u32", UInt(u64::from(u32::MAX)), &[0xFFFF, 0xFFFF]),
+            ("i32", Int(i64::from(i32::MIN)), &[0x8000, 0]),
+            ("u64", UInt(u64::MAX), &[0xFFFF; 4]),
+            (
+                "u64",
+                Float(1.8446744073709550e19),
+                &[0xFFFF, 0xFFFF, 0xFFFF, 0xF800],
+            ),
+            ("i64", Int(i64::MIN), &[0x8000, 0, 0, 0]),
+            ("i64", Int(i64::MAX), &[0x7FFF, 0xFFFF, 0xFFFF, 0xFFFF]),
+            ("i64", Float(-9.223372036854775808e18), &[0x8000, 0, 0, 0]),
+            ("i64", Float(-0.0), &[0, 0, 0, 0]),
+            ("f32", Float(f64::from(f32::MAX)), &[0x7F7F, 0xFFFF]),
+            ("f32", Float(-0.0), &[0x8000, 0]),
+            ("f64", Float(1e300), &[0x7E37, 0xE43C, 0x8800, 0x759C]),
+        ];
+        for (dtype, v, want) in ok {
+            assert_eq!(regs(dtype, v.clone()), Ok(want.to_vec()), "{dtype} {v:?}");
+        }
+        let refused: &[(&str, Value)] = &[
+            ("u16", UInt(65536)),
+            ("u16", Int(-1)),
+            ("u16", Float(-0.6)),
+            ("i16", Int(32768)),
+            ("i16", Int(-32769)),
+            ("u32", UInt(u64::from(u32::MAX) + 1)),
+            ("i32", Int(i64::from(i32::MAX) + 1)),
+            ("u64", Float(18_446_744_073_709_551_615.0)), // = 2^64 as an f64
+            ("u64", Float(next_up(1.8446744073709552e19))),
+            ("u64", Int(-1)),
+            ("i64", Float(9.223372036854775807e18)), // = 2^63 as an f64
+            ("i64", UInt(u64::MAX)),
+            ("f32", Float(1e300)),
+            ("f32", Float(next_up(f64::from(f32::MAX)) * 2.0)),
+            ("f32", Float(-1e300)),
+        ];
+        for (dtype, v) in refused {
+            assert!(
+                matches!(regs(dtype, v.clone()), Err(CodecError::OutOfRange(_))),
+                "{dtype} {v:?} gave {:?}",
+                regs(dtype, v.clone())
+            );
+        }
+        for dtype in ["u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64"] {
+            for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                assert_eq!(
+                    regs(dtype, Float(v)),
+                    Err(CodecError::NotFinite),
+                    "{dtype} {v}"
+                );
+            }
+            let huge = regs(dtype, Float(1e300));
+            assert!(
+                dtype == "f64" || huge.is_err(),
+                "{dtype} 1e300 gave {huge:?}"
+            );
+        }
+        // A scale that takes a value beyond f64 is refused, not written as inf.
+        let mut p = point("holding:0", "f64");
+        p.scale = Some(1e-300);
+        assert_eq!(
+            encode_registers(&p, &Float(1e300)),
+            Err(CodecError::NotFinite)
         );
     }
 }
