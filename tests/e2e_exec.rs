@@ -2,7 +2,7 @@
 //! (`drivers/exec/examples/thermostat.py`) on an exec bus, with a real mosquitto and the test
 //! platform. Readings reach the platform; a platform command with a checked parameter reaches
 //! the program and its result comes back; an out-of-range one never does; SIGTERM stops the
-//! program with the gateway (no process left behind).
+//! program with the gateway (no process left behind), and so does a SIGKILL of the daemon.
 
 mod common;
 
@@ -108,6 +108,17 @@ options = {{ interval = 0.2, setpoint = 21.0 }}
             .iter()
             .any(|(d, s)| d == "thermo_office" && s["properties"]["setpoint"] == json!(24.5))
     });
+    // IoTDA property gets always name a service; an exec child answers for it.
+    let r = platform.ask(
+        "properties/get",
+        "g1",
+        br#"{"object_device_id":"thermo_office","service_id":"thermostat"}"#,
+    );
+    assert_eq!(
+        r["services"][0]["properties"]["setpoint"],
+        json!(24.5),
+        "{r}"
+    );
     let r = platform.ask("commands", "s2", br#"{"object_device_id":"thermo_office","service_id":"thermostat","command_name":"set_setpoint","paras":{"value":99}}"#);
     assert_ne!(r["result_code"], json!(0), "out of range is refused: {r}");
     std::thread::sleep(Duration::from_millis(600));
@@ -127,4 +138,62 @@ options = {{ interval = 0.2, setpoint = 21.0 }}
         processes_with(&needle).is_empty(),
         "the program stops with the gateway"
     );
+}
+
+/// Outside systemd nobody else cleans up: a SIGKILLed daemon takes its program with it, even
+/// one that never reads its stdin (so never sees it close) and ignores SIGTERM.
+#[test]
+fn a_killed_daemon_takes_its_driver_programs_with_it() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let marker = dir.path().join("stubborn-driver");
+    let cfg = dir.path().join("fieldgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[gateway]
+runtime_dir = "{dir}/run"
+
+[platform]
+dialect = "iotda"
+host = "127.0.0.1"
+port = 9
+tls = false
+device_id = "gw_kill"
+secret = "s"
+
+[store]
+path = "{dir}/fg.db"
+
+[[bus]]
+name = "ext"
+driver = "exec"
+command = ["python3", "-c", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(1)", "{marker}"]
+
+[profile.thing]
+kind = "exec"
+product_id = "thing"
+
+[[device]]
+node_id = "one"
+bus = "ext"
+profile = "thing"
+"#,
+            dir = dir.path().display(),
+            marker = marker.display(),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let needle = marker.display().to_string();
+    let mut gw = Gateway::start(&cfg);
+    wait_until(Duration::from_secs(20), "the program running", || {
+        processes_with(&needle).len() == 1
+    });
+    gw.signal(9);
+    wait_until(
+        Duration::from_secs(5),
+        "the program gone after SIGKILL",
+        || processes_with(&needle).is_empty(),
+    );
+    assert!(!gw.running());
 }

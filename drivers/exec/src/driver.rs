@@ -167,6 +167,7 @@ impl Task {
         if let Some(d) = &self.bus.working_dir {
             cmd.current_dir(d);
         }
+        die_with_parent(&mut cmd);
         let child = cmd.spawn()?;
         info!(bus = %self.bus.name, program = %prog, pid = child.id().unwrap_or(0), "driver program started");
         Ok(child)
@@ -583,6 +584,34 @@ fn error_code(code: &str) -> ErrorCode {
         "unsupported" => ErrorCode::Unsupported,
         "busy" => ErrorCode::Busy,
         _ => ErrorCode::DeviceError,
+    }
+}
+
+/// Outside systemd nothing else reaps a driver program when the daemon is SIGKILLed or aborts,
+/// so the kernel does it: the program gets SIGKILL when the thread that started it ends.
+/// Programs are started from the runtime's worker threads, which live as long as the daemon
+/// (nothing here uses `block_in_place`, which could retire one early). A daemon that died
+/// between fork and exec is caught by comparing the parent pid.
+fn die_with_parent(cmd: &mut Process) {
+    let parent = std::process::id();
+    let set = move || {
+        // SAFETY: runs in the forked child before exec; prctl and getppid are async-signal-safe,
+        // nothing is allocated, and the arguments are what prctl(2) documents.
+        let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        let now = unsafe { libc::getppid() };
+        if u32::try_from(now).ok() != Some(parent) {
+            // (No allocation after fork: a plain errno.)
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: `set` only makes async-signal-safe calls (see above).
+    unsafe {
+        cmd.pre_exec(set);
     }
 }
 
