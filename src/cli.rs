@@ -11,6 +11,11 @@ use crate::config::DEFAULT_PATH;
 pub const EX_CONFIG: i32 = 78;
 /// Exit code when another instance holds the store (sysexits EX_TEMPFAIL).
 pub const EX_TEMPFAIL: i32 = 75;
+/// sysexits' EX_CANTCREAT: the store cannot be used for a reason only the operator can fix
+/// (ownership, permissions, a read-only path); the unit does not restart on it.
+pub const EX_CANTCREAT: i32 = 73;
+/// sysexits' EX_IOERR: the store failed with another I/O error (a full disk, say); restarted.
+pub const EX_IOERR: i32 = 74;
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     crate::config::Dur::parse(s)

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fieldgate::cli::{Cli, Cmd, EX_CONFIG, EX_TEMPFAIL};
+use fieldgate::cli::{Cli, Cmd, EX_CANTCREAT, EX_CONFIG, EX_IOERR, EX_TEMPFAIL};
 use fieldgate::config;
 
 fn main() -> ExitCode {
@@ -105,6 +105,14 @@ fn main() -> ExitCode {
             Err(e @ fieldgate::daemon::RunError::AlreadyRunning(_)) => {
                 eprintln!("fieldgate: {e}");
                 ExitCode::from(EX_TEMPFAIL as u8)
+            }
+            Err(fieldgate::daemon::RunError::Store(e)) => {
+                eprintln!("fieldgate: store: {e}");
+                ExitCode::from(if e.is_access() {
+                    EX_CANTCREAT
+                } else {
+                    EX_IOERR
+                } as u8)
             }
             Err(e) => {
                 eprintln!("fieldgate: {e:#}");

@@ -2,9 +2,12 @@
 //!
 //! A single thread owns the connection — the one writer — and serves requests from a bounded
 //! channel, so async tasks never block on disk. Appends arrive already batched by the queue's
-//! group commit and are written in one transaction. If the file cannot be opened or fails its
-//! integrity check at start, it is moved aside (`*.corrupt-<unix time>`), logged loudly, and a
-//! fresh store is created: a gateway keeps collecting rather than crash-looping.
+//! group commit and are written in one transaction. If the file is not a database or fails its
+//! integrity check at start (SQLITE_NOTADB, SQLITE_CORRUPT), it is moved aside
+//! (`*.corrupt-<unix time>`), logged loudly, and a fresh store is created: a gateway keeps
+//! collecting rather than crash-looping. Any other failure to open it (permissions, a read-only
+//! file or file system, a full disk) leaves the file alone: the daemon exits naming the path and
+//! the fix (exit 73 for access, 74 for other I/O).
 
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -32,6 +35,30 @@ pub enum StoreError {
     Closed,
     #[error("disk full")]
     Full,
+    /// The file exists but cannot be used as it is; it is left alone.
+    #[error("cannot use the store {path}: {source}. {hint}")]
+    Unusable {
+        path: PathBuf,
+        source: rusqlite::Error,
+        hint: String,
+        /// Access (ownership, permissions, read-only) rather than other I/O.
+        access: bool,
+    },
+}
+
+impl StoreError {
+    /// Whether the file itself is damaged (not a database, or corrupt): the only case in which
+    /// it is moved aside.
+    fn is_corrupt(&self) -> bool {
+        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase))
+    }
+
+    /// A store that cannot be opened for a reason only the operator can fix (ownership,
+    /// permissions, a read-only path): `run` exits EX_CANTCREAT rather than EX_IOERR.
+    pub fn is_access(&self) -> bool {
+        matches!(self, StoreError::Unusable { access: true, .. })
+    }
 }
 
 /// One queued record as stored: sequence number, kind, child, and the encoded body.
@@ -107,12 +134,22 @@ CREATE TABLE IF NOT EXISTS meta (
 
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
+    // Before any pragma: another process (a `fieldgate status` reading, a backup) may hold a
+    // lock for a moment.
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // SQLite silently falls back to read-only for a file it may not write (owned by root after
+    // `sudo fieldgate run`): nothing could be queued, so refuse now.
+    if conn.is_readonly(rusqlite::MAIN_DB)? {
+        return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+            Some("the file can only be opened read-only".into()),
+        )));
+    }
     // auto_vacuum must be chosen before the first table exists; it lets a drained queue give
     // its pages back (incremental_vacuum) instead of keeping the file at its high-water mark.
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if ok != "ok" {
         return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
@@ -162,6 +199,7 @@ fn open_or_recover(path: &Path) -> Result<Connection, StoreError> {
     }
     match open_conn(path) {
         Ok(c) => Ok(c),
+        Err(e) if !e.is_corrupt() => Err(unusable(path, e)),
         Err(e) => {
             let stamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -182,6 +220,51 @@ fn open_or_recover(path: &Path) -> Result<Connection, StoreError> {
             }
             open_conn(path)
         }
+    }
+}
+
+/// Name the path and the likely fix for a store that cannot be opened but is not damaged.
+fn unusable(path: &Path, e: StoreError) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    use std::os::unix::fs::MetadataExt;
+    let source = match e {
+        StoreError::Sqlite(s) => s,
+        other => return other,
+    };
+    let code = source.sqlite_error_code();
+    let access = matches!(
+        code,
+        Some(
+            C::ReadOnly | C::CannotOpen | C::PermissionDenied | C::AuthorizationForStatementDenied
+        )
+    );
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let owner = std::fs::metadata(path).map(|m| m.uid()).ok();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let hint = match (access, owner, me) {
+        (true, Some(o), Some(m)) if o != m => format!(
+            "It is owned by uid {o} but fieldgate runs as uid {m} (was it run once with sudo?): \
+             give it back with `sudo chown -R fieldgate:fieldgate {}`, or point store.path elsewhere",
+            dir.display()
+        ),
+        (true, ..) => format!(
+            "Make {} and its directory writable by the user fieldgate runs as, or point \
+             store.path elsewhere; the file was left as it is",
+            path.display()
+        ),
+        (false, ..) if code == Some(C::DiskFull) => {
+            format!("Free space on the file system of {}", dir.display())
+        }
+        (false, ..) => "The file was left as it is; fix the cause and start again".into(),
+    };
+    StoreError::Unusable {
+        path: path.to_path_buf(),
+        source,
+        hint,
+        access,
     }
 }
 

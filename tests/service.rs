@@ -1,9 +1,11 @@
 //! Process-level service behaviour: the systemd notify protocol (READY, STATUS, WATCHDOG,
 //! RELOADING, STOPPING) over a real NOTIFY_SOCKET, graceful stop on SIGTERM, and secrets that
-//! never reach the logs even at trace level.
+//! never reach the logs even at trace level; one instance per store; a store the daemon may not
+//! write is left alone and named.
 
 mod common;
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -256,6 +258,95 @@ fn a_second_instance_on_one_store_is_refused() {
         "the first one's control socket is still there"
     );
     assert_eq!(first.terminate(), Some(0));
+}
+
+/// A store another user owns (someone ran `sudo fieldgate run` once) is not corruption: the
+/// daemon exits 73 (EX_CANTCREAT) naming the path and the fix, and the file, its queue and its
+/// platform ids stay where they are — no `.corrupt-*` rename, no restart loop of renames.
+#[test]
+fn a_store_it_may_not_write_is_named_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sim = ModbusSim::new(SimState::default());
+    let cfg = config(dir.path(), free_port(), sim.port, "s");
+    let mut first = Gateway::start(&cfg);
+    wait_until(Duration::from_secs(10), "the store in use", || {
+        status(&cfg)["children"][0]["node_id"] == "d1"
+    });
+    assert_eq!(first.terminate(), Some(0));
+    let db = dir.path().join("state/fg.db");
+    let before = std::fs::read(&db).unwrap_or_else(|e| panic!("{e}"));
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    let root = std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0);
+    let mut cmd = if root {
+        // Run as nobody against root's files, as after `sudo fieldgate run`.
+        for (p, mode) in [
+            (dir.path().to_path_buf(), 0o755),
+            (dir.path().join("state"), 0o777),
+            (dir.path().join("run"), 0o777),
+            (dir.path().join("secret"), 0o644),
+            (cfg.clone(), 0o644),
+        ] {
+            chmod(&p, mode);
+        }
+        let _ = std::fs::remove_file(dir.path().join("state/fg.db.lock"));
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_fieldgate"));
+        c
+    } else {
+        chmod(&db, 0o444);
+        std::process::Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+    };
+    let mut child = cmd
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t0 = std::time::Instant::now();
+    let code = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st.code(),
+            _ if t0.elapsed() > Duration::from_secs(20) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("still running after 20 s: it started on something");
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert_eq!(code, Some(73), "{err}");
+    assert!(
+        err.contains(&db.display().to_string()),
+        "names the path: {err}"
+    );
+    if root {
+        assert!(
+            err.contains("sudo chown -R fieldgate:fieldgate"),
+            "names the fix: {err}"
+        );
+    }
+    let aside: Vec<String> = std::fs::read_dir(dir.path().join("state"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("corrupt"))
+        .collect();
+    assert!(aside.is_empty(), "nothing moved aside: {aside:?}");
+    assert_eq!(
+        std::fs::read(&db).ok(),
+        Some(before),
+        "the file is untouched"
+    );
 }
 
 /// Local users are neighbours too: a request without a newline is cut at 1 KiB and refused,
