@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use crate::registry::Persisted;
 
 mod bounded;
+mod clock;
 use bounded::Bounded;
 pub use bounded::{Appended, Dropped, Limits, KIND_TELEMETRY};
 
@@ -75,7 +76,8 @@ pub struct Row {
 pub struct NewRow {
     pub kind: u8,
     pub child: String,
-    /// Sample time (ms since the epoch): what `max_age` is measured against.
+    /// Sample time (ms since the epoch). A record's age for `max_age` is its age at enqueue
+    /// by this time, plus the queue time since (see `clock.rs`): immune to clock steps.
     pub ts_ms: u64,
     pub body: Vec<u8>,
 }

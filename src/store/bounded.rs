@@ -4,7 +4,8 @@
 //! nothing per append. When `max_bytes` is exceeded, the oldest *telemetry* rows go first;
 //! priority rows (status changes, anything not telemetry) have their own smaller bound and are
 //! dropped only past it, so an outage never costs the platform the knowledge of which devices
-//! were down. Rows older than `max_age` expire. Every dropped row is counted by reason and
+//! were down. Rows older than `max_age` expire, measured in queue time (`clock.rs`), so a step
+//! of the wall clock never expires anything by itself. Every dropped row is counted by reason and
 //! returned to the caller, which logs once per episode — never silently.
 //!
 //! Rows the uplink has taken (in flight, or acknowledged and waiting for their batched delete)
@@ -15,9 +16,14 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
+use tracing::warn;
 
+use super::clock::QueueClock;
 use super::{NewRow, StoreError};
+
+/// The `meta` key holding the queue clock's offset (ms) across restarts.
+const CLOCK_OFFSET: &str = "queue_clock_offset_ms";
 
 /// Rows of this kind are telemetry: dropped first when the queue is full.
 pub const KIND_TELEMETRY: u8 = 1;
@@ -29,7 +35,8 @@ pub struct Limits {
     pub max_bytes: u64,
     /// Priority (non-telemetry) rows alone.
     pub max_priority_bytes: u64,
-    /// Rows older than this (by sample time) are dropped as `expired`.
+    /// Rows older than this are dropped as `expired`: their age when queued (by sample time)
+    /// plus the time queued since, measured without the wall clock's steps.
     pub max_age: Duration,
 }
 
@@ -69,6 +76,10 @@ pub struct Bounded {
     pub bytes: u64,
     priority_bytes: u64,
     last_expiry: Option<Instant>,
+    /// Queue time (what the `ts` column holds and `max_age` is measured in), and the monotonic
+    /// origin of its observations.
+    clock: QueueClock,
+    since: Instant,
     /// Rows taken by the uplink and not yet deleted or released, with their kind and body
     /// length (so deleting them needs no read back).
     pub marked: Marks,
@@ -93,12 +104,30 @@ impl Bounded {
             [KIND_TELEMETRY],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
         )?;
+        let offset = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [CLOCK_OFFSET],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        let newest = conn
+            .query_row("SELECT ts FROM queue ORDER BY seq DESC LIMIT 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .and_then(|t| u64::try_from(t).ok());
+        let clock = QueueClock::resume(offset, newest, fieldgate_driver::now_ms());
         Ok(Bounded {
             limits,
             records,
             bytes,
             priority_bytes,
             last_expiry: None,
+            clock,
+            since: Instant::now(),
             marked: Marks::default(),
         })
     }
@@ -127,14 +156,23 @@ impl Bounded {
         conn: &mut Connection,
         rows: &[NewRow],
     ) -> Result<Appended, StoreError> {
+        let wall = fieldgate_driver::now_ms();
+        let now = self.queue_now(conn, wall);
         let tx = conn.transaction().map_err(classify)?;
         {
             let mut stmt = tx
                 .prepare_cached("INSERT INTO queue(kind, child, ts, body) VALUES(?1, ?2, ?3, ?4)")
                 .map_err(classify)?;
             for r in rows {
-                stmt.execute(params![r.kind, r.child, r.ts_ms as i64, r.body])
-                    .map_err(classify)?;
+                // Its age so far (a reading may arrive old), carried over into queue time.
+                let ts = now.saturating_sub(wall.saturating_sub(r.ts_ms));
+                stmt.execute(params![
+                    r.kind,
+                    r.child,
+                    i64::try_from(ts).unwrap_or(i64::MAX),
+                    r.body
+                ])
+                .map_err(classify)?;
             }
         }
         let last_seq = tx.last_insert_rowid() as u64;
@@ -142,7 +180,7 @@ impl Bounded {
         for r in rows {
             self.account(r.kind, r.body.len() as u64, 1);
         }
-        let dropped = self.enforce(conn, fieldgate_driver::now_ms())?;
+        let dropped = self.enforce(conn, now)?;
         Ok(Appended { last_seq, dropped })
     }
 
@@ -276,6 +314,26 @@ impl Bounded {
                 return Ok(n);
             }
         }
+    }
+
+    /// Queue time now, given the wall clock: a step is logged once and its offset kept in the
+    /// store, so a restart continues it.
+    fn queue_now(&mut self, conn: &Connection, wall_ms: u64) -> u64 {
+        let mono = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let r = self.clock.observe(wall_ms, mono);
+        if let Some(step) = r.step_ms {
+            warn!(
+                step_s = step / 1000,
+                "the wall clock stepped; queued records keep their age (max_age counts queue time)"
+            );
+            if let Err(e) = conn.execute(
+                "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![CLOCK_OFFSET, self.clock.offset_ms().to_string()],
+            ) {
+                warn!(error = %e, "cannot keep the clock offset; a restart measures ages by the wall clock");
+            }
+        }
+        r.now_ms
     }
 
     /// Apply the bounds: expiry (at most once a second), then bytes.
