@@ -217,3 +217,143 @@ poll = "200ms"
     );
     assert_eq!(gw.terminate(), Some(0));
 }
+
+/// A printable terminator (`;`) is a framing byte a text parameter could carry: `check` warns
+/// about the template, a value containing it is refused with the bad-value code before it
+/// reaches the wire (it would have put a second command there), and a declared `pattern`
+/// refuses what it does not match.
+#[test]
+fn framing_bytes_never_reach_the_wire_inside_a_parameter() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pty = PtyPair::new(dir.path());
+    let broker = Mosquitto::start(dir.path());
+    let platform = TestPlatform::start(broker.port, "gw_semi");
+
+    // The instrument: commands end with `;`; it answers "SI" with a weight.
+    let wire = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let wire = wire.clone();
+        let path = pty.a.clone();
+        std::thread::spawn(move || {
+            let Ok(f) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+            else {
+                return;
+            };
+            let Ok(mut w) = f.try_clone() else { return };
+            let mut r = BufReader::new(f);
+            let mut cmd = Vec::new();
+            while r.read_until(b';', &mut cmd).is_ok_and(|k| k > 0) {
+                let c = String::from_utf8_lossy(&cmd)
+                    .trim_end_matches(';')
+                    .to_string();
+                cmd.clear();
+                if let Ok(mut v) = wire.lock() {
+                    v.push(c.clone());
+                }
+                let reply = if c == "SI" { "ST,+1.000kg;" } else { "0;" };
+                let _ = w.write_all(reply.as_bytes());
+            }
+        });
+    }
+
+    let cfg = dir.path().join("fieldgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[gateway]
+runtime_dir = "{dir}/run"
+
+[platform]
+dialect = "iotda"
+host = "127.0.0.1"
+port = {mqtt}
+tls = false
+device_id = "gw_semi"
+secret = "s"
+
+[store]
+path = "{dir}/fg.db"
+
+[[bus]]
+name = "com"
+driver = "serial-ascii"
+port = "{tty}"
+terminator = ";"
+timeout = "300ms"
+
+[profile.scale]
+product_id = "scale"
+service = "weight"
+request = "SI;"
+regex = '^ST,(?P<kg>[-+0-9.]+)kg$'
+
+[[profile.scale.field]]
+property = "kg"
+
+[[profile.scale.command]]
+name = "label"
+send = "LBL {{text}};"
+params = [{{ name = "text", type = "string", max_len = 16 }}]
+
+[[profile.scale.command]]
+name = "lot"
+send = "LOT {{code}};"
+params = [{{ name = "code", type = "string", pattern = "[A-Z0-9]{{1,8}}" }}]
+
+[[device]]
+node_id = "s1"
+bus = "com"
+profile = "scale"
+poll = "200ms"
+"#,
+            dir = dir.path().display(),
+            mqtt = broker.port,
+            tty = pty.b.display(),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, out, err) = fieldgate(&["check", "-c", &cfg.to_string_lossy()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("warning") && err.contains("`text`") && err.contains("\";\""),
+        "check warns about the template: {err}"
+    );
+    assert!(
+        !err.contains("`code`"),
+        "a parameter with a pattern is not warned about: {err}"
+    );
+
+    let mut gw = Gateway::start(&cfg);
+    wait_until(Duration::from_secs(20), "weights reported", || {
+        platform.reports().iter().any(|(d, _)| d == "scale_s1")
+    });
+    let ask = |id: &str, name: &str, paras: &str| {
+        let body = format!(
+            r#"{{"object_device_id":"scale_s1","service_id":"weight","command_name":"{name}","paras":{paras}}}"#
+        );
+        platform.ask("commands", id, body.as_bytes())
+    };
+    let r = ask("c1", "label", r#"{"text":"A;ZERO"}"#);
+    assert_eq!(r["result_code"], json!(4), "{r}");
+    let r = ask("c2", "lot", r#"{"code":"a;b"}"#);
+    assert_eq!(r["result_code"], json!(4), "{r}");
+    let r = ask("c3", "lot", r#"{"code":"LOT77"}"#);
+    assert_eq!(r["result_code"], json!(0), "{r}");
+    let r = ask("c4", "label", r#"{"text":"A B"}"#);
+    assert_eq!(r["result_code"], json!(0), "{r}");
+    std::thread::sleep(Duration::from_millis(300));
+    let sent: Vec<String> = wire
+        .lock()
+        .map(|v| v.iter().filter(|c| *c != "SI").cloned().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        sent,
+        vec!["LOT LOT77", "LBL A B"],
+        "only whole, valid commands"
+    );
+    assert_eq!(gw.terminate(), Some(0));
+}

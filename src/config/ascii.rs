@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldgate_driver::{DeclaredCommand, ParamKind, ParamSpec};
+use fieldgate_driver::{DeclaredCommand, ParamKind, ParamSpec, Pattern};
 use fieldgate_serial::frame::Framing;
 use fieldgate_serial::instrument::placeholders;
 use fieldgate_serial::parse::{Checksum, Extract, FieldSpec, FieldType, Source};
@@ -106,6 +106,9 @@ pub(super) struct RawParam {
     max: Option<f64>,
     #[serde(default)]
     max_len: Option<usize>,
+    /// Text parameters: a regex the whole value must match.
+    #[serde(default)]
+    pattern: Option<String>,
 }
 
 /// The result of reading one ASCII profile.
@@ -133,18 +136,56 @@ impl Checker<'_> {
         let mut params: Vec<ParamSpec> = Vec::new();
         for (i, p) in raw.iter().enumerate() {
             let ppath = format!("{path}.params[{i}]");
-            let kind = match ParamKind::parse(&p.kind) {
+            let parsed = ParamKind::parse(&p.kind);
+            if p.pattern.is_some() && !matches!(parsed, Ok(ParamKind::Text { .. })) {
+                self.err(
+                    Some(at.span()),
+                    format!("{ppath}.pattern"),
+                    "only `string` parameters take a pattern".to_string(),
+                );
+                return None;
+            }
+            let kind = match parsed {
                 Ok(ParamKind::Int { .. }) => {
-                    let (min, max) = (p.min.map(|v| v as i64), p.max.map(|v| v as i64));
-                    ParamKind::Int { min, max }
+                    // Bounds of a whole-number parameter must be whole numbers within i64.
+                    let bound = |v: f64| {
+                        (v.fract() == 0.0
+                            && v >= -9_223_372_036_854_775_808.0
+                            && v < 9_223_372_036_854_775_808.0)
+                            .then_some(v as i64)
+                    };
+                    let (min, max) = (p.min.map(bound), p.max.map(bound));
+                    if matches!(min, Some(None)) || matches!(max, Some(None)) {
+                        self.err(
+                            Some(at.span()),
+                            ppath.clone(),
+                            "an `int` parameter's min and max must be whole numbers".to_string(),
+                        );
+                        return None;
+                    }
+                    ParamKind::Int {
+                        min: min.flatten(),
+                        max: max.flatten(),
+                    }
                 }
                 Ok(ParamKind::Float { .. }) => ParamKind::Float {
                     min: p.min,
                     max: p.max,
                 },
-                Ok(ParamKind::Text { max_len }) => ParamKind::Text {
-                    max_len: p.max_len.unwrap_or(max_len),
-                },
+                Ok(ParamKind::Text { max_len, .. }) => {
+                    let pattern = match p.pattern.as_deref().map(Pattern::new) {
+                        None => None,
+                        Some(Ok(re)) => Some(re),
+                        Some(Err(e)) => {
+                            self.err(Some(at.span()), format!("{ppath}.pattern"), e);
+                            return None;
+                        }
+                    };
+                    ParamKind::Text {
+                        max_len: p.max_len.unwrap_or(max_len),
+                        pattern,
+                    }
+                }
                 Ok(k) => k,
                 Err(e) => {
                     self.err(Some(at.span()), format!("{ppath}.type"), e);

@@ -205,7 +205,10 @@ impl Checker<'_> {
                             min: rc.min,
                             max: rc.max,
                         },
-                        CharType::Text => ParamKind::Text { max_len: 20 },
+                        CharType::Text => ParamKind::Text {
+                            max_len: 20,
+                            pattern: None,
+                        },
                         _ => ParamKind::Int {
                             min: rc.min.map(|v| v as i64),
                             max: rc.max.map(|v| v as i64),

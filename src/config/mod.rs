@@ -304,6 +304,51 @@ impl Config {
                 ));
             }
         }
+        out.extend(self.framing_warnings());
+        out
+    }
+
+    /// Text parameters of serial command templates that could carry a printable framing byte
+    /// of their bus: such values are refused at run time; a `pattern` says what is meant.
+    fn framing_warnings(&self) -> Vec<String> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for d in &self.devices {
+            let (Some(a), Some(bus)) = (&d.ascii, self.buses.iter().find(|b| b.name == d.bus))
+            else {
+                continue;
+            };
+            let BusKind::SerialAscii { framing, .. } = &bus.kind else {
+                continue;
+            };
+            let printable: String = framing
+                .delimiters()
+                .into_iter()
+                .filter(|b| (0x20..0x7f).contains(b))
+                .map(char::from)
+                .collect();
+            if printable.is_empty() {
+                continue;
+            }
+            for c in &a.0.commands {
+                for p in &c.decl.params {
+                    if matches!(
+                        p.kind,
+                        fieldgate_driver::ParamKind::Text { pattern: None, .. }
+                    ) && seen.insert((
+                        d.profile.clone(),
+                        bus.name.clone(),
+                        c.decl.name.clone(),
+                        p.name.clone(),
+                    )) {
+                        out.push(format!(
+                            "profile `{}` command `{}`: text parameter `{}` could carry {printable:?}, framing on bus `{}`; such values are refused when sent — declare a `pattern` for what it may hold",
+                            d.profile, c.decl.name, p.name, bus.name
+                        ));
+                    }
+                }
+            }
+        }
         out
     }
 }

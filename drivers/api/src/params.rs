@@ -21,10 +21,43 @@ pub enum ParamKind {
         max: Option<f64>,
     },
     Bool,
-    /// Printable ASCII only (it ends up on a wire), at most `max_len` characters.
+    /// Printable ASCII only (it ends up on a wire), at most `max_len` characters, and the
+    /// whole value matching `pattern` when one is declared.
     Text {
         max_len: usize,
+        pattern: Option<Pattern>,
     },
+}
+
+/// A declared text parameter's pattern: a regex the *whole* value must match.
+#[derive(Debug, Clone)]
+pub struct Pattern(regex::Regex);
+
+impl Pattern {
+    /// Compile `src` anchored at both ends (`^(?:src)$`).
+    pub fn new(src: &str) -> Result<Self, String> {
+        regex::Regex::new(&format!("^(?:{src})$"))
+            .map(Pattern)
+            .map_err(|e| format!("not a valid regex: {e}"))
+    }
+
+    pub fn is_match(&self, s: &str) -> bool {
+        self.0.is_match(s)
+    }
+
+    /// The pattern as declared (without the anchors).
+    pub fn as_str(&self) -> &str {
+        let s = self.0.as_str();
+        s.strip_prefix("^(?:")
+            .and_then(|s| s.strip_suffix(")$"))
+            .unwrap_or(s)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +86,10 @@ impl ParamKind {
                 max: None,
             },
             "bool" => ParamKind::Bool,
-            "string" => ParamKind::Text { max_len: 32 },
+            "string" => ParamKind::Text {
+                max_len: 32,
+                pattern: None,
+            },
             other => {
                 return Err(format!(
                     "unknown parameter type `{other}` (int, float, bool, string)"
@@ -88,12 +124,15 @@ impl ParamSpec {
                 }
                 Ok(Value::Float(f))
             }
-            (ParamKind::Text { max_len }, Json::String(s)) => {
+            (ParamKind::Text { max_len, pattern }, Json::String(s)) => {
                 if s.len() > *max_len {
                     return Err(format!("`{name}` is longer than {max_len} characters"));
                 }
                 if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
                     return Err(format!("`{name}` must be printable ASCII"));
+                }
+                if let Some(p) = pattern.as_ref().filter(|p| !p.is_match(s)) {
+                    return Err(format!("`{name}` must match `{}`", p.as_str()));
                 }
                 Ok(Value::Text(s.clone()))
             }
@@ -165,7 +204,10 @@ mod tests {
                 },
                 ParamSpec {
                     name: "label".into(),
-                    kind: ParamKind::Text { max_len: 8 },
+                    kind: ParamKind::Text {
+                        max_len: 8,
+                        pattern: Some(Pattern::new("[A-Z0-9]*").unwrap_or_else(|e| panic!("{e}"))),
+                    },
                 },
             ],
         }
@@ -197,6 +239,11 @@ mod tests {
             ),
             (json!({"band": 1, "label": "x\r\nT"}), "printable ASCII"),
             (json!({"band": 1, "label": "123456789"}), "longer than 8"),
+            (
+                json!({"band": 1, "label": "A;ZERO"}),
+                "must match `[A-Z0-9]*`",
+            ),
+            (json!({"band": 1, "label": "a1"}), "must match"),
         ] {
             let e = c.check(&paras(bad.clone())).err().unwrap_or_default();
             assert!(e.contains(why), "{bad}: {e}");

@@ -13,6 +13,21 @@ pub enum Framing {
     Delimited { start: Vec<u8>, end: Vec<u8> },
 }
 
+impl Framing {
+    /// The bytes that delimit frames on this bus (none for fixed-length frames): a command
+    /// parameter must never carry one, or it would end the command early and start another.
+    pub fn delimiters(&self) -> Vec<u8> {
+        let mut out: Vec<u8> = match self {
+            Framing::Terminator(t) => t.clone(),
+            Framing::Length(_) => Vec::new(),
+            Framing::Delimited { start, end } => start.iter().chain(end).copied().collect(),
+        };
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
 /// What the framer had to throw away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Junk {

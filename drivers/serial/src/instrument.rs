@@ -67,8 +67,14 @@ pub struct TemplateCommand {
 }
 
 impl TemplateCommand {
-    /// Fill the template; values were checked against the declaration by the daemon.
-    pub fn render(&self, params: &BTreeMap<String, Value>) -> Result<String, String> {
+    /// Fill the template; values were checked against the declaration by the daemon. A value
+    /// that would carry one of the bus's `delimiters` (its terminator, start or end bytes) is
+    /// refused: it would cut the command short and put a second one on the wire.
+    pub fn render(
+        &self,
+        params: &BTreeMap<String, Value>,
+        delimiters: &[u8],
+    ) -> Result<String, String> {
         let mut out = String::with_capacity(self.template.len() + 16);
         let mut rest = self.template.as_str();
         while let Some(open) = rest.find('{') {
@@ -81,13 +87,21 @@ impl TemplateCommand {
             let v = params
                 .get(name)
                 .ok_or_else(|| format!("no value for `{{{name}}}`"))?;
-            out.push_str(&match v {
+            let text = match v {
                 Value::Bool(b) => u8::from(*b).to_string(),
                 Value::Int(i) => i.to_string(),
                 Value::UInt(u) => u.to_string(),
                 Value::Float(f) => f.to_string(),
                 Value::Text(s) => s.clone(),
-            });
+            };
+            if let Some(b) = text.bytes().find(|b| delimiters.contains(b)) {
+                return Err(format!(
+                    "`{name}` contains {:?}, a framing byte of this bus: refused, it would \
+                     end the command early",
+                    char::from(b)
+                ));
+            }
+            out.push_str(&text);
             rest = &after[close + 1..];
         }
         out.push_str(rest);
@@ -656,7 +670,7 @@ impl Task {
                         format!("command `{service}.{name}` is not declared for this device"),
                     );
                 };
-                let text = match c.render(params) {
+                let text = match c.render(params, &self.bus.framing.delimiters()) {
                     Ok(t) => t,
                     Err(e) => return fail(ErrorCode::BadValue, e),
                 };
@@ -744,8 +758,33 @@ mod tests {
             ("band".to_string(), Value::Int(7)),
             ("label".to_string(), Value::Text("A".into())),
         ]);
-        assert_eq!(c.render(&p), Ok("Z7,A\r\n".to_string()));
-        assert!(c.render(&BTreeMap::new()).is_err());
+        assert_eq!(c.render(&p, b"\r\n"), Ok("Z7,A\r\n".to_string()));
+        assert!(c.render(&BTreeMap::new(), b"").is_err());
+        // A printable terminator cannot be smuggled in a value.
+        let semi = Framing::Terminator(b";".to_vec()).delimiters();
+        let p = BTreeMap::from([
+            ("band".to_string(), Value::Int(7)),
+            ("label".to_string(), Value::Text("A;ZERO".into())),
+        ]);
+        assert!(c
+            .render(&p, &semi)
+            .is_err_and(|e| e.contains("framing byte")));
+        let stx = Framing::Delimited {
+            start: b"<".to_vec(),
+            end: b">".to_vec(),
+        }
+        .delimiters();
+        let p = BTreeMap::from([
+            ("band".to_string(), Value::Int(-7)),
+            ("label".to_string(), Value::Text("A>".into())),
+        ]);
+        assert!(c.render(&p, &stx).is_err());
+        // Numbers are checked too: a `-` terminator makes negative numbers unsendable.
+        let p = BTreeMap::from([
+            ("band".to_string(), Value::Int(-7)),
+            ("label".to_string(), Value::Text("A".into())),
+        ]);
+        assert!(c.render(&p, b"-").is_err());
         assert_eq!(
             placeholders("T{a}x{b}"),
             Ok(vec!["a".to_string(), "b".to_string()])
