@@ -150,9 +150,9 @@ impl Checker<'_> {
                     // Bounds of a whole-number parameter must be whole numbers within i64.
                     let bound = |v: f64| {
                         (v.fract() == 0.0
-                            && v >= -9_223_372_036_854_775_808.0
-                            && v < 9_223_372_036_854_775_808.0)
-                            .then_some(v as i64)
+                            && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0)
+                                .contains(&v))
+                        .then_some(v as i64)
                     };
                     let (min, max) = (p.min.map(bound), p.max.map(bound));
                     if matches!(min, Some(None)) || matches!(max, Some(None)) {
