@@ -404,21 +404,7 @@ pub fn render(j: &Json) -> String {
         .join("\n")
 }
 
-/// `s` with every control character written as a Rust escape (`\u{1b}`, `\n`, …).
-pub fn escape_controls(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_string();
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub use fieldgate_driver::escape_controls;
 
 #[cfg(test)]
 mod tests {

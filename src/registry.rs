@@ -12,6 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use fieldgate_driver::{Report, Value};
 
 /// A child as the config describes it.
+/// Latest values kept per child for `fieldgate status`: a bound on its size whatever a device
+/// or driver program reports.
+pub const MAX_LAST_VALUES: usize = 256;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
     pub node_id: String,
@@ -295,13 +299,16 @@ impl Registry {
         }
     }
 
-    /// Remember a committed reading as the child's latest values.
+    /// Remember a committed reading as the child's latest values (the first
+    /// [`MAX_LAST_VALUES`] names; `fieldgate status` shows them).
     pub fn record(&mut self, r: &Report) {
         if let Some(c) = self.children.get_mut(&r.child) {
             c.last_report_ms = Some(c.last_report_ms.map_or(r.ts_ms, |t| t.max(r.ts_ms)));
             for (k, v) in &r.properties {
-                c.last_values
-                    .insert(format!("{}.{k}", r.service), v.clone());
+                let key = format!("{}.{k}", r.service);
+                if c.last_values.len() < MAX_LAST_VALUES || c.last_values.contains_key(&key) {
+                    c.last_values.insert(key, v.clone());
+                }
             }
         }
     }

@@ -217,6 +217,7 @@ name = "x"
 driver = "exec"
 command = ["python3", "{script}"]
 max_line = 1048576
+max_properties = 30001
 
 [profile.flood]
 kind = "exec"
@@ -270,6 +271,115 @@ profile = "flood"
     assert!(
         gw.count(&["temp/#+"]) >= 1,
         "the refusal names the property"
+    );
+    drop(gw);
+}
+
+/// An exec program as a bad neighbour: thousands of `log` and stderr lines (one forging a log
+/// line with `\n`), and 3,000 invented property names. The daemon logs at most 20 of its lines
+/// a minute (plus one saying the rest are suppressed), escapes control characters, keeps
+/// `max_properties` names per child (the rest dropped and counted), and the readings flow.
+#[test]
+fn a_flooding_driver_program_is_bounded() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let d = dir.path();
+    let script = d.join("noisy.py");
+    std::fs::write(
+        &script,
+        r#"import json, sys, time
+start = json.loads(sys.stdin.readline())
+def send(m):
+    sys.stdout.write(json.dumps(m) + "\n")
+send({"type": "status", "child": "c", "online": True})
+send({"type": "report", "child": "c", "properties": {"n": 0}})
+send({"type": "log", "level": "error", "message": "x\nFORGED ERROR fieldgate: all good"})
+for i in range(5000):
+    send({"type": "log", "level": "error", "message": f"spam {i}"})
+    sys.stderr.write(f"stderr spam {i}\n")
+for i in range(3000):
+    send({"type": "report", "child": "c", "properties": {f"p{i}": i}})
+sys.stdout.flush(); sys.stderr.flush()
+n = 0
+while True:
+    n += 1
+    send({"type": "report", "child": "c", "properties": {"n": n}})
+    sys.stdout.flush()
+    time.sleep(0.1)
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start(d);
+    let platform = TestPlatform::start(broker.port, "gw_noisy");
+    let cfg = write_config(
+        d,
+        "noisy.toml",
+        &format!(
+            "dialect = \"iotda\"\nhost = \"127.0.0.1\"\nport = {}\ntls = false\ndevice_id = \"gw_noisy\"\nsecret = \"s\"",
+            broker.port
+        ),
+        &format!(
+            r#"[[bus]]
+name = "x"
+driver = "exec"
+command = ["python3", "{script}"]
+max_properties = 100
+
+[profile.noisy]
+kind = "exec"
+product_id = "noisy"
+
+[[device]]
+node_id = "c"
+bus = "x"
+profile = "noisy"
+"#,
+            script = script.display(),
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let last_n = || {
+        platform
+            .reports()
+            .iter()
+            .filter_map(|(_, s)| s["properties"]["n"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(30), "readings after the flood", || {
+        last_n() >= 5
+    });
+    let names: std::collections::BTreeSet<String> = platform
+        .reports()
+        .iter()
+        .flat_map(|(_, s)| {
+            s["properties"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        names.iter().filter(|k| k.starts_with('p')).count(),
+        99,
+        "max_properties = 100, `n` included"
+    );
+    let log = gw.log();
+    let from_program = log.iter().filter(|l| l.contains("driver program")).count();
+    assert!(
+        (20..=23).contains(&from_program),
+        "{from_program} lines from the program: {:?}",
+        &log[..log.len().min(40)]
+    );
+    assert!(
+        !log.iter().any(|l| l.starts_with("FORGED")),
+        "a line break in a message never starts a log line"
+    );
+    assert!(log.iter().any(|l| l.contains(r"x\nFORGED")), "escaped");
+    let s = status(&cfg);
+    assert!(s.to_string().len() < 64 * 1024, "status stays small");
+    assert!(
+        s["buses"][0]["skipped"]["bad_lines"].as_u64().unwrap_or(0) >= 1,
+        "{s}"
     );
     drop(gw);
 }

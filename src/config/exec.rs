@@ -38,12 +38,16 @@ struct RawExecCommand {
     params: Vec<RawParam>,
 }
 
+/// The largest `max_properties` accepted: names are kept in memory for the daemon's lifetime.
+const MAX_PROPERTIES_LIMIT: usize = 100_000;
+
 /// The bus's program settings, as far as the bus table holds them.
 pub(super) struct ExecSettings {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub working_dir: Option<PathBuf>,
     pub max_line: usize,
+    pub max_properties: usize,
     pub stop_grace: Duration,
 }
 
@@ -57,6 +61,7 @@ impl ExecSettings {
             restart_min,
             restart_max,
             max_line: self.max_line,
+            max_properties: self.max_properties,
             stop_grace: self.stop_grace,
         }
     }
@@ -93,6 +98,18 @@ impl Checker<'_> {
             Some(m) => *m.get_ref(),
             None => 64 * 1024,
         };
+        let max_properties = match &b.max_properties {
+            Some(m) if !(1..=MAX_PROPERTIES_LIMIT).contains(m.get_ref()) => {
+                self.err(
+                    Some(m.span()),
+                    format!("{path}.max_properties"),
+                    format!("max_properties must be 1..{MAX_PROPERTIES_LIMIT}"),
+                );
+                return None;
+            }
+            Some(m) => *m.get_ref(),
+            None => fieldgate_exec::DEFAULT_MAX_PROPERTIES,
+        };
         let stop_grace = b
             .stop_grace
             .as_ref()
@@ -110,6 +127,7 @@ impl Checker<'_> {
             env: b.env.clone().unwrap_or_default().into_iter().collect(),
             working_dir: b.working_dir.clone().map(PathBuf::from),
             max_line,
+            max_properties,
             stop_grace,
         })
     }

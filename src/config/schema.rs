@@ -154,6 +154,9 @@ pub struct RawBus {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub max_line: Option<Spanned<usize>>,
+    /// Exec: distinct property names one child may report (default 1024).
+    #[serde(default)]
+    pub max_properties: Option<Spanned<usize>>,
     #[serde(default)]
     pub stop_grace: Option<Spanned<Dur>>,
     /// BLE: the adapter (`hci0`); default BlueZ's default adapter.

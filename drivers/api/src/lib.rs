@@ -224,6 +224,24 @@ pub const MAX_NAME: usize = 128;
 /// Why `name` cannot be a property or service name, if it cannot. Names end up in JSON, in
 /// MQTT topics (AllThingsTalk assets) and in terminals, so one rule holds for every driver and
 /// dialect: 1–128 bytes, no MQTT wildcard or level separator (`+`, `#`, `/`), no control
+/// Text from outside (a driver program's log line, a device's reason, a platform's message)
+/// with its control characters escaped (`\n`, `\u{1b}`): it cannot forge a log line or drive
+/// an admin's terminal.
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// characters (NUL included).
 pub fn name_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() {

@@ -2,19 +2,21 @@
 //!
 //! The program is started from an argv (no shell) with piped stdio and `kill_on_drop`. Its
 //! stdout is read line by line with a hard bound per line (longer lines are discarded and
-//! counted); its stderr becomes log lines (bounded, and at most 20 a minute). A crash or exit
+//! counted); its stderr and `log` messages become log lines (control characters escaped, each
+//! bounded, together at most 20 a minute), and each child may report at most
+//! `max_properties` distinct property names. A crash or exit
 //! marks every child OFFLINE with the exit status, fails the commands in flight, and restarts
 //! the program with exponential backoff (reset once a run lasted a minute). On shutdown the
 //! program gets `{"type":"stop"}` and its stdin closed, then is killed after a grace period.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
-    now_ms, send_status, Command, CommandOutcome, CommandRequest, DeviceStatus, Driver,
-    DriverContext, DriverError, DriverFuture, ErrorCode, Event, Health, Report,
+    escape_controls, now_ms, send_status, Command, CommandOutcome, CommandRequest, DeviceStatus,
+    Driver, DriverContext, DriverError, DriverFuture, ErrorCode, Event, Health, Report,
 };
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -34,6 +36,9 @@ pub struct ExecBus {
     pub restart_max: Duration,
     /// Longest line accepted from the program.
     pub max_line: usize,
+    /// Distinct `service.property` names one child may report; later new names are dropped
+    /// and counted as bad lines.
+    pub max_properties: usize,
     /// How long the program has to exit after `stop` before it is killed.
     pub stop_grace: Duration,
 }
@@ -87,7 +92,10 @@ struct Task {
     bad_lines: u64,
     bad_logged: u64,
     last_bad_log: Option<Instant>,
-    stderr_budget: (Instant, u32),
+    /// Lines of the program's own (`log` messages and stderr) logged this minute.
+    out_budget: LogBudget,
+    /// Distinct `service.property` names seen per child, capped at `max_properties`.
+    names: HashMap<String, HashSet<String>>,
     /// Bad lines `fieldgate status` was last told of, and when.
     counters_sent: (u64, Option<Instant>),
 }
@@ -107,7 +115,8 @@ impl Task {
             bad_lines: 0,
             bad_logged: 0,
             last_bad_log: None,
-            stderr_budget: (Instant::now(), 0),
+            out_budget: LogBudget::default(),
+            names: HashMap::new(),
             counters_sent: (0, None),
         }
     }
@@ -269,9 +278,24 @@ impl Task {
             Ok(FromDriver::Report {
                 child,
                 service,
-                properties,
+                mut properties,
                 ts_ms,
             }) => {
+                // Every distinct name costs memory for good (latest values, status, platform
+                // models): a program inventing names without end is cut off per child.
+                let known = self.names.entry(child.clone()).or_default();
+                let before = properties.len();
+                properties.retain(|k, _| {
+                    let name = format!("{service}.{k}");
+                    known.contains(&name)
+                        || (known.len() < self.bus.max_properties && known.insert(name))
+                });
+                if properties.len() < before {
+                    self.bad_line(&LineError::TooManyProperties(self.bus.max_properties), line);
+                }
+                if properties.is_empty() {
+                    return Ok(());
+                }
                 let st = self.health.get_mut(&child).and_then(Health::success);
                 self.status(st, ctx).await?;
                 // A timestamp from the program is used when it is plausible (not in the future).
@@ -321,12 +345,15 @@ impl Task {
                 }
             },
             Ok(FromDriver::Log { level, message }) => {
-                let message: String = message.chars().take(512).collect();
+                if !self.out_budget.allow(&self.bus.name) {
+                    return Ok(());
+                }
+                let message = escape_controls(&message.chars().take(512).collect::<String>());
                 match level.as_str() {
-                    "error" => error!(bus = %self.bus.name, "{message}"),
-                    "warn" => warn!(bus = %self.bus.name, "{message}"),
-                    "debug" => debug!(bus = %self.bus.name, "{message}"),
-                    _ => info!(bus = %self.bus.name, "{message}"),
+                    "error" => error!(bus = %self.bus.name, "driver program: {message}"),
+                    "warn" => warn!(bus = %self.bus.name, "driver program: {message}"),
+                    "debug" => debug!(bus = %self.bus.name, "driver program: {message}"),
+                    _ => info!(bus = %self.bus.name, "driver program: {message}"),
                 }
             }
             Err(e) => self.bad_line(&e, line),
@@ -377,22 +404,15 @@ impl Task {
     }
 
     fn on_stderr(&mut self, line: &[u8]) {
-        let (since, n) = &mut self.stderr_budget;
-        if since.elapsed() >= Duration::from_secs(60) {
-            *since = Instant::now();
-            *n = 0;
+        if !self.out_budget.allow(&self.bus.name) {
+            return;
         }
-        *n += 1;
-        if *n <= 20 {
-            let text: String = String::from_utf8_lossy(line)
-                .trim_end()
-                .chars()
-                .take(300)
-                .collect();
-            warn!(bus = %self.bus.name, "driver program stderr: {text}");
-        } else if *n == 21 {
-            warn!(bus = %self.bus.name, "driver program stderr: more lines this minute suppressed");
-        }
+        let text: String = String::from_utf8_lossy(line)
+            .trim_end()
+            .chars()
+            .take(300)
+            .collect();
+        warn!(bus = %self.bus.name, "driver program stderr: {}", escape_controls(&text));
     }
 
     async fn status(
@@ -584,6 +604,51 @@ fn error_code(code: &str) -> ErrorCode {
         "unsupported" => ErrorCode::Unsupported,
         "busy" => ErrorCode::Busy,
         _ => ErrorCode::DeviceError,
+    }
+}
+
+/// Default of [`ExecBus::max_properties`].
+pub const DEFAULT_MAX_PROPERTIES: usize = 1024;
+
+/// Lines of the program's own output (`log` messages and stderr together) logged per minute.
+const LOG_LINES_PER_MINUTE: u32 = 20;
+
+/// At most [`LOG_LINES_PER_MINUTE`] of the program's lines a minute reach the log; the next one
+/// says that more are suppressed, and the first after the minute says how many were.
+#[derive(Debug)]
+struct LogBudget {
+    since: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        LogBudget {
+            since: Instant::now(),
+            used: 0,
+            suppressed: 0,
+        }
+    }
+}
+
+impl LogBudget {
+    fn allow(&mut self, bus: &str) -> bool {
+        if self.since.elapsed() >= Duration::from_secs(60) {
+            if self.suppressed > 0 {
+                warn!(bus = %bus, suppressed = self.suppressed, "driver program: log lines suppressed in the last minute");
+            }
+            *self = LogBudget::default();
+        }
+        self.used = self.used.saturating_add(1);
+        if self.used <= LOG_LINES_PER_MINUTE {
+            return true;
+        }
+        if self.used == LOG_LINES_PER_MINUTE + 1 {
+            warn!(bus = %bus, "driver program: more than {LOG_LINES_PER_MINUTE} log lines this minute, suppressing the rest");
+        }
+        self.suppressed += 1;
+        false
     }
 }
 

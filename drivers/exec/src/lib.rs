@@ -7,4 +7,4 @@
 pub mod driver;
 pub mod protocol;
 
-pub use driver::{ExecBus, ExecDevice, ExecDriver};
+pub use driver::{ExecBus, ExecDevice, ExecDriver, DEFAULT_MAX_PROPERTIES};

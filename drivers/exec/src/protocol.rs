@@ -49,6 +49,8 @@ pub enum LineError {
     Name(String, &'static str),
     #[error("line longer than {0} bytes")]
     TooLong(usize),
+    #[error("the child already reported {0} distinct properties; new names are dropped")]
+    TooManyProperties(usize),
 }
 
 #[derive(Deserialize)]

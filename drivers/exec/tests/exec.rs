@@ -22,6 +22,7 @@ fn bus(argv: Vec<String>) -> ExecBus {
         restart_min: Duration::from_millis(200),
         restart_max: Duration::from_secs(2),
         max_line: 4096,
+        max_properties: fieldgate_exec::DEFAULT_MAX_PROPERTIES,
         stop_grace: Duration::from_millis(800),
     }
 }
