@@ -22,6 +22,8 @@ for f in config/*.toml; do install -D -m 0644 "$f" "$tree/usr/share/doc/fieldgat
 # The external-driver protocol and its runnable example program.
 install -D -m 0644 drivers/exec/README.md "$tree/usr/share/doc/fieldgate/exec-drivers.md"
 install -D -m 0755 drivers/exec/examples/thermostat.py "$tree/usr/share/doc/fieldgate/examples/thermostat.py"
+# The drop-in that lets exec driver programs on JIT runtimes run under the unit's sandbox.
+install -D -m 0644 systemd/jit-drivers.conf "$tree/usr/share/doc/fieldgate/examples/jit-drivers.conf"
 
 # .deb (Debian: units under /lib/systemd/system)
 deb="$stage/deb"

@@ -32,14 +32,33 @@ systemd-analyze verify /lib/systemd/system/fieldgate.service
 score=$(systemd-analyze security --offline=true /lib/systemd/system/fieldgate.service | sed -n 's/.*exposure level for fieldgate.service: \([0-9.]*\).*/\1/p')
 echo "systemd-analyze security: exposure $score (OK is <= 2.5)"
 awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.5) }'
+grep -q "^LimitNOFILE=8192" /lib/systemd/system/fieldgate.service
+grep -q "^DeviceAllow=char-ttymxc rw" /lib/systemd/system/fieldgate.service
+
+echo "-- the JIT drop-in lifts exactly MemoryDenyWriteExecute and @resources (offline analysis)"
+root=$(mktemp -d)
+install -D -m 0644 /lib/systemd/system/fieldgate.service "$root/etc/systemd/system/fieldgate.service"
+install -D -m 0644 /usr/share/doc/fieldgate/examples/jit-drivers.conf \
+    "$root/etc/systemd/system/fieldgate.service.d/jit-drivers.conf"
+analysis=$(systemd-analyze security --offline=true --root="$root" fieldgate.service)
+rm -rf "$root"
+echo "$analysis" | grep -q "✗ MemoryDenyWriteExecute="
+echo "$analysis" | grep -q "✗ SystemCallFilter=~@resources"
+echo "$analysis" | grep -q "✓ SystemCallFilter=~@privileged"
+jit=$(echo "$analysis" | sed -n 's/.*exposure level for fieldgate.service: \([0-9.]*\).*/\1/p')
+echo "with the JIT drop-in: exposure $jit"
+awk -v s="$jit" 'BEGIN { exit !(s != "" && s <= 2.5) }'
 
 echo "-- reinstall keeps the edited config (conffile)"
 echo "# edited by the operator" >> /etc/fieldgate/fieldgate.toml
 dpkg -i --force-confold "$deb" >/dev/null
 grep -q "edited by the operator" /etc/fieldgate/fieldgate.toml
 
-echo "-- purge"
+echo "-- purge removes the secrets beside the config too"
+echo "s3cret" > /etc/fieldgate/secret
 apt-get purge -y -qq fieldgate >/dev/null
 test ! -e /usr/bin/fieldgate
+test ! -e /etc/fieldgate/secret
+test ! -e /var/lib/fieldgate
 trap - EXIT
 echo "packages OK: $deb $rpm"
