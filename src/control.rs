@@ -31,7 +31,8 @@ pub const SOCKET_NAME: &str = "fieldgate.sock";
 /// Everything the status answer is built from.
 #[derive(Clone)]
 pub struct StatusSource {
-    pub cfg: Arc<Config>,
+    /// The running config: replaced on every reload that was applied.
+    pub cfg: tokio::sync::watch::Receiver<Arc<Config>>,
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Mutex<Registry>>,
     pub store: Store,
@@ -41,6 +42,7 @@ pub struct StatusSource {
 impl StatusSource {
     pub async fn snapshot(&self) -> Json {
         let now = now_ms();
+        let cfg: Arc<Config> = self.cfg.borrow().clone();
         let m = &self.metrics;
         let depth = tokio::time::timeout(Duration::from_secs(2), self.store.depth())
             .await
@@ -91,8 +93,7 @@ impl StatusSource {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default();
-        let buses: Vec<Json> = self
-            .cfg
+        let buses: Vec<Json> = cfg
             .buses
             .iter()
             .map(|b| (b, match &b.kind {
@@ -123,13 +124,13 @@ impl StatusSource {
             .collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "gateway": self.cfg.gateway.name,
+            "gateway": cfg.gateway.name,
             "uptime_s": self.started.elapsed().as_secs(),
             "uplink": {
                 "connected": m.uplink_connected.load(Ordering::Relaxed),
-                "host": self.cfg.platform.host,
-                "port": self.cfg.platform.port,
-                "device_id": self.cfg.platform.device_id,
+                "host": cfg.platform.host,
+                "port": cfg.platform.port,
+                "device_id": cfg.platform.device_id,
                 "since_age_s": (since > 0).then(|| now.saturating_sub(since) / 1000),
                 "last_error": m.uplink_error.lock().map(|e| e.clone()).unwrap_or_default(),
                 "connects": m.connects.load(Ordering::Relaxed),

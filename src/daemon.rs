@@ -28,8 +28,9 @@ use crate::{control, queue, service};
 
 /// Events waiting between drivers and the store at most (back-pressure beyond this).
 const EVENT_QUEUE: usize = 4096;
-/// How long a graceful stop may take.
-const STOP_GRACE: Duration = Duration::from_secs(8);
+/// What a graceful stop may take beyond the slowest bus's stop: the uplink's close (the last
+/// PUBACKs, the OFFLINE statuses) and the store's last commit.
+const STOP_MARGIN: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -143,10 +144,11 @@ pub async fn serve(
         store.clone(),
     ));
     let runtime_dir = cfg.gateway.runtime_dir.clone();
+    let (status_cfg, status_cfg_rx) = tokio::sync::watch::channel(Arc::new(cfg.clone()));
     let control = tokio::spawn(control::serve(
         runtime_dir.clone(),
         control::StatusSource {
-            cfg: Arc::new(cfg.clone()),
+            cfg: status_cfg_rx,
             metrics: metrics.clone(),
             registry: registry.clone(),
             store: store.clone(),
@@ -185,6 +187,7 @@ pub async fn serve(
                     if let Some(new) = reload(config_path.as_deref(), &cfg) {
                         cfg = new;
                         apply(&cfg, &registry, &store, &mut sup, &router).await;
+                        status_cfg.send_replace(Arc::new(cfg.clone()));
                         reconcile.notify_one();
                     }
                     service::ready();
@@ -204,14 +207,23 @@ pub async fn serve(
     control::cleanup(&runtime_dir);
     info!("stopping");
     let _ = shutdown_tx.send(true);
+    // Buses stop at once, each within its own wait (exec: stop_grace + 2 s, others 5 s); the
+    // unit's TimeoutStopSec (30 s) is above the largest this can be (20 s + 2 s + 3 s).
+    let grace = cfg
+        .buses
+        .iter()
+        .map(crate::supervisor::stop_wait)
+        .max()
+        .unwrap_or_default()
+        + STOP_MARGIN;
     let stop = async {
         sup.stop_all().await;
         drop(sup);
         let _ = ingest.await;
         let _ = uplink.await;
     };
-    if tokio::time::timeout(STOP_GRACE, stop).await.is_err() {
-        warn!(grace = ?STOP_GRACE, "graceful stop took too long; exiting anyway (the queue is committed)");
+    if tokio::time::timeout(grace, stop).await.is_err() {
+        warn!(grace = ?grace, "graceful stop took too long; exiting anyway (the queue is committed)");
     }
     drop(store);
     info!("stopped");

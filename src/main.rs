@@ -1,5 +1,5 @@
 //! The `fieldgate` binary: parse the command line, set up logging, hand over to the library.
-//! This is the only place that uses `anyhow` and decides exit codes.
+//! This is the only place that decides exit codes.
 
 use std::process::ExitCode;
 

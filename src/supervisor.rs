@@ -221,21 +221,41 @@ impl Supervisor {
         self.buses.get(bus).map(|r| r.commands.clone())
     }
 
-    /// Stop every bus and wait for them (their last events are in the channel).
+    /// Stop every bus at once and wait for them (their last events are in the channel); each
+    /// is aborted after its [`stop_wait`].
     pub async fn stop_all(&mut self) {
-        for (_, r) in std::mem::take(&mut self.buses) {
-            stop(r).await;
+        let stopping: Vec<JoinHandle<()>> = std::mem::take(&mut self.buses)
+            .into_values()
+            .map(|r| tokio::spawn(stop(r)))
+            .collect();
+        for s in stopping {
+            let _ = s.await;
         }
+    }
+}
+
+/// Extra time a bus task gets beyond its driver program's `stop_grace` (exec) to report its
+/// children OFFLINE and end.
+const STOP_MARGIN: Duration = Duration::from_secs(2);
+/// How long a bus without a program of its own (Modbus, serial, BLE) gets to stop.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a bus may take to stop before it is aborted: an exec bus its program's
+/// `stop_grace` plus [`STOP_MARGIN`], any other [`STOP_WAIT`].
+pub fn stop_wait(bus: &Bus) -> Duration {
+    match &bus.kind {
+        BusKind::Exec(e) => e.stop_grace + STOP_MARGIN,
+        _ => STOP_WAIT,
     }
 }
 
 async fn stop(r: Running) {
     let _ = r.stop.send(true);
-    if tokio::time::timeout(Duration::from_secs(5), r.handle)
-        .await
-        .is_err()
-    {
-        warn!(bus = %r.spec.0.name, "bus task did not stop within 5s");
+    let wait = stop_wait(&r.spec.0);
+    let abort = r.handle.abort_handle();
+    if tokio::time::timeout(wait, r.handle).await.is_err() {
+        abort.abort();
+        warn!(bus = %r.spec.0.name, wait = ?wait, "bus task did not stop in time; aborted");
     }
 }
 

@@ -197,3 +197,82 @@ profile = "thing"
     );
     assert!(!gw.running());
 }
+
+/// The limits are one story: a program that needs 9 s to shut down after `stop` gets them when
+/// `stop_grace = "12s"` (the bus waits stop_grace + 2 s, the daemon the slowest bus + 3 s),
+/// and the daemon then exits cleanly — well inside the unit's 30 s.
+#[test]
+fn a_long_stop_grace_is_honoured_end_to_end() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let done = dir.path().join("shut-down-cleanly");
+    let script = dir.path().join("slow-stop.py");
+    std::fs::write(
+        &script,
+        format!(
+            r#"import json, sys, time
+start = json.loads(sys.stdin.readline())
+print(json.dumps({{"type": "status", "child": "one", "online": True}}), flush=True)
+for line in sys.stdin:
+    if json.loads(line).get("type") == "stop":
+        time.sleep(9)
+        open("{done}", "w").write("ok")
+        sys.exit(0)
+"#,
+            done = done.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = dir.path().join("fieldgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[gateway]
+runtime_dir = "{dir}/run"
+
+[platform]
+dialect = "iotda"
+host = "127.0.0.1"
+port = 9
+tls = false
+device_id = "gw_slow"
+secret = "s"
+
+[store]
+path = "{dir}/fg.db"
+
+[[bus]]
+name = "ext"
+driver = "exec"
+command = ["python3", "{script}"]
+stop_grace = "12s"
+
+[profile.thing]
+kind = "exec"
+product_id = "thing"
+
+[[device]]
+node_id = "one"
+bus = "ext"
+profile = "thing"
+"#,
+            dir = dir.path().display(),
+            script = script.display(),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut gw = Gateway::start(&cfg);
+    wait_until(Duration::from_secs(20), "the program running", || {
+        processes_with(&script.display().to_string()).len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = std::time::Instant::now();
+    assert_eq!(gw.terminate(), Some(0), "{:?}", gw.log());
+    let took = t0.elapsed();
+    assert!(
+        done.exists(),
+        "the program finished its own shutdown (took {took:?}): {:?}",
+        gw.log()
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}

@@ -349,6 +349,40 @@ fn a_store_it_may_not_write_is_named_and_left_alone() {
     );
 }
 
+/// `fieldgate status` describes the config the daemon runs, not the one it started with: after
+/// a SIGHUP that added a bus, the bus is listed.
+#[test]
+fn status_follows_a_reload() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sim = ModbusSim::new(SimState::default());
+    let cfg = config(dir.path(), free_port(), sim.port, "s");
+    let mut gw = Gateway::start(&cfg);
+    let buses = || -> Vec<String> {
+        status(&cfg)["buses"]
+            .as_array()
+            .map(|b| {
+                b.iter()
+                    .filter_map(|b| b["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(10), "status answering", || {
+        buses() == ["a"]
+    });
+    let mut text = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    text.push_str(&format!(
+        "\n[[bus]]\nname = \"second\"\ndriver = \"modbus-tcp\"\nendpoint = \"127.0.0.1:{}\"\n",
+        sim.port
+    ));
+    std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
+    gw.signal(1);
+    wait_until(Duration::from_secs(10), "the new bus in status", || {
+        buses() == ["a", "second"]
+    });
+    assert_eq!(gw.terminate(), Some(0));
+}
+
 /// Local users are neighbours too: a request without a newline is cut at 1 KiB and refused,
 /// and 100 idle connections (each dropped after 1 s without a request) delay `fieldgate status`
 /// by a few seconds — they never end the accept loop.

@@ -38,6 +38,10 @@ struct RawExecCommand {
     params: Vec<RawParam>,
 }
 
+/// The longest `stop_grace`: with 2 s for the bus and 3 s for the uplink the daemon stops
+/// within 25 s, inside the unit's `TimeoutStopSec=30s`.
+pub const MAX_STOP_GRACE: Duration = Duration::from_secs(20);
+
 /// The largest `max_properties` accepted: names are kept in memory for the daemon's lifetime.
 const MAX_PROPERTIES_LIMIT: usize = 100_000;
 
@@ -114,11 +118,11 @@ impl Checker<'_> {
             .stop_grace
             .as_ref()
             .map_or(Duration::from_secs(2), |d| d.get_ref().0);
-        if stop_grace > Duration::from_secs(30) {
+        if stop_grace > MAX_STOP_GRACE {
             self.err(
                 b.stop_grace.as_ref().map(|d| d.span()),
                 format!("{path}.stop_grace"),
-                "stop_grace must be at most 30s (systemd stops the service within 45s)",
+                "stop_grace must be at most 20s (the whole daemon stops within 25s; the unit allows 30s)",
             );
             return None;
         }

@@ -795,9 +795,21 @@ fn exec_buses_and_profiles() {
         ),
         (
             "stop_grace = \"1s\"",
-            "stop_grace = \"1m\"",
+            "stop_grace = \"21s\"",
             "bus[0].stop_grace",
-            "at most 30s",
+            "at most 20s",
+        ),
+        (
+            "stop_grace = \"1s\"",
+            "max_properties = 0",
+            "bus[0].max_properties",
+            "1..100000",
+        ),
+        (
+            "type = \"float\"",
+            "type = \"float\", pattern = \"[0-9]+\"",
+            "profile.thermo.command[0].params[0].pattern",
+            "only `string` parameters",
         ),
         (
             "stop_grace = \"1s\"",
