@@ -118,6 +118,10 @@ pub enum Dialect {
     Sparkplug,
 }
 
+/// The packaged unit's `StateDirectory` and `RuntimeDirectory`: the only places it may write.
+pub const UNIT_STATE_DIR: &str = "/var/lib/fieldgate";
+pub const UNIT_RUNTIME_DIR: &str = "/run/fieldgate";
+
 /// Longest `gateway.runtime_dir`, in bytes: the control socket's path must fit `sun_path`.
 pub const MAX_RUNTIME_DIR: usize = 80;
 
@@ -305,6 +309,37 @@ impl Config {
             }
         }
         out.extend(self.framing_warnings());
+        out.extend(self.unit_path_warnings());
+        out
+    }
+
+    /// Paths the packaged unit could not keep: under `ProtectSystem=strict` only its state and
+    /// runtime directories are writable, and its `/tmp` is private and emptied at every start.
+    fn unit_path_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (key, path, dir) in [
+            ("store.path", &self.store.path, UNIT_STATE_DIR),
+            (
+                "gateway.runtime_dir",
+                &self.gateway.runtime_dir,
+                UNIT_RUNTIME_DIR,
+            ),
+        ] {
+            if path.starts_with(UNIT_STATE_DIR) || path.starts_with(UNIT_RUNTIME_DIR) {
+                continue;
+            }
+            if path.starts_with("/tmp") || path.starts_with("/var/tmp") {
+                out.push(format!(
+                    "{key} {} is in the packaged unit's private /tmp, emptied at every start (the default is under {dir})",
+                    path.display()
+                ));
+            } else {
+                out.push(format!(
+                    "{key} {} is read-only under the packaged unit, which may write only {UNIT_STATE_DIR} and {UNIT_RUNTIME_DIR} (add ReadWritePaths= in a drop-in, or use the default under {dir})",
+                    path.display()
+                ));
+            }
+        }
         out
     }
 

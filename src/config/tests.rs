@@ -12,7 +12,7 @@ device_id = "gw_1"
 secret = "s3cret"
 
 [store]
-path = "/tmp/fg.db"
+path = "/var/lib/fieldgate/fg.db"
 
 [[bus]]
 name = "plant"
@@ -119,6 +119,23 @@ fn good_config_parses_with_defaults() {
         "TLS unless explicitly turned off, even on port 1883"
     );
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    // Paths the packaged unit cannot keep are warned about.
+    for (path, words) in [
+        ("/opt/fieldgate/q.db", "read-only under the packaged unit"),
+        ("/tmp/q.db", "private /tmp"),
+    ] {
+        let w = parse(
+            &GOOD.replace("/var/lib/fieldgate/fg.db", path),
+            Path::new("t.toml"),
+        )
+        .map(|c| c.warnings())
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            w.iter()
+                .any(|w| w.contains("store.path") && w.contains(words)),
+            "{path}: {w:?}"
+        );
+    }
     let plain = parse(
         &GOOD.replace("port = 1883", "port = 1883\ntls = false"),
         Path::new("t.toml"),
