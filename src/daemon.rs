@@ -170,6 +170,7 @@ pub async fn serve(
             report_interval: cfg.gateway.report_interval,
             started: std::time::Instant::now(),
             shutdown: shutdown_rx.clone(),
+            logs: Default::default(),
         }
         .run(),
     );

@@ -89,6 +89,32 @@ impl Streak {
     }
 }
 
+/// A repeated warning shared between tasks, logged by episode (`fieldgate_driver::Episode`,
+/// quiet interval [`QUIET`]): the first occurrence at once, then at most one line a minute
+/// with the count since the last, ended only by a quiet minute. Every occurrence can still go
+/// to `debug`.
+#[derive(Debug)]
+pub struct Repeated(std::sync::Mutex<fieldgate_driver::Episode>);
+
+/// The quiet interval of every [`Repeated`] warning.
+pub const QUIET: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Default for Repeated {
+    fn default() -> Self {
+        Repeated(std::sync::Mutex::new(fieldgate_driver::Episode::new(QUIET)))
+    }
+}
+
+impl Repeated {
+    /// One occurrence now: `Some(count since the last line)` when a line is due.
+    pub fn hit(&self) -> Option<u64> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut e| e.hit(1, std::time::Instant::now()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Streak;

@@ -17,9 +17,9 @@ use fieldgate_driver::{
 use fieldgate_modbus::{CommandSpec, DataType, PointSpec, Table};
 use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Repeated};
 use crate::registry::Registry;
 use crate::uplink::dialect::iotda::Inbound;
 use crate::uplink::dialect::Respond;
@@ -118,6 +118,9 @@ pub struct Router {
     metrics: Arc<Metrics>,
     /// When "busy" was last logged.
     busy_log: Arc<Mutex<Option<Instant>>>,
+    /// Refused and failed requests, logged by episode (each one at `debug`).
+    refused_log: Arc<Repeated>,
+    failed_log: Arc<Repeated>,
 }
 
 /// Platform requests handled at once at most; more are answered "busy".
@@ -130,6 +133,8 @@ impl Router {
             deadline,
             metrics,
             busy_log: Arc::default(),
+            refused_log: Arc::default(),
+            failed_log: Arc::default(),
         }
     }
 
@@ -183,7 +188,10 @@ impl Router {
         let (target, command) = match checked {
             Ok(x) => x,
             Err((code, message)) => {
-                warn!(request_id = %rid, code = ?code, reason = %message, "platform request refused");
+                debug!(request_id = %rid, code = ?code, reason = %message, "platform request refused");
+                if let Some(n) = self.refused_log.hit() {
+                    warn!(request_id = %rid, code = ?code, reason = %message, refused = n, "platform request refused (count since the last such line; at most one a minute while they keep coming, each at debug)");
+                }
                 return respond(&CommandOutcome::Failed { code, message });
             }
         };
@@ -203,12 +211,16 @@ impl Router {
                 code: ErrorCode::Busy,
                 message: "the device's bus is busy with other commands".into(),
             };
-            warn!(request_id = %rid, child = %child, "command refused: bus queue full");
+            debug!(request_id = %rid, child = %child, "command refused: bus queue full");
+            if let Some(n) = self.refused_log.hit() {
+                warn!(request_id = %rid, child = %child, refused = n, "command refused: bus queue full (count since the last refusal line; at most one a minute)");
+            }
             return respond(&o);
         }
         let reply = reply.clone();
         let limit = self.deadline + Duration::from_millis(200);
         let metrics = self.metrics.clone();
+        let failed_log = self.failed_log.clone();
         metrics.commands_in_flight.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let outcome = match tokio::time::timeout(limit, rx).await {
@@ -227,7 +239,10 @@ impl Router {
                     info!(request_id = %rid, child = %child, "platform request done")
                 }
                 CommandOutcome::Failed { code, message } => {
-                    warn!(request_id = %rid, child = %child, code = ?code, reason = %message, "platform request failed")
+                    debug!(request_id = %rid, child = %child, code = ?code, reason = %message, "platform request failed");
+                    if let Some(n) = failed_log.hit() {
+                        warn!(request_id = %rid, child = %child, code = ?code, reason = %message, failed = n, "platform request failed (count since the last such line; at most one a minute while they keep coming, each at debug)");
+                    }
                 }
             }
             metrics.commands_in_flight.fetch_sub(1, Ordering::Relaxed);

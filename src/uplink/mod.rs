@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Platform;
-use crate::metrics::{Metrics, Streak};
+use crate::metrics::{Metrics, Repeated, Streak};
 use crate::queue::reader::Reader;
 use crate::registry::Registry;
 use crate::router::{Reply, Router};
@@ -88,6 +88,17 @@ pub struct Uplink {
     pub report_interval: Duration,
     pub started: Instant,
     pub shutdown: watch::Receiver<bool>,
+    /// Repeated warnings about what the platform sends, logged by episode.
+    pub logs: InboundLogs,
+}
+
+/// Warnings about platform messages, each kind logged by episode (a platform or a neighbour
+/// on the broker can send thousands); every occurrence is counted in `inbound_rejected` or at
+/// `debug`.
+#[derive(Debug, Default)]
+pub struct InboundLogs {
+    rejected: Repeated,
+    status_refused: Repeated,
 }
 
 /// What the uplink tells the daemon.
@@ -746,7 +757,13 @@ impl Uplink {
             self.metrics
                 .inbound_rejected
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(bytes = topic.len(), limit = MAX_INBOUND_TOPIC, "ignoring a platform message with an oversize topic (not answered: its id would make an invalid answer topic)");
+            debug!(
+                bytes = topic.len(),
+                "ignoring a platform message with an oversize topic"
+            );
+            if let Some(n) = self.logs.rejected.hit() {
+                warn!(bytes = topic.len(), limit = MAX_INBOUND_TOPIC, rejected = n, "ignoring a platform message with an oversize topic (not answered: its id would make an invalid answer topic; counted in inbound_rejected, at most one such line a minute)");
+            }
             return;
         }
         let msg = match self.dialect.parse(topic, payload) {
@@ -755,7 +772,10 @@ impl Uplink {
                 self.metrics
                     .inbound_rejected
                     .fetch_add(1, Ordering::Relaxed);
-                warn!(topic = %topic, bytes = payload.len(), error = %e.message, "ignoring malformed platform message");
+                debug!(topic = %topic, bytes = payload.len(), error = %e.message, "ignoring malformed platform message");
+                if let Some(n) = self.logs.rejected.hit() {
+                    warn!(topic = %topic, bytes = payload.len(), error = %e.message, rejected = n, "ignoring malformed platform message (counted in inbound_rejected; at most one such line a minute while they keep coming)");
+                }
                 // A request we cannot read is still answered, so the platform does not wait.
                 if let Some(r) = e.respond.and_then(|r| self.router.refuse(&r, &e.message)) {
                     self.queue_reply(s, Out::new(r.topic, r.payload));
@@ -802,7 +822,10 @@ impl Uplink {
             }
             Inbound::StatusResult { failed } => {
                 for f in failed {
-                    warn!(device_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, "platform refused a status update");
+                    debug!(device_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, "platform refused a status update");
+                    if let Some(n) = self.logs.status_refused.hit() {
+                        warn!(device_id = %f.id, error_code = %f.error_code, error_msg = %f.error_msg, refused = n, "platform refused a status update (count since the last such line; at most one a minute)");
+                    }
                 }
             }
             Inbound::Renamed { from, to } => {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bluer::{Adapter, AdapterEvent, Address, DiscoveryFilter, DiscoveryTransport, Uuid};
 use fieldgate_driver::{
     now_ms, send_status, Command, CommandOutcome, CommandRequest, DeviceStatus, Driver,
-    DriverContext, DriverError, DriverFuture, ErrorCode, Event, Health, Report, Value,
+    DriverContext, DriverError, DriverFuture, Episode, ErrorCode, Event, Health, Report, Value,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
@@ -312,6 +312,8 @@ async fn gatt_device(
     };
     let mut health = Health::new(spec.node_id.clone(), bus.offline_after);
     let mut backoff = bus.reconnect_min;
+    // A sensor sending bad values sends them on every read and notification: by episode.
+    let mut rejected = Episode::new(Duration::from_secs(60));
     let report = |props: BTreeMap<String, BTreeMap<String, Value>>| {
         let events = events.clone();
         let node = spec.node_id.clone();
@@ -386,7 +388,9 @@ async fn gatt_device(
                                 .map_err(|e| format!("read {}: {e}", c.property))?;
                             match decode_char(c, &raw) {
                                 Ok(v) => { out.entry(c.service.clone()).or_default().insert(c.property.clone(), v); }
-                                Err(e) => warn!(bus = %bus.name, device = %spec.node_id, error = %e, "characteristic value rejected"),
+                                Err(e) => if let Some(n) = rejected.hit(1, Instant::now()) {
+                                    warn!(bus = %bus.name, device = %spec.node_id, error = %e, rejected = n, "characteristic value rejected (count since the last such line; at most one a minute)");
+                                },
                             }
                         }
                         status(health.success()).await;
@@ -399,7 +403,9 @@ async fn gatt_device(
                                 status(health.success()).await;
                                 report(BTreeMap::from([(c.service.clone(), BTreeMap::from([(c.property.clone(), v)]))])).await;
                             }
-                            Err(e) => warn!(bus = %bus.name, device = %spec.node_id, error = %e, "notification value rejected"),
+                            Err(e) => if let Some(n) = rejected.hit(1, Instant::now()) {
+                                warn!(bus = %bus.name, device = %spec.node_id, error = %e, rejected = n, "notification value rejected (count since the last such line; at most one a minute)");
+                            },
                         }
                     }
                     Some(req) = commands.recv() => {
