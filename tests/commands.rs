@@ -368,7 +368,10 @@ fn commands_reach_the_registers_and_hostile_requests_never_do() {
         "no hostile request reached the bus"
     );
     // A burst of refusals is one line per kind (by episode), not one line per request.
-    for kind in ["platform request refused", "ignoring malformed platform message"] {
+    for kind in [
+        "platform request refused",
+        "ignoring malformed platform message",
+    ] {
         assert!(gw.count(&[kind]) <= 1, "{kind}: {}", gw.log().join("\n"));
     }
     assert!(gw.running(), "{}", gw.log().join("\n"));
