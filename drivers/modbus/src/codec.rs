@@ -335,12 +335,12 @@ mod tests {
             ("u64", UInt(u64::MAX), &[0xFFFF; 4]),
             (
                 "u64",
-                Float(1.8446744073709550e19),
+                Float(TWO_POW_64 - 2048.0),
                 &[0xFFFF, 0xFFFF, 0xFFFF, 0xF800],
             ),
             ("i64", Int(i64::MIN), &[0x8000, 0, 0, 0]),
             ("i64", Int(i64::MAX), &[0x7FFF, 0xFFFF, 0xFFFF, 0xFFFF]),
-            ("i64", Float(-9.223372036854775808e18), &[0x8000, 0, 0, 0]),
+            ("i64", Float(-(2f64.powi(63))), &[0x8000, 0, 0, 0]),
             ("i64", Float(-0.0), &[0, 0, 0, 0]),
             ("f32", Float(f64::from(f32::MAX)), &[0x7F7F, 0xFFFF]),
             ("f32", Float(-0.0), &[0x8000, 0]),
@@ -357,10 +357,10 @@ mod tests {
             ("i16", Int(-32769)),
             ("u32", UInt(u64::from(u32::MAX) + 1)),
             ("i32", Int(i64::from(i32::MAX) + 1)),
-            ("u64", Float(18_446_744_073_709_551_615.0)), // = 2^64 as an f64
-            ("u64", Float(next_up(1.8446744073709552e19))),
+            ("u64", Float(TWO_POW_64)),
+            ("u64", Float(next_up(TWO_POW_64))),
             ("u64", Int(-1)),
-            ("i64", Float(9.223372036854775807e18)), // = 2^63 as an f64
+            ("i64", Float(2f64.powi(63))),
             ("i64", UInt(u64::MAX)),
             ("f32", Float(1e300)),
             ("f32", Float(next_up(f64::from(f32::MAX)) * 2.0)),
