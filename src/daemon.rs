@@ -62,6 +62,12 @@ fn specs(cfg: &Config) -> Vec<Spec> {
             name: d.name.clone(),
             product_id: d.product_id.clone(),
             bus: d.bus.clone(),
+            writable: d
+                .points
+                .iter()
+                .filter(|p| p.writable)
+                .map(|p| p.property.clone())
+                .collect(),
         })
         .collect()
 }

@@ -22,6 +22,8 @@ pub struct Spec {
     pub name: String,
     pub product_id: String,
     pub bus: String,
+    /// Properties the platform may write (ThingsBoard asks for their shared attributes).
+    pub writable: Vec<String>,
 }
 
 /// What the store remembers of a child between runs.
@@ -40,6 +42,8 @@ pub struct Child {
     pub name: String,
     pub product_id: String,
     pub bus: String,
+    /// Properties the platform may write.
+    pub writable: Vec<String>,
     /// Platform-assigned id, once the platform confirmed the child.
     pub device_id: Option<String>,
     /// The platform deleted this child; it is no longer polled nor added again.
@@ -51,8 +55,8 @@ pub struct Child {
     pub reason: String,
     /// When the last reading was taken (device time of the sample).
     pub last_report_ms: Option<u64>,
-    /// The last value of every property, by `service.property`.
-    pub last_values: BTreeMap<String, Value>,
+    /// The last value of every property, by (service, property).
+    pub last_values: BTreeMap<(String, String), Value>,
 }
 
 impl Child {
@@ -62,6 +66,7 @@ impl Child {
             name: s.name.clone(),
             product_id: s.product_id.clone(),
             bus: s.bus.clone(),
+            writable: s.writable.clone(),
             device_id: None,
             platform_deleted: false,
             platform_error: None,
@@ -171,6 +176,7 @@ impl Registry {
                     }
                     c.name = s.name.clone();
                     c.bus = s.bus.clone();
+                    c.writable.clone_from(&s.writable);
                 }
             }
         }
@@ -305,7 +311,7 @@ impl Registry {
         if let Some(c) = self.children.get_mut(&r.child) {
             c.last_report_ms = Some(c.last_report_ms.map_or(r.ts_ms, |t| t.max(r.ts_ms)));
             for (k, v) in &r.properties {
-                let key = format!("{}.{k}", r.service);
+                let key = (r.service.clone(), k.clone());
                 if c.last_values.len() < MAX_LAST_VALUES || c.last_values.contains_key(&key) {
                     c.last_values.insert(key, v.clone());
                 }
@@ -334,6 +340,7 @@ mod tests {
             name: n.into(),
             product_id: p.into(),
             bus: "b".into(),
+            writable: Vec::new(),
         }
     }
 

@@ -78,11 +78,54 @@ fn sparkplug_edge_node_end_to_end() {
     assert_eq!(nb.seq, Some(0));
     assert_eq!(value(&nb, REBIRTH), Some(MetricValue::Boolean(false)));
     let first_bd = bd_seq(&nb);
-    assert!(first_bd.is_some());
+    assert_eq!(
+        first_bd,
+        Some(MetricValue::Long(0)),
+        "a fresh store starts at 0"
+    );
+    assert_eq!(
+        value(&nb, "children_total"),
+        Some(MetricValue::Long(2)),
+        "NBIRTH carries the node metrics as they are at birth"
+    );
     let db = payloads(&p, &format!("{G}/DBIRTH/gw1/m1")).remove(0);
     assert!(
         db.metrics.iter().all(|m| m.datatype.is_some()),
         "every metric with its datatype"
+    );
+    // Birth order: the DBIRTHs follow the NBIRTH directly (seq 1 and 2), each with metrics;
+    // nothing for a child before it has values, and no NDATA correcting the NBIRTH.
+    let first: Vec<(String, Payload)> = p
+        .raw()
+        .into_iter()
+        .filter(|(t, _)| t.starts_with(G) && !t.contains("CMD/"))
+        .filter_map(|(t, b)| Payload::decode(b.as_slice()).ok().map(|p| (t, p)))
+        .take(3)
+        .collect();
+    let kinds: Vec<(&str, Option<u64>)> = first
+        .iter()
+        .map(|(t, p)| (t.split('/').nth(2).unwrap_or(""), p.seq))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("NBIRTH", Some(0)),
+            ("DBIRTH", Some(1)),
+            ("DBIRTH", Some(2))
+        ],
+        "{first:?}"
+    );
+    assert!(
+        first.iter().all(|(_, p)| !p.metrics.is_empty()),
+        "no empty birth"
+    );
+    let ddata = payloads(&p, &format!("{G}/DDATA/gw1/m1"));
+    assert!(
+        ddata
+            .iter()
+            .flat_map(|d| &d.metrics)
+            .all(|m| m.datatype.is_none()),
+        "DDATA repeats no datatype"
     );
     // seq continues across node messages, 0..=255.
     let seqs: Vec<u64> = p
@@ -119,7 +162,37 @@ fn sparkplug_edge_node_end_to_end() {
     );
     let births = payloads(&p, &format!("{G}/NBIRTH/gw1"));
     let bd = births.last().and_then(bd_seq);
-    assert_ne!(bd, first_bd, "a new session, a new bdSeq");
+    assert_eq!(
+        bd,
+        Some(MetricValue::Long(1)),
+        "+1: the refused attempts during the outage sent no CONNECT"
+    );
+    // The backlog is history: the DBIRTH after the reconnect carries the newest readings at
+    // their own time, and what was queued before them arrives flagged `is_historical`.
+    let historical = payloads(&p, &format!("{G}/DDATA/gw1/m1"))
+        .iter()
+        .filter(|d| d.metrics.iter().any(|m| m.is_historical == Some(true)))
+        .count();
+    assert!(historical >= 5, "{historical} historical DDATA");
+    let reborn = payloads(&p, &format!("{G}/DBIRTH/gw1/m1"));
+    let reborn = reborn.last().unwrap_or_else(|| panic!("a DBIRTH"));
+    assert!(
+        reborn
+            .metrics
+            .iter()
+            .all(|m| m.timestamp < reborn.timestamp),
+        "the birth's values keep their own (older) timestamps"
+    );
+    // No stray NDEATH: each will the broker published (mosquitto sends them when it shuts
+    // down) belongs to a session that was born.
+    let born: Vec<Option<MetricValue>> = births.iter().map(bd_seq).collect();
+    for death in payloads(&p, &format!("{G}/NDEATH/gw1")) {
+        assert!(
+            born.contains(&bd_seq(&death)),
+            "NDEATH {:?} matches no NBIRTH {born:?}",
+            bd_seq(&death)
+        );
+    }
 
     // DCMD: a write, visible in the next DDATA.
     let dcmd = Payload {
@@ -190,6 +263,11 @@ fn sparkplug_edge_node_end_to_end() {
     let bd = payloads(&p, &format!("{G}/NBIRTH/gw1"))
         .last()
         .and_then(bd_seq);
+    assert_eq!(
+        bd,
+        Some(MetricValue::Long(2)),
+        "a restart continues the sequence kept in the store"
+    );
     let deaths = payloads(&p, &format!("{G}/NDEATH/gw1")).len();
     assert_eq!(gw.terminate(), Some(0));
     wait_until(Duration::from_secs(10), "NDEATH on a graceful stop", || {

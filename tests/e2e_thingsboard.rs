@@ -101,6 +101,38 @@ secret = "TB_GATEWAY_TOKEN""#,
         let c = counters(&p, "m1");
         c.len() > 40
     });
+    // After the reconnect the gateway asks for the writable points' shared attributes; a
+    // setpoint changed on the server while it was away (here: answered by the old form, a bare
+    // `value` for the one key asked) is written to the device.
+    let request = || {
+        on(&p, "v1/gateway/attributes/request")
+            .into_iter()
+            .filter(|j| j["device"] == "m1")
+            .last()
+    };
+    wait_until(Duration::from_secs(10), "the attribute request", || {
+        request().is_some()
+    });
+    let asked = request().unwrap_or_default();
+    assert_eq!(
+        (asked["key"].clone(), asked["client"].clone()),
+        (json!("demand_limit"), json!(false)),
+        "{asked}"
+    );
+    p.send(
+        "v1/gateway/attributes/response",
+        json!({"id": asked["id"], "device": "m1", "value": 33.5})
+            .to_string()
+            .as_bytes(),
+    );
+    wait_until(Duration::from_secs(10), "the server's setpoint written", || {
+        sim.state
+            .holding
+            .lock()
+            .ok()
+            .and_then(|h| h.get(&(1, 4)).copied())
+            == Some(335)
+    });
     let mut c = counters(&p, "m1");
     c.sort_unstable();
     c.dedup();

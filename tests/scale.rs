@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -88,8 +88,10 @@ fn thingsboard(p: &TestPlatform) -> Counters {
     out
 }
 
+/// A Sparkplug host orders by metric timestamp: after a reconnect the DBIRTH carries the
+/// newest reading and the backlog follows as `is_historical` DDATA, older than the birth.
 fn sparkplug(p: &TestPlatform) -> Counters {
-    let mut out = Counters::new();
+    let mut timed: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     for (t, b) in p.raw() {
         let parts: Vec<&str> = t.split('/').collect();
         if parts.len() != 5 || !(parts[2] == "DDATA" || parts[2] == "DBIRTH") {
@@ -101,12 +103,21 @@ fn sparkplug(p: &TestPlatform) -> Counters {
         for m in payload.metrics {
             if m.name.as_deref() == Some("counter") {
                 if let Some(MetricValue::Long(c)) = m.value {
-                    out.entry(parts[4].to_string()).or_default().push(c);
+                    timed
+                        .entry(parts[4].to_string())
+                        .or_default()
+                        .push((m.timestamp.unwrap_or(0), c));
                 }
             }
         }
     }
-    out
+    timed
+        .into_iter()
+        .map(|(child, mut v)| {
+            v.sort_by_key(|(ts, _)| *ts);
+            (child, v.into_iter().map(|(_, c)| c).collect())
+        })
+        .collect()
 }
 
 fn allthingstalk(p: &TestPlatform) -> Counters {

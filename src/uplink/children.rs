@@ -36,6 +36,13 @@ impl Children {
                 product_id: c.product_id.clone(),
                 name: c.name.clone(),
                 online: c.online,
+                latest: c
+                    .last_values
+                    .iter()
+                    .map(|((svc, prop), v)| (svc.clone(), prop.clone(), v.clone()))
+                    .collect(),
+                latest_ts_ms: c.last_report_ms,
+                writable: c.writable.clone(),
             })
             .collect()
     }
@@ -51,6 +58,7 @@ impl Children {
                 product_id: c.product_id.clone(),
                 name: c.name.clone(),
                 online: c.online,
+                ..Default::default()
             })
             .collect()
     }

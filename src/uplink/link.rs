@@ -71,6 +71,27 @@ pub fn cause(e: &ConnectionError, connected: bool) -> String {
     }
 }
 
+/// Whether an attempt that failed this way before its CONNACK got its CONNECT to the broker:
+/// a refusal or an answer other than CONNACK, or the broker closing the connection, means it
+/// did; DNS, TCP, TLS failures and timeouts (usually a broker that cannot be reached) mean it
+/// did not.
+pub fn connect_sent(e: &ConnectionError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        ConnectionError::ConnectionRefused(_)
+        | ConnectionError::NotConnAck(_)
+        | ConnectionError::MqttState(_) => true,
+        ConnectionError::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof
+        ),
+        ConnectionError::NetworkTimeout
+        | ConnectionError::FlushTimeout
+        | ConnectionError::Tls(_)
+        | ConnectionError::RequestsDone => false,
+    }
+}
+
 fn looks_like_dns(e: &std::io::Error) -> bool {
     let s = e.to_string();
     s.contains("failed to lookup address")

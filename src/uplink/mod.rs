@@ -115,6 +115,8 @@ enum End {
         cause: String,
         was_connected: bool,
         unacked: usize,
+        /// The attempt's CONNECT reached the broker (see `link::connect_sent`).
+        connect_sent: bool,
     },
 }
 
@@ -246,6 +248,16 @@ impl Uplink {
             events: self.events.clone(),
         };
         let mut last_cause = String::new();
+        // Dialect state kept across restarts (Sparkplug's bdSeq).
+        if let Some((key, _)) = self.dialect.state() {
+            match self.store.get_meta(key).await {
+                Ok(Some(v)) => self.dialect.restore(&v),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, key, "cannot read the dialect's saved state; starting afresh")
+                }
+            }
+        }
         loop {
             if *self.shutdown.borrow() {
                 break;
@@ -266,6 +278,7 @@ impl Uplink {
                     continue;
                 }
             };
+            self.save_state().await;
             let (tx, rx) = mpsc::channel(link::EVENTS);
             let task = link::spawn(eventloop, tx);
             let end = self
@@ -285,8 +298,13 @@ impl Uplink {
                     cause,
                     was_connected,
                     unacked,
+                    connect_sent,
                 } => {
                     self.metrics.set_connected(false);
+                    if !connect_sent {
+                        self.dialect.connect_unsent();
+                        self.save_state().await;
+                    }
                     if was_connected {
                         warn!(error = %cause, unacked, "platform connection lost; unacknowledged records will be sent again");
                         backoff.reset();
@@ -312,6 +330,15 @@ impl Uplink {
         let _ = reader.finish().await;
         self.metrics.set_connected(false);
         info!("uplink stopped");
+    }
+
+    /// Keep the dialect's state (if it has any) in the store.
+    async fn save_state(&mut self) {
+        if let Some((key, value)) = self.dialect.state() {
+            if let Err(e) = self.store.set_meta(key, value).await {
+                warn!(error = %e, key, "cannot keep the dialect's state; a restart may repeat it");
+            }
+        }
     }
 
     /// Sleep, unless shutdown comes first (then true).
@@ -431,15 +458,19 @@ impl Uplink {
                         self.on_event(client, &mut s, event, reader, children, reply_tx).await
                     }
                     down => {
+                        let mut connect_sent = s.connected;
                         let cause = match down {
-                            Some(LinkEvent::Down(e)) => link::cause(&e, s.connected),
+                            Some(LinkEvent::Down(e)) => {
+                                connect_sent = s.connected || link::connect_sent(&e);
+                                link::cause(&e, s.connected)
+                            }
                             _ => "the connection task stopped".to_string(),
                         };
                         let unacked = s.delivery.reset();
                         if let Err(e) = reader.reset().await {
                             error!(error = %e, "queue: cannot settle acknowledged records after the connection loss (they may be sent again)");
                         }
-                        return End::Lost { cause, was_connected: s.connected, unacked };
+                        return End::Lost { cause, was_connected: s.connected, unacked, connect_sent };
                     }
                 },
                 Some(reply) = reply_rx.recv() => {
@@ -542,6 +573,9 @@ impl Uplink {
                     .unwrap_or(0);
                 // Session replay: sync requests, statuses, announcements — per the dialect.
                 let view = children.view();
+                // Births (Sparkplug) carry the gateway's own values as they are now.
+                let own = self.own_props(children);
+                self.dialect.prime_own(&own);
                 s.control
                     .extend(self.dialect.on_connect(&view, version, now_ms()));
                 self.reconcile_children(s, children).await;
@@ -886,8 +920,13 @@ impl Uplink {
 
     /// The gateway's own properties, on connect and every `report_interval`.
     fn report_own(&mut self, s: &mut Session, children: &Children) {
+        let props = self.own_props(children);
+        s.control.extend(self.dialect.own(&props, now_ms()));
+    }
+
+    fn own_props(&self, children: &Children) -> std::collections::BTreeMap<String, Value> {
         let (online, total) = children.counts();
-        let props = std::collections::BTreeMap::from([
+        std::collections::BTreeMap::from([
             (
                 "version".to_string(),
                 Value::Text(env!("CARGO_PKG_VERSION").into()),
@@ -902,8 +941,7 @@ impl Uplink {
             ),
             ("children_online".to_string(), Value::UInt(online as u64)),
             ("children_total".to_string(), Value::UInt(total as u64)),
-        ]);
-        s.control.extend(self.dialect.own(&props, now_ms()));
+        ])
     }
 
     /// Graceful stop: stop feeding, give outstanding publishes a moment to be acknowledged

@@ -48,7 +48,7 @@ pub struct Connect {
 }
 
 /// A configured child as the dialect needs to see it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChildView {
     pub node_id: String,
     /// The platform's id, once known.
@@ -56,6 +56,12 @@ pub struct ChildView {
     pub product_id: String,
     pub name: String,
     pub online: Option<bool>,
+    /// Its newest committed values (service, property, value) — possibly not yet delivered —
+    /// and the time of the reading that brought the newest of them.
+    pub latest: Vec<(String, String, Value)>,
+    pub latest_ts_ms: Option<u64>,
+    /// Properties the platform may write.
+    pub writable: Vec<String>,
 }
 
 /// Answers one platform request in the dialect's words — or not at all, where the platform
@@ -162,6 +168,18 @@ pub trait Dialect: Send + Sync {
     fn on_shutdown(&mut self, _now_ms: u64) -> Vec<Out> {
         Vec::new()
     }
+    /// The gateway's own properties as they are now, just before `on_connect`: births carry
+    /// them. Nothing is sent.
+    fn prime_own(&mut self, _props: &BTreeMap<String, Value>) {}
+    /// The last attempt ended before its CONNECT could reach the broker (DNS, TCP or TLS
+    /// failed): a dialect that counts CONNECTs (Sparkplug's bdSeq) takes the count back.
+    fn connect_unsent(&mut self) {}
+    /// State the dialect keeps in the store across restarts (meta key and value).
+    fn state(&self) -> Option<(&'static str, String)> {
+        None
+    }
+    /// Restore the `state` kept by a previous run, at start.
+    fn restore(&mut self, _value: &str) {}
     /// Where the platform's sub-device version is persisted (IoTDA), if it has one.
     fn version_key(&self) -> Option<&'static str> {
         None
@@ -187,11 +205,9 @@ pub fn for_platform(p: &Platform) -> Box<dyn Dialect> {
         crate::config::Dialect::AllThingsTalk => {
             Box::new(allthingstalk::AllThingsTalk::new(&p.account, &p.device_id))
         }
-        crate::config::Dialect::Sparkplug => Box::new(sparkplug::Sparkplug::new(
-            &p.group_id,
-            &p.device_id,
-            fieldgate_driver::now_ms(),
-        )),
+        crate::config::Dialect::Sparkplug => {
+            Box::new(sparkplug::Sparkplug::new(&p.group_id, &p.device_id))
+        }
         crate::config::Dialect::OceanConnect => Box::new(oceanconnect::OceanConnect::new(
             &p.device_id,
             p.check_timestamp,

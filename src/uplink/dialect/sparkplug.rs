@@ -15,9 +15,8 @@
 //!
 //! Deviations, on purpose: births and data are published with QoS 1 (the spec says 0) so the
 //! store-and-forward queue deletes a reading only once the broker has it — subscribers see no
-//! difference. Primary Host STATE handling (optional in the spec) is not implemented.
-//! `bdSeq` starts from the clock at process start, so a stale will of a previous run is
-//! unlikely to match a new birth.
+//! difference. Primary Host STATE handling (optional in the spec) and aliases are not
+//! implemented.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -145,26 +144,47 @@ pub fn metric_json(m: &Metric) -> Option<Json> {
 pub struct Sparkplug {
     group: String,
     node: String,
+    /// bdSeq of the current (or last) CONNECT: its will and NBIRTH carry it.
     bd_seq: u8,
+    /// bdSeq of the next CONNECT: 0 on a fresh store, then +1 per CONNECT that reached the
+    /// broker, wrapping 255 → 0; kept in the store across restarts.
+    next_bd: u8,
     seq: u8,
-    /// Last value of every metric of every child (platform id → name → value).
-    known: HashMap<String, BTreeMap<String, Value>>,
+    /// Last value of every metric of every child, with its reading's time (platform id →
+    /// name → (value, ms)).
+    known: HashMap<String, BTreeMap<String, (Value, u64)>>,
     /// Children born (DBIRTH) in this session.
     born: HashSet<String>,
+    /// Per child: the time of the newest reading its DBIRTH carried. Queued readings older
+    /// than that go out as historical DDATA.
+    born_at: HashMap<String, u64>,
     /// The gateway's own metrics, as last reported.
     own: BTreeMap<String, Value>,
 }
 
+/// The store key of the next CONNECT's bdSeq.
+pub const BDSEQ_KEY: &str = "sparkplug_next_bdseq";
+
+/// A metric for DATA messages: no datatype (the spec: NDATA/DDATA SHOULD NOT repeat what the
+/// birth declared).
+fn data_metric(name: &str, v: &Value, ts_ms: u64) -> Metric {
+    Metric {
+        datatype: None,
+        ..metric(name, v, ts_ms)
+    }
+}
+
 impl Sparkplug {
-    pub fn new(group: &str, node: &str, now_ms: u64) -> Self {
+    pub fn new(group: &str, node: &str) -> Self {
         Sparkplug {
             group: group.to_string(),
             node: node.to_string(),
-            // Incremented before each CONNECT.
-            bd_seq: ((now_ms / 1000) % 256) as u8,
+            bd_seq: 0,
+            next_bd: 0,
             seq: 0,
             known: HashMap::new(),
             born: HashSet::new(),
+            born_at: HashMap::new(),
             // The gateway's own metrics (the uplink's report_own), so NBIRTH always has them.
             own: BTreeMap::from([
                 (
@@ -218,20 +238,24 @@ impl Sparkplug {
         }
     }
 
-    fn dbirth(&mut self, device: &str, now_ms: u64) -> Out {
-        let metrics = self
-            .known
-            .get(device)
-            .map(|m| m.iter().map(|(k, v)| metric(k, v, now_ms)).collect())
-            .unwrap_or_default();
+    /// DBIRTH with every known metric, each with its own reading's time; none while nothing
+    /// is known (a child is born with its first values).
+    fn dbirth(&mut self, device: &str, now_ms: u64) -> Option<Out> {
+        let known = self.known.get(device).filter(|m| !m.is_empty())?;
+        let metrics: Vec<Metric> = known.iter().map(|(k, (v, t))| metric(k, v, *t)).collect();
+        let newest = known.values().map(|(_, t)| *t).max().unwrap_or(0);
         self.born.insert(device.to_string());
-        self.message("DBIRTH", Some(device), metrics, now_ms)
+        self.born_at.insert(device.to_string(), newest);
+        Some(self.message("DBIRTH", Some(device), metrics, now_ms))
     }
 
-    /// NBIRTH and every child's DBIRTH (after CONNACK, or on a rebirth request).
+    /// NBIRTH and every live child's DBIRTH (after CONNACK, or on a rebirth request). A
+    /// child's birth carries its newest committed values (from the registry, possibly still
+    /// queued) with their own timestamps.
     fn births(&mut self, children: &[ChildView], now_ms: u64) -> Vec<Out> {
         self.seq = 0;
         self.born.clear();
+        self.born_at.clear();
         let mut metrics = vec![
             self.bd_seq_metric(now_ms),
             metric(REBIRTH, &Value::Bool(false), now_ms),
@@ -240,17 +264,84 @@ impl Sparkplug {
         metrics.extend(own);
         let mut out = vec![self.message("NBIRTH", None, metrics, now_ms)];
         for c in children {
-            if let (Some(dev), Some(true)) = (&c.device_id, c.online) {
-                out.push(self.dbirth(dev, now_ms));
+            let (Some(dev), Some(true)) = (&c.device_id, c.online) else {
+                continue;
+            };
+            let ts = c.latest_ts_ms.unwrap_or(now_ms);
+            let known = self.known.entry(dev.clone()).or_default();
+            for (_, prop, v) in &c.latest {
+                if known.get(prop).is_none_or(|(_, t)| *t <= ts) {
+                    known.insert(prop.clone(), (v.clone(), ts));
+                }
             }
+            out.extend(self.dbirth(dev, now_ms));
         }
         out
+    }
+
+    fn report(&mut self, dev: &str, r: &fieldgate_driver::Report, now_ms: u64) -> Vec<Out> {
+        let historical =
+            self.born.contains(dev) && self.born_at.get(dev).is_some_and(|t| r.ts_ms < *t);
+        if historical {
+            // Queued before a birth that carried newer values: history, every metric sent
+            // and flagged, the current values left as born.
+            let known = self.known.entry(dev.to_string()).or_default();
+            let mut unborn = false;
+            for (k, v) in &r.properties {
+                if !known.contains_key(k) {
+                    known.insert(k.clone(), (v.clone(), r.ts_ms));
+                    unborn = true;
+                }
+            }
+            let mut out = Vec::new();
+            if unborn {
+                // DDATA may only name born metrics: birth again, then the history.
+                let at = self.born_at.get(dev).copied();
+                out.extend(self.dbirth(dev, now_ms));
+                if let Some(t) = at {
+                    self.born_at.insert(dev.to_string(), t);
+                }
+            }
+            let metrics = r
+                .properties
+                .iter()
+                .map(|(k, v)| Metric {
+                    is_historical: Some(true),
+                    ..data_metric(k, v, r.ts_ms)
+                })
+                .collect();
+            out.push(self.message("DDATA", Some(dev), metrics, now_ms));
+            return out;
+        }
+        // One pass: remember each value, note what changed and what was never born.
+        let known = self.known.entry(dev.to_string()).or_default();
+        let mut new_metric = false;
+        let mut changed = Vec::new();
+        for (k, v) in &r.properties {
+            match known.insert(k.clone(), (v.clone(), r.ts_ms)) {
+                Some((old, _)) if old == *v => {}
+                old => {
+                    new_metric |= old.is_none();
+                    changed.push(data_metric(k, v, r.ts_ms));
+                }
+            }
+        }
+        if new_metric || !self.born.contains(dev) {
+            // Every metric must have been born: (re)birth the device with all of them.
+            return self.dbirth(dev, now_ms).into_iter().collect();
+        }
+        if changed.is_empty() {
+            // Report by exception: nothing changed, nothing to send.
+            return Vec::new();
+        }
+        vec![self.message("DDATA", Some(dev), changed, now_ms)]
     }
 }
 
 impl super::Dialect for Sparkplug {
     fn connect(&mut self, secret: &str, now_ms: u64) -> Connect {
-        self.bd_seq = self.bd_seq.wrapping_add(1);
+        self.bd_seq = self.next_bd;
+        self.next_bd = self.bd_seq.wrapping_add(1);
         let will = Payload {
             timestamp: Some(now_ms),
             metrics: vec![self.bd_seq_metric(now_ms)],
@@ -261,6 +352,27 @@ impl super::Dialect for Sparkplug {
             username: self.node.clone(),
             password: secret.to_string(),
             will: Some(Out::new(self.topic("NDEATH", None), will.encode_to_vec())),
+        }
+    }
+
+    fn connect_unsent(&mut self) {
+        // The broker never saw that CONNECT: the next one uses its bdSeq.
+        self.next_bd = self.bd_seq;
+    }
+
+    fn state(&self) -> Option<(&'static str, String)> {
+        Some((BDSEQ_KEY, self.next_bd.to_string()))
+    }
+
+    fn restore(&mut self, value: &str) {
+        if let Ok(n) = value.trim().parse::<u8>() {
+            self.next_bd = n;
+        }
+    }
+
+    fn prime_own(&mut self, props: &BTreeMap<String, Value>) {
+        for (k, v) in props {
+            self.own.insert(k.clone(), v.clone());
         }
     }
 
@@ -295,6 +407,7 @@ impl super::Dialect for Sparkplug {
         let mut out = Vec::new();
         for d in device_ids {
             self.known.remove(d);
+            self.born_at.remove(d);
             if self.born.remove(d) {
                 out.push(self.message("DDEATH", Some(d), Vec::new(), now_ms));
             }
@@ -330,46 +443,21 @@ impl super::Dialect for Sparkplug {
                 if self.born.contains(dev) {
                     (Vec::new(), 1)
                 } else {
-                    (vec![self.dbirth(dev, now_ms)], 1)
+                    // Born again with what is known; a child never heard from waits for its
+                    // first reading.
+                    (self.dbirth(dev, now_ms).into_iter().collect(), 1)
                 }
             }
-            Record::Report(r) => {
-                // One pass: remember each value, note what changed and what was never born.
-                let known = self.known.entry(dev.clone()).or_default();
-                let mut new_metric = false;
-                let mut changed = Vec::new();
-                for (k, v) in &r.properties {
-                    match known.insert(k.clone(), v.clone()) {
-                        Some(old) if old == *v => {}
-                        old => {
-                            new_metric |= old.is_none();
-                            changed.push(metric(k, v, r.ts_ms));
-                        }
-                    }
-                }
-                if new_metric || !self.born.contains(dev) {
-                    // Every metric must have been born: (re)birth the device with all of them.
-                    return (vec![self.dbirth(dev, now_ms)], 1);
-                }
-                if changed.is_empty() {
-                    // Report by exception: nothing changed, nothing to send.
-                    return (Vec::new(), 1);
-                }
-                (vec![self.message("DDATA", Some(dev), changed, now_ms)], 1)
-            }
+            Record::Report(r) => (self.report(dev, r, now_ms), 1),
         }
     }
 
     fn own(&mut self, props: &BTreeMap<String, Value>, now_ms: u64) -> Vec<Out> {
+        // NDATA may only carry metrics the NBIRTH had: unknown ones wait for the next birth.
         let changed: Vec<Metric> = props
             .iter()
-            .filter(|(k, v)| self.own.get(*k) != Some(*v))
-            .map(|(k, v)| metric(k, v, now_ms))
-            .collect();
-        // NDATA may only carry metrics the NBIRTH had: unknown ones wait for the next birth.
-        let changed: Vec<Metric> = changed
-            .into_iter()
-            .filter(|m| m.name.as_ref().is_some_and(|n| self.own.contains_key(n)))
+            .filter(|(k, v)| self.own.get(*k).is_some_and(|old| old != *v))
+            .map(|(k, v)| data_metric(k, v, now_ms))
             .collect();
         for (k, v) in props {
             if let Some(slot) = self.own.get_mut(k) {

@@ -7,8 +7,10 @@
 //! for every live child after each reconnect: the server drops child sessions with the
 //! gateway's) and an OFFLINE child with `v1/gateway/disconnect`; telemetry is batched on
 //! `v1/gateway/telemetry` with `ts` in ms; RPCs arrive on `v1/gateway/rpc` and are answered
-//! with the same `id`; shared-attribute updates and attribute responses (`value` or `values`)
-//! become property writes; `gateway_device_deleted`/`gateway_device_renamed` arrive as
+//! with the same `id`; after every (re)connect each child's writable points are asked for as
+//! shared attributes (`v1/gateway/attributes/request`, so setpoints changed while the gateway
+//! was away are applied); shared-attribute updates and attribute responses (`value` or
+//! `values`) become property writes; `gateway_device_deleted`/`gateway_device_renamed` arrive as
 //! persistent RPCs on the gateway's own RPC topic and are acknowledged. Every payload is built
 //! with serde_json (valid JSON by construction: the server closes the whole gateway connection
 //! on a bad message). Telemetry keys are property names; ThingsBoard has no services.
@@ -28,6 +30,9 @@ pub const DISCONNECT: &str = "v1/gateway/disconnect";
 pub const TELEMETRY: &str = "v1/gateway/telemetry";
 pub const ATTRIBUTES: &str = "v1/gateway/attributes";
 pub const ATTRIBUTES_RESPONSE: &str = "v1/gateway/attributes/response";
+pub const ATTRIBUTES_REQUEST: &str = "v1/gateway/attributes/request";
+/// Attribute requests remembered (id → keys) until answered; the oldest go beyond this.
+const MAX_PENDING_ATTRIBUTES: usize = 4096;
 pub const RPC: &str = "v1/gateway/rpc";
 pub const OWN_TELEMETRY: &str = "v1/devices/me/telemetry";
 pub const OWN_RPC_REQUEST: &str = "v1/devices/me/rpc/request/";
@@ -51,6 +56,10 @@ pub enum Auth {
 pub struct ThingsBoard {
     client_id: String,
     auth: Auth,
+    /// Shared-attribute requests sent and not yet answered: id → the keys asked for (an
+    /// older server answers a one-result request with a bare `value`).
+    attr_requests: BTreeMap<u64, Vec<String>>,
+    next_attr_id: u64,
 }
 
 impl ThingsBoard {
@@ -59,7 +68,25 @@ impl ThingsBoard {
         ThingsBoard {
             client_id: client_id.to_string(),
             auth,
+            attr_requests: BTreeMap::new(),
+            next_attr_id: 1,
         }
+    }
+
+    /// Ask for a child's shared attributes that name writable points: setpoints changed on
+    /// the server while the gateway was away arrive in the response and are written.
+    fn attribute_request(&mut self, device: &str, keys: &[String]) -> Out {
+        let id = self.next_attr_id;
+        self.next_attr_id += 1;
+        self.attr_requests.insert(id, keys.to_vec());
+        while self.attr_requests.len() > MAX_PENDING_ATTRIBUTES {
+            self.attr_requests.pop_first();
+        }
+        let body = match keys {
+            [one] => json!({"id": id, "device": device, "client": false, "key": one}),
+            many => json!({"id": id, "device": device, "client": false, "keys": many}),
+        };
+        Out::new(ATTRIBUTES_REQUEST, body.to_string())
     }
 }
 
@@ -124,11 +151,18 @@ impl super::Dialect for ThingsBoard {
     }
 
     fn on_connect(&mut self, children: &[ChildView], _version: i64, _now_ms: u64) -> Vec<Out> {
-        children
+        let mut out: Vec<Out> = children
             .iter()
             .filter(|c| c.online == Some(true))
             .filter_map(|c| Some(connect_msg(c.device_id.as_deref()?, &c.product_id)))
-            .collect()
+            .collect();
+        // After every (re)connect: the shared attributes of each child's writable points.
+        for c in children {
+            if let (Some(dev), false) = (c.device_id.as_deref(), c.writable.is_empty()) {
+                out.push(self.attribute_request(dev, &c.writable));
+            }
+        }
+        out
     }
 
     fn add(&mut self, children: &[ChildView], _now_ms: u64) -> Vec<Out> {
@@ -282,20 +316,40 @@ impl super::Dialect for ThingsBoard {
                     match (body.get("data"), body.get("values"), body.get("value")) {
                         (Some(Json::Object(d)), _, _) => d.clone(),
                         (_, Some(Json::Object(v)), _) => v.clone(),
-                        (_, _, Some(v)) => match s(&body, "key") {
-                            Some(k) => Map::from_iter([(k, v.clone())]),
-                            None => {
-                                return Ok(Inbound::Ignored(
-                                    "single attribute value without its key".into(),
-                                ))
+                        (_, _, Some(v)) => {
+                            // The key: named in the answer, or the one our request asked for.
+                            let asked = body
+                                .get("id")
+                                .and_then(Json::as_u64)
+                                .and_then(|id| self.attr_requests.get(&id))
+                                .and_then(|keys| match keys.as_slice() {
+                                    [one] => Some(one.clone()),
+                                    _ => None,
+                                });
+                            match s(&body, "key").or(asked) {
+                                Some(k) => Map::from_iter([(k, v.clone())]),
+                                None => {
+                                    return Ok(Inbound::Ignored(
+                                        "single attribute value without its key".into(),
+                                    ))
+                                }
                             }
-                        },
+                        }
+                        _ if topic == ATTRIBUTES_RESPONSE => {
+                            // None of the asked attributes is set on the server.
+                            Map::new()
+                        }
                         _ => {
                             return Err(ParseError::new(
                                 "attributes without `data`, `values` or `value`",
                             ))
                         }
                     };
+                if topic == ATTRIBUTES_RESPONSE {
+                    if let Some(id) = body.get("id").and_then(Json::as_u64) {
+                        self.attr_requests.remove(&id);
+                    }
+                }
                 props.remove("deleted");
                 if props.is_empty() {
                     return Ok(Inbound::Ignored("attribute deletion only".into()));

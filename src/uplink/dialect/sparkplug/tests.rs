@@ -11,8 +11,10 @@ use super::*;
 use crate::uplink::dialect::{ChildView, Dialect, Inbound};
 
 fn sp() -> Sparkplug {
-    // The clock puts bdSeq at 41, so the first CONNECT uses 42.
-    Sparkplug::new("Plant 1", "gw-7", 41_000)
+    // As if the store said the next CONNECT is the 42nd bdSeq.
+    let mut s = Sparkplug::new("Plant 1", "gw-7");
+    s.restore("42");
+    s
 }
 
 fn decode(o: &Out) -> Payload {
@@ -30,6 +32,7 @@ fn child(node: &str) -> ChildView {
         product_id: "meter".into(),
         name: node.into(),
         online: Some(true),
+        ..Default::default()
     }
 }
 
@@ -117,11 +120,14 @@ fn connect_will_and_births() {
         vec!["spBv1.0/Plant 1/NCMD/gw-7", "spBv1.0/Plant 1/DCMD/gw-7/+"]
     );
 
-    // Children learn values before the session (queued), then births.
-    let _ = s.pack(&[report("m1", &[("v", Value::UInt(230))])], 4096, 0);
+    // Children with committed values (possibly still queued) are born with them.
     let out = s.on_connect(
         &[
-            child("m1"),
+            ChildView {
+                latest: vec![("s".into(), "v".into(), Value::UInt(230))],
+                latest_ts_ms: Some(1500),
+                ..child("m1")
+            },
             ChildView {
                 online: Some(false),
                 ..child("m2")
@@ -160,6 +166,11 @@ fn connect_will_and_births() {
         "every known metric"
     );
     assert_eq!(db.metrics[0].datatype, Some(datatype::UINT64));
+    assert_eq!(
+        db.metrics[0].timestamp,
+        Some(1500),
+        "its reading's own time, not the birth's"
+    );
     // A new connection increments bdSeq.
     let w2 = decode(&s.connect("pw", 3000).will.unwrap_or_else(|| panic!()));
     assert_eq!(w2.metrics[0].value, Some(MetricValue::Long(43)));
@@ -193,6 +204,7 @@ fn data_by_exception_rebirth_on_new_metrics_death_and_seq_wrap() {
     assert_eq!(o[0].topic, "spBv1.0/Plant 1/DDATA/gw-7/m1");
     let d = decode(&o[0]);
     assert_eq!((names(&d), d.seq), (vec!["b".to_string()], Some(2)));
+    assert_eq!(d.metrics[0].datatype, None, "DDATA repeats no datatype");
     // Nothing changed: nothing sent.
     assert!(s
         .pack(&[report("m1", &[("a", Value::UInt(1))])], 4096, 0)
@@ -346,19 +358,16 @@ fn protoc_with_the_specs_proto_agrees_with_our_messages() {
     };
     let mut s = sp();
     s.connect("pw", 0);
-    let _ = s.pack(
-        &[report(
-            "m1",
-            &[
-                ("v", Value::Float(230.5)),
-                ("on", Value::Bool(true)),
-                ("t", Value::Int(-3)),
-            ],
-        )],
-        4096,
-        0,
-    );
-    let births = s.on_connect(&[child("m1")], 0, 1_700_000_000_000);
+    let m1 = ChildView {
+        latest: vec![
+            ("s".into(), "v".into(), Value::Float(230.5)),
+            ("s".into(), "on".into(), Value::Bool(true)),
+            ("s".into(), "t".into(), Value::Int(-3)),
+        ],
+        latest_ts_ms: Some(1_700_000_000_000),
+        ..child("m1")
+    };
+    let births = s.on_connect(&[m1], 0, 1_700_000_000_000);
     let text = String::from_utf8_lossy(&protoc(
         &["--decode=org.eclipse.tahu.protobuf.Payload"],
         &births[0].payload,
@@ -412,4 +421,116 @@ fn protoc_with_the_specs_proto_agrees_with_our_messages() {
     };
     assert_eq!(services[0].1["demand_limit"], serde_json::json!(42.5));
     assert_eq!(services[0].1["mode"], serde_json::json!(7));
+}
+
+/// bdSeq: 0 on a fresh store, +1 per CONNECT that reached the broker (an attempt that failed
+/// before sending one takes its number back), wrapping 255 → 0, continued across restarts
+/// through `state`/`restore`.
+#[test]
+fn bdseq_counts_the_connects_the_broker_saw() {
+    let bd = |c: Connect| {
+        decode(&c.will.unwrap_or_else(|| panic!("a will"))).metrics[0]
+            .value
+            .clone()
+    };
+    let mut s = Sparkplug::new("g", "n");
+    assert_eq!(
+        bd(s.connect("pw", 0)),
+        Some(MetricValue::Long(0)),
+        "fresh: 0"
+    );
+    s.connect_unsent();
+    assert_eq!(
+        bd(s.connect("pw", 0)),
+        Some(MetricValue::Long(0)),
+        "the refused TCP attempt sent no CONNECT"
+    );
+    assert_eq!(bd(s.connect("pw", 0)), Some(MetricValue::Long(1)));
+    let kept = s.state().unwrap_or_else(|| panic!("kept"));
+    assert_eq!(kept, (BDSEQ_KEY, "2".to_string()));
+    // A restart continues where the last run stopped.
+    let mut t = Sparkplug::new("g", "n");
+    t.restore(&kept.1);
+    assert_eq!(bd(t.connect("pw", 0)), Some(MetricValue::Long(2)));
+    let mut w = Sparkplug::new("g", "n");
+    w.restore("255");
+    assert_eq!(bd(w.connect("pw", 0)), Some(MetricValue::Long(255)));
+    assert_eq!(bd(w.connect("pw", 0)), Some(MetricValue::Long(0)), "wraps");
+    w.restore("garbage");
+    assert_eq!(
+        bd(w.connect("pw", 0)),
+        Some(MetricValue::Long(1)),
+        "ignored"
+    );
+}
+
+/// Birth order and history: NBIRTH carries the node metrics as primed; a child without values
+/// is not born (no empty DBIRTH); a child with values is born with them at their own time;
+/// queued readings older than that are historical DDATA; later ones go by exception.
+#[test]
+fn births_wait_for_values_and_the_backlog_is_history() {
+    let mut s = sp();
+    s.connect("pw", 0);
+    s.prime_own(&BTreeMap::from([(
+        "children_total".to_string(),
+        Value::UInt(2),
+    )]));
+    let out = s.on_connect(&[child("m1")], 0, 5_000);
+    assert_eq!(out.len(), 1, "NBIRTH only: m1 has no values yet");
+    let nb = decode(&out[0]);
+    let total = nb
+        .metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some("children_total"))
+        .and_then(|m| m.value.clone());
+    assert_eq!(total, Some(MetricValue::Long(2)), "as primed, not 0");
+    // A reconnect after an outage: m1's newest committed reading (t = 9000) is in its birth.
+    let m1 = ChildView {
+        latest: vec![
+            ("s".into(), "a".into(), Value::UInt(9)),
+            ("s".into(), "b".into(), Value::UInt(90)),
+        ],
+        latest_ts_ms: Some(9_000),
+        ..child("m1")
+    };
+    let out = s.on_connect(&[m1], 0, 10_000);
+    assert_eq!(out.len(), 2);
+    let db = decode(&out[1]);
+    assert_eq!(db.seq, Some(1), "DBIRTH right after NBIRTH");
+    assert!(db.metrics.iter().all(|m| m.timestamp == Some(9_000)));
+    // The backlog: older readings are history, every metric, flagged, no datatype.
+    let old = |a: u64, ts: u64| {
+        let mut r = report("m1", &[("a", Value::UInt(a)), ("b", Value::UInt(90))]);
+        if let Record::Report(rep) = &mut r.2 {
+            rep.ts_ms = ts;
+        }
+        r
+    };
+    let (o, _) = s.pack(&[old(7, 7_000)], 4096, 10_001);
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].topic, "spBv1.0/Plant 1/DDATA/gw-7/m1");
+    let d = decode(&o[0]);
+    assert_eq!(names(&d), vec!["a", "b"], "all of it, not by exception");
+    assert!(d.metrics.iter().all(|m| m.is_historical == Some(true)
+        && m.timestamp == Some(7_000)
+        && m.datatype.is_none()));
+    // The reading the birth carried: nothing new.
+    assert!(s.pack(&[old(9, 9_000)], 4096, 10_002).0.is_empty());
+    // Live again: by exception, not historical.
+    let (o, _) = s.pack(&[old(10, 11_000)], 4096, 11_001);
+    let d = decode(&o[0]);
+    assert_eq!(names(&d), vec!["a"]);
+    assert_eq!(d.metrics[0].is_historical, None);
+    // An ONLINE status for a child with no values yet births nothing.
+    let st = (
+        3,
+        "m9".to_string(),
+        Record::Status(DeviceStatus {
+            child: "m9".into(),
+            online: true,
+            reason: String::new(),
+            ts_ms: 5,
+        }),
+    );
+    assert!(s.pack(&[st], 4096, 0).0.is_empty(), "no empty DBIRTH");
 }

@@ -16,6 +16,7 @@ fn child(node: &str, online: Option<bool>) -> ChildView {
         product_id: "thermostat".into(),
         name: node.into(),
         online,
+        ..Default::default()
     }
 }
 
@@ -315,6 +316,76 @@ fn attribute_updates_and_both_response_forms_become_writes() {
     assert!(tb
         .parse(ATTRIBUTES_RESPONSE, br#"{"data":{"a":1}}"#)
         .is_err());
+}
+
+/// After every (re)connect each child's writable points are asked for as shared attributes;
+/// the answer — `values`, a bare `value` (older servers, one key) or nothing set — becomes a
+/// write of what the server holds.
+#[test]
+fn shared_attributes_are_requested_after_every_connect() {
+    let mut tb = ThingsBoard::new("gw", Auth::Token);
+    let out = tb.on_connect(
+        &[
+            ChildView {
+                writable: vec!["setpoint".into()],
+                ..child("t1", Some(true))
+            },
+            ChildView {
+                writable: vec!["a".into(), "b".into()],
+                ..child("t2", Some(false))
+            },
+            child("t3", Some(true)),
+        ],
+        0,
+        0,
+    );
+    let requests: Vec<(&str, String)> = out
+        .iter()
+        .map(text)
+        .filter(|(t, _)| *t == ATTRIBUTES_REQUEST)
+        .collect();
+    assert_eq!(
+        requests,
+        vec![
+            (
+                ATTRIBUTES_REQUEST,
+                r#"{"client":false,"device":"t1","id":1,"key":"setpoint"}"#.to_string()
+            ),
+            (
+                ATTRIBUTES_REQUEST,
+                r#"{"client":false,"device":"t2","id":2,"keys":["a","b"]}"#.to_string()
+            ),
+        ],
+        "offline children too (a setpoint waits for them); none without writable points"
+    );
+    // An older server answers the one-key request with a bare value.
+    let Ok(Inbound::Request {
+        request:
+            Request::Set {
+                device_id,
+                services,
+                ..
+            },
+        ..
+    }) = tb.parse(
+        ATTRIBUTES_RESPONSE,
+        br#"{"id":1,"device":"t1","value":22.5}"#,
+    )
+    else {
+        panic!("not a write")
+    };
+    assert_eq!(device_id.as_deref(), Some("t1"));
+    assert_eq!(services[0].1["setpoint"], json!(22.5));
+    // Nothing set on the server: nothing to write, nothing malformed.
+    assert!(matches!(
+        tb.parse(ATTRIBUTES_RESPONSE, br#"{"id":2,"device":"t2"}"#),
+        Ok(Inbound::Ignored(_))
+    ));
+    // An answer to no request of ours, bare value: ignored, never guessed.
+    assert!(matches!(
+        tb.parse(ATTRIBUTES_RESPONSE, br#"{"id":99,"device":"t2","value":1}"#),
+        Ok(Inbound::Ignored(_))
+    ));
 }
 
 #[test]
