@@ -125,14 +125,18 @@ secret = "TB_GATEWAY_TOKEN""#,
             .to_string()
             .as_bytes(),
     );
-    wait_until(Duration::from_secs(10), "the server's setpoint written", || {
-        sim.state
-            .holding
-            .lock()
-            .ok()
-            .and_then(|h| h.get(&(1, 4)).copied())
-            == Some(335)
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the server's setpoint written",
+        || {
+            sim.state
+                .holding
+                .lock()
+                .ok()
+                .and_then(|h| h.get(&(1, 4)).copied())
+                == Some(335)
+        },
+    );
     let mut c = counters(&p, "m1");
     c.sort_unstable();
     c.dedup();
