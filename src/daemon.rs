@@ -66,7 +66,7 @@ fn specs(cfg: &Config) -> Vec<Spec> {
                 .points
                 .iter()
                 .filter(|p| p.writable)
-                .map(|p| p.property.clone())
+                .map(|p| (p.service.clone(), p.property.clone()))
                 .collect(),
         })
         .collect()

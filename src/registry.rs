@@ -22,8 +22,9 @@ pub struct Spec {
     pub name: String,
     pub product_id: String,
     pub bus: String,
-    /// Properties the platform may write (ThingsBoard asks for their shared attributes).
-    pub writable: Vec<String>,
+    /// (service, property) the platform may write (ThingsBoard asks for their shared
+    /// attributes).
+    pub writable: Vec<(String, String)>,
 }
 
 /// What the store remembers of a child between runs.
@@ -42,8 +43,8 @@ pub struct Child {
     pub name: String,
     pub product_id: String,
     pub bus: String,
-    /// Properties the platform may write.
-    pub writable: Vec<String>,
+    /// (service, property) the platform may write.
+    pub writable: Vec<(String, String)>,
     /// Platform-assigned id, once the platform confirmed the child.
     pub device_id: Option<String>,
     /// The platform deleted this child; it is no longer polled nor added again.

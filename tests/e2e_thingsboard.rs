@@ -107,8 +107,8 @@ secret = "TB_GATEWAY_TOKEN""#,
     let request = || {
         on(&p, "v1/gateway/attributes/request")
             .into_iter()
-            .filter(|j| j["device"] == "m1")
-            .last()
+            .rev()
+            .find(|j| j["device"] == "m1")
     };
     wait_until(Duration::from_secs(10), "the attribute request", || {
         request().is_some()

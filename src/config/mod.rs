@@ -150,6 +150,8 @@ pub struct Platform {
     pub account: String,
     /// Sparkplug B: the group id; empty for other dialects.
     pub group_id: String,
+    /// ThingsBoard: keys are `service.property` instead of the bare property name.
+    pub service_keys: bool,
     pub secret: SecretSource,
     pub check_timestamp: bool,
     pub keepalive: Duration,
@@ -860,6 +862,27 @@ impl<'a> Checker<'a> {
             }
             (_, None) => String::new(),
         };
+        let service_keys = match (&dialect, &p.keys) {
+            (_, None) => false,
+            (Some(Dialect::ThingsBoard), Some(k)) if k.get_ref() == "property" => false,
+            (Some(Dialect::ThingsBoard), Some(k)) if k.get_ref() == "service.property" => true,
+            (Some(Dialect::ThingsBoard), Some(k)) => {
+                self.err(
+                    Some(k.span()),
+                    "platform.keys",
+                    "keys must be \"property\" or \"service.property\"",
+                );
+                return None;
+            }
+            (_, Some(k)) => {
+                self.err(
+                    Some(k.span()),
+                    "platform.keys",
+                    "`keys` is for dialect thingsboard",
+                );
+                return None;
+            }
+        };
         // The gateway's id is in every dialect's topics.
         if p.device_id.get_ref().contains(['+', '#', '/'])
             || p.device_id.get_ref().chars().any(char::is_control)
@@ -882,6 +905,7 @@ impl<'a> Checker<'a> {
         Some(Platform {
             account,
             group_id,
+            service_keys,
             dialect: dialect?,
             host: p.host.into_inner(),
             // TLS unless explicitly turned off, whatever the port: credentials and IoTDA's

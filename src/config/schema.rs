@@ -52,6 +52,10 @@ pub struct RawPlatform {
     /// Sparkplug B: the group the edge node belongs to.
     #[serde(default)]
     pub group_id: Option<Spanned<String>>,
+    /// ThingsBoard: telemetry and attribute keys, `"property"` (default) or
+    /// `"service.property"` (for profiles whose services share property names).
+    #[serde(default)]
+    pub keys: Option<Spanned<String>>,
     #[serde(default)]
     pub secret: Option<Spanned<String>>,
     #[serde(default)]

@@ -1037,3 +1037,30 @@ fn client_certificates_and_basic_credentials() {
     ));
     assert!(d.iter().any(|d| d.path == "platform.username"));
 }
+
+#[test]
+fn thingsboard_keys_are_property_or_service_property() {
+    let tb = GOOD.replace("dialect = \"iotda\"", "dialect = \"thingsboard\"");
+    let with = |keys: &str| {
+        tb.replace(
+            "secret = \"s3cret\"",
+            &format!("secret = \"t\"\nkeys = {keys}"),
+        )
+    };
+    let c =
+        parse(&with("\"service.property\""), Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.platform.service_keys);
+    let c = parse(&with("\"property\""), Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.platform.service_keys);
+    let d = errors(&with("\"svc:prop\""));
+    assert!(d
+        .iter()
+        .any(|d| d.path == "platform.keys" && d.message.contains("service.property")));
+    let d = errors(&GOOD.replace(
+        "secret = \"s3cret\"",
+        "secret = \"s3cret\"\nkeys = \"property\"",
+    ));
+    assert!(d
+        .iter()
+        .any(|d| d.path == "platform.keys" && d.message.contains("thingsboard")));
+}

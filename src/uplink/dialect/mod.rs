@@ -60,8 +60,8 @@ pub struct ChildView {
     /// and the time of the reading that brought the newest of them.
     pub latest: Vec<(String, String, Value)>,
     pub latest_ts_ms: Option<u64>,
-    /// Properties the platform may write.
-    pub writable: Vec<String>,
+    /// (service, property) the platform may write.
+    pub writable: Vec<(String, String)>,
 }
 
 /// Answers one platform request in the dialect's words — or not at all, where the platform
@@ -200,7 +200,7 @@ pub fn for_platform(p: &Platform) -> Box<dyn Dialect> {
                 (None, Some(_)) => thingsboard::Auth::X509,
                 (None, None) => thingsboard::Auth::Token,
             };
-            Box::new(thingsboard::ThingsBoard::new(&p.device_id, auth))
+            Box::new(thingsboard::ThingsBoard::new(&p.device_id, auth).service_keys(p.service_keys))
         }
         crate::config::Dialect::AllThingsTalk => {
             Box::new(allthingstalk::AllThingsTalk::new(&p.account, &p.device_id))

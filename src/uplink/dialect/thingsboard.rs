@@ -13,7 +13,8 @@
 //! `values`) become property writes; `gateway_device_deleted`/`gateway_device_renamed` arrive as
 //! persistent RPCs on the gateway's own RPC topic and are acknowledged. Every payload is built
 //! with serde_json (valid JSON by construction: the server closes the whole gateway connection
-//! on a bad message). Telemetry keys are property names; ThingsBoard has no services.
+//! on a bad message). Telemetry and attribute keys are property names (ThingsBoard has no
+//! services), or `service.property` with `keys = "service.property"`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub struct ThingsBoard {
     /// older server answers a one-result request with a bare `value`).
     attr_requests: BTreeMap<u64, Vec<String>>,
     next_attr_id: u64,
+    /// Keys are `service.property` (config `keys`), not bare property names.
+    service_keys: bool,
 }
 
 impl ThingsBoard {
@@ -70,12 +73,46 @@ impl ThingsBoard {
             auth,
             attr_requests: BTreeMap::new(),
             next_attr_id: 1,
+            service_keys: false,
         }
+    }
+
+    /// Name keys `service.property` (config `keys = "service.property"`).
+    pub fn service_keys(mut self, on: bool) -> Self {
+        self.service_keys = on;
+        self
+    }
+
+    fn key(&self, service: &str, property: &str) -> String {
+        if self.service_keys {
+            format!("{service}.{property}")
+        } else {
+            property.to_string()
+        }
+    }
+
+    /// The platform's keys as one write: bare property names (the router finds each one's
+    /// point), or `service.property`, all of one service.
+    fn write_of(&self, props: Map<String, Json>) -> Vec<(String, Map<String, Json>)> {
+        if !self.service_keys {
+            return vec![(String::new(), props)];
+        }
+        let mut by_service: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
+        for (k, v) in props {
+            let (svc, prop) = k.split_once('.').unwrap_or(("", k.as_str()));
+            by_service
+                .entry(svc.to_string())
+                .or_default()
+                .insert(prop.to_string(), v);
+        }
+        by_service.into_iter().collect()
     }
 
     /// Ask for a child's shared attributes that name writable points: setpoints changed on
     /// the server while the gateway was away arrive in the response and are written.
-    fn attribute_request(&mut self, device: &str, keys: &[String]) -> Out {
+    fn attribute_request(&mut self, device: &str, writable: &[(String, String)]) -> Out {
+        let keys: Vec<String> = writable.iter().map(|(s, p)| self.key(s, p)).collect();
+        let keys = keys.as_slice();
         let id = self.next_attr_id;
         self.next_attr_id += 1;
         self.attr_requests.insert(id, keys.to_vec());
@@ -216,7 +253,15 @@ impl super::Dialect for ThingsBoard {
         let mut n = 0;
         for (_, dev, r) in recs {
             let Record::Report(r) = r else { break };
-            let entry = json!({"ts": r.ts_ms, "values": values(&r.properties)});
+            let vals: Map<String, Json> = if self.service_keys {
+                r.properties
+                    .iter()
+                    .map(|(k, v)| (self.key(&r.service, k), v.to_json()))
+                    .collect()
+            } else {
+                values(&r.properties)
+            };
+            let entry = json!({"ts": r.ts_ms, "values": vals});
             let add = entry.to_string().len() + dev.len() + 8;
             if n > 0
                 && (size + add > max_bytes
@@ -360,8 +405,9 @@ impl super::Dialect for ThingsBoard {
                     request: Request::Set {
                         request_id: rid,
                         device_id: Some(device),
-                        // ThingsBoard has no services: the router finds each property's point.
-                        services: vec![(String::new(), props)],
+                        // ThingsBoard has no services: the router finds each property's point
+                        // (or, with `service.property` keys, the service is in the key).
+                        services: self.write_of(props),
                     },
                     // Attribute updates are not acknowledged; a failed write is logged.
                     respond: log_only("shared attribute update", name),

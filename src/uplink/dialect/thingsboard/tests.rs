@@ -327,11 +327,11 @@ fn shared_attributes_are_requested_after_every_connect() {
     let out = tb.on_connect(
         &[
             ChildView {
-                writable: vec!["setpoint".into()],
+                writable: vec![("hvac".into(), "setpoint".into())],
                 ..child("t1", Some(true))
             },
             ChildView {
-                writable: vec!["a".into(), "b".into()],
+                writable: vec![("s".into(), "a".into()), ("s".into(), "b".into())],
                 ..child("t2", Some(false))
             },
             child("t3", Some(true)),
@@ -425,4 +425,49 @@ fn deletion_and_renaming_notifications_are_acknowledged() {
         panic!("answered")
     };
     assert!(String::from_utf8_lossy(&ack.payload).contains("unsupported"));
+}
+
+/// `keys = "service.property"`: telemetry, attribute requests and attribute writes name the
+/// service, so profiles whose services share property names stay apart.
+#[test]
+fn service_keys_name_the_service() {
+    let mut tb = ThingsBoard::new("gw", Auth::Token).service_keys(true);
+    let recs = vec![(
+        1,
+        "m1".to_string(),
+        report("m1", 5, &[("v", Value::UInt(1))]),
+    )];
+    let (out, _) = tb.pack(&recs, 65536, 0);
+    let (_, body) = text(&out[0]);
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let service = j["m1"][0]["values"]
+        .as_object()
+        .and_then(|m| m.keys().next().cloned())
+        .unwrap_or_default();
+    assert!(service.ends_with(".v") && service.len() > 2, "{body}");
+    let out = tb.on_connect(
+        &[ChildView {
+            writable: vec![("hvac".into(), "setpoint".into())],
+            ..child("t1", Some(true))
+        }],
+        0,
+        0,
+    );
+    assert!(out
+        .iter()
+        .map(text)
+        .any(|(t, b)| t == ATTRIBUTES_REQUEST && b.contains(r#""key":"hvac.setpoint""#)));
+    let Ok(Inbound::Request {
+        request: Request::Set { services, .. },
+        ..
+    }) = tb.parse(
+        ATTRIBUTES,
+        br#"{"device":"t1","data":{"hvac.setpoint":21}}"#,
+    )
+    else {
+        panic!("not a write")
+    };
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].0, "hvac");
+    assert_eq!(services[0].1["setpoint"], json!(21));
 }
