@@ -276,3 +276,76 @@ fn sparkplug_edge_node_end_to_end() {
     let death = payloads(&p, &format!("{G}/NDEATH/gw1")).pop();
     assert_eq!(death.as_ref().and_then(bd_seq), bd);
 }
+
+/// With `primary_host_id`, the edge node waits for the host: no birth and no data before its
+/// STATE says online (readings queue durably meanwhile), births then the backlog when it
+/// does, nothing while it is offline again, a rebirth when it returns — and every reading
+/// delivered in the end.
+#[test]
+fn a_primary_host_gates_births_and_data() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start(dir.path());
+    let p = TestPlatform::start_on(broker.port, "scada", "spBv1.0/#");
+    let sim = meter_sim();
+    let cfg = meter_config(
+        dir.path(),
+        &format!(
+            "dialect = \"sparkplug\"\nhost = \"127.0.0.1\"\nport = {}\ntls = false\ndevice_id = \"gw1\"\ngroup_id = \"Plant1\"\nsecret = \"pw\"\nprimary_host_id = \"scada\"",
+            broker.port
+        ),
+        sim.port,
+    );
+    let mut gw = Gateway::start(&cfg);
+    let queued = || status(&cfg)["queue"]["records"].as_u64().unwrap_or(0);
+    wait_until(Duration::from_secs(20), "readings queued", || {
+        queued() >= 10
+    });
+    assert!(
+        status(&cfg)["uplink"]["connected"] == true,
+        "connected, but waiting"
+    );
+    let node = |kind: &str| payloads(&p, &format!("{G}/{kind}/gw1"));
+    assert!(
+        node("NBIRTH").is_empty(),
+        "no birth before the host is online"
+    );
+    assert!(counters(&p, "m1").is_empty(), "no data either");
+
+    let state = |online: bool| {
+        format!(
+            r#"{{"online":{online},"timestamp":{}}}"#,
+            fieldgate_driver::now_ms()
+        )
+    };
+    p.send_retained("spBv1.0/STATE/scada", state(true).as_bytes());
+    wait_until(Duration::from_secs(10), "born, then the backlog", || {
+        node("NBIRTH").len() == 1 && counters(&p, "m1").len() > 10
+    });
+
+    p.send_retained("spBv1.0/STATE/scada", state(false).as_bytes());
+    std::thread::sleep(Duration::from_millis(500));
+    let n = counters(&p, "m1").len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        counters(&p, "m1").len() <= n + 1,
+        "no data while the host is offline"
+    );
+    assert!(queued() >= 10, "it waits in the queue");
+
+    p.send_retained("spBv1.0/STATE/scada", state(true).as_bytes());
+    wait_until(Duration::from_secs(10), "a rebirth", || {
+        node("NBIRTH").len() == 2
+    });
+    let m = counters(&p, "m1").len();
+    wait_until(Duration::from_secs(20), "the held readings", || {
+        counters(&p, "m1").len() > m + 15
+    });
+    let mut c = counters(&p, "m1");
+    c.sort_unstable();
+    c.dedup();
+    assert!(
+        c.windows(2).all(|w| w[1] == w[0] + 1) && c.first() == Some(&1),
+        "every reading delivered: {c:?}"
+    );
+    assert_eq!(gw.terminate(), Some(0));
+}

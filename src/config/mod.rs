@@ -152,6 +152,8 @@ pub struct Platform {
     pub group_id: String,
     /// ThingsBoard: keys are `service.property` instead of the bare property name.
     pub service_keys: bool,
+    /// Sparkplug B: births and data only while this Primary Host is online.
+    pub primary_host_id: Option<String>,
     pub secret: SecretSource,
     pub check_timestamp: bool,
     pub keepalive: Duration,
@@ -883,6 +885,28 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
+        let primary_host_id = match (&dialect, &p.primary_host_id) {
+            (_, None) => None,
+            (Some(Dialect::Sparkplug), Some(h)) if sparkplug_id(h.get_ref()) => {
+                Some(h.get_ref().clone())
+            }
+            (Some(Dialect::Sparkplug), Some(h)) => {
+                self.err(
+                    Some(h.span()),
+                    "platform.primary_host_id",
+                    "a Primary Host id is part of a topic: not empty, no `+`, `/` or `#`",
+                );
+                return None;
+            }
+            (_, Some(h)) => {
+                self.err(
+                    Some(h.span()),
+                    "platform.primary_host_id",
+                    "`primary_host_id` is for dialect sparkplug",
+                );
+                return None;
+            }
+        };
         // The gateway's id is in every dialect's topics.
         if p.device_id.get_ref().contains(['+', '#', '/'])
             || p.device_id.get_ref().chars().any(char::is_control)
@@ -906,6 +930,7 @@ impl<'a> Checker<'a> {
             account,
             group_id,
             service_keys,
+            primary_host_id,
             dialect: dialect?,
             host: p.host.into_inner(),
             // TLS unless explicitly turned off, whatever the port: credentials and IoTDA's

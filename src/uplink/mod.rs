@@ -497,7 +497,12 @@ impl Uplink {
                     Ok(())
                 }
                 _ = depth.tick(), if s.connected => {
-                    self.watch_depth(&mut behind).await;
+                    // Held on purpose (a Sparkplug host away): growth is not falling behind.
+                    if self.dialect.held() {
+                        behind = Behind::default();
+                    } else {
+                        self.watch_depth(&mut behind).await;
+                    }
                     Ok(())
                 }
                 _ = beat.tick() => {
@@ -634,7 +639,7 @@ impl Uplink {
             if !s.spill.is_empty() || !s.want_fill || !s.delivery.data_room() {
                 return Ok(());
             }
-            if s.paced_until.is_some() {
+            if s.paced_until.is_some() || self.dialect.held() {
                 return Ok(());
             }
             self.fill(s, reader).await?;
@@ -800,7 +805,18 @@ impl Uplink {
             }
             return;
         }
-        let msg = match self.dialect.parse(topic, payload) {
+        let was_held = self.dialect.held();
+        let parsed = self.dialect.parse(topic, payload);
+        match (was_held, self.dialect.held()) {
+            (false, true) => {
+                info!(topic = %topic, "the platform's host is away: data waits in the queue")
+            }
+            (true, false) => {
+                info!(topic = %topic, "the platform's host is back: births, then data")
+            }
+            _ => {}
+        }
+        let msg = match parsed {
             Ok(m) => m,
             Err(e) => {
                 self.metrics
@@ -876,8 +892,11 @@ impl Uplink {
             Inbound::Rebirth => {
                 info!("the platform asks for a rebirth: sending every birth certificate again");
                 let view = children.view();
+                let own = self.own_props(children);
+                self.dialect.prime_own(&own);
                 s.control
                     .extend(self.dialect.on_connect(&view, 0, now_ms()));
+                s.want_fill = true;
             }
             Inbound::Ignored(what) => {
                 debug!(topic = %topic, what = %what, "platform message ignored")

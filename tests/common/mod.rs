@@ -472,6 +472,15 @@ impl TestPlatform {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Publish with the retain flag (a Sparkplug host's STATE).
+    #[allow(dead_code)]
+    pub fn send_retained(&self, topic: &str, payload: &[u8]) {
+        let (c, t, p) = (self.client.clone(), topic.to_string(), payload.to_vec());
+        self.rt
+            .block_on(async move { c.publish(t, QoS::AtLeastOnce, true, p).await })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     pub fn topic(&self, rest: &str) -> String {
         format!("$oc/devices/{}/sys/{rest}", self.gw)
     }

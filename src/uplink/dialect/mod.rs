@@ -168,6 +168,11 @@ pub trait Dialect: Send + Sync {
     fn on_shutdown(&mut self, _now_ms: u64) -> Vec<Out> {
         Vec::new()
     }
+    /// Data must wait (queued, durably): Sparkplug while its Primary Host is not online. The
+    /// session keeps running; packing resumes when this turns false.
+    fn held(&self) -> bool {
+        false
+    }
     /// The gateway's own properties as they are now, just before `on_connect`: births carry
     /// them. Nothing is sent.
     fn prime_own(&mut self, _props: &BTreeMap<String, Value>) {}
@@ -205,9 +210,10 @@ pub fn for_platform(p: &Platform) -> Box<dyn Dialect> {
         crate::config::Dialect::AllThingsTalk => {
             Box::new(allthingstalk::AllThingsTalk::new(&p.account, &p.device_id))
         }
-        crate::config::Dialect::Sparkplug => {
-            Box::new(sparkplug::Sparkplug::new(&p.group_id, &p.device_id))
-        }
+        crate::config::Dialect::Sparkplug => Box::new(
+            sparkplug::Sparkplug::new(&p.group_id, &p.device_id)
+                .primary_host(p.primary_host_id.clone()),
+        ),
         crate::config::Dialect::OceanConnect => Box::new(oceanconnect::OceanConnect::new(
             &p.device_id,
             p.check_timestamp,

@@ -160,6 +160,11 @@ pub struct Sparkplug {
     born_at: HashMap<String, u64>,
     /// The gateway's own metrics, as last reported.
     own: BTreeMap<String, Value>,
+    /// The Primary Host whose STATE gates births and data (config `primary_host_id`).
+    primary_host: Option<String>,
+    /// It said `online: true` in this session, and the timestamp of its last STATE.
+    host_online: bool,
+    host_ts: u64,
 }
 
 /// The store key of the next CONNECT's bdSeq.
@@ -196,6 +201,52 @@ impl Sparkplug {
                 ("children_online".to_string(), Value::UInt(0)),
                 ("children_total".to_string(), Value::UInt(0)),
             ]),
+            primary_host: None,
+            host_online: false,
+            host_ts: 0,
+        }
+    }
+
+    /// Wait for this Primary Host's STATE `online` before births and data.
+    pub fn primary_host(mut self, host: Option<String>) -> Self {
+        self.primary_host = host;
+        self
+    }
+
+    fn state_topic(&self) -> Option<String> {
+        self.primary_host
+            .as_ref()
+            .map(|h| format!("{NAMESPACE}/STATE/{h}"))
+    }
+
+    /// A STATE message (3.0 form: `{"online":bool,"timestamp":ms}`): an older timestamp than
+    /// the last one seen is stale (a retained message overtaken) and ignored.
+    fn host_state(&mut self, payload: &[u8]) -> Result<Inbound, ParseError> {
+        let j: Json = serde_json::from_slice(payload)
+            .map_err(|e| ParseError::new(format!("STATE is not JSON: {e}")))?;
+        let online = j
+            .get("online")
+            .and_then(Json::as_bool)
+            .ok_or_else(|| ParseError::new("STATE without a boolean `online`"))?;
+        let ts = j.get("timestamp").and_then(Json::as_u64).unwrap_or(0);
+        if ts < self.host_ts {
+            return Ok(Inbound::Ignored("stale Primary Host STATE".into()));
+        }
+        self.host_ts = ts;
+        match (online, self.host_online) {
+            (true, false) => {
+                self.host_online = true;
+                // Born now: NBIRTH, DBIRTHs, then what was queued while the host was away.
+                Ok(Inbound::Rebirth)
+            }
+            (false, true) => {
+                self.host_online = false;
+                self.born.clear();
+                Ok(Inbound::Ignored(
+                    "Primary Host offline: data waits in the queue".into(),
+                ))
+            }
+            _ => Ok(Inbound::Ignored("Primary Host STATE unchanged".into())),
         }
     }
 
@@ -340,6 +391,9 @@ impl Sparkplug {
 
 impl super::Dialect for Sparkplug {
     fn connect(&mut self, secret: &str, now_ms: u64) -> Connect {
+        // A new session waits for the Primary Host's STATE again (its retained one comes
+        // right after the subscription).
+        self.host_online = false;
         self.bd_seq = self.next_bd;
         self.next_bd = self.bd_seq.wrapping_add(1);
         let will = Payload {
@@ -377,7 +431,13 @@ impl super::Dialect for Sparkplug {
     }
 
     fn subscriptions(&self) -> Vec<String> {
-        vec![self.topic("NCMD", None), self.topic("DCMD", Some("+"))]
+        let mut subs = vec![self.topic("NCMD", None), self.topic("DCMD", Some("+"))];
+        subs.extend(self.state_topic());
+        subs
+    }
+
+    fn held(&self) -> bool {
+        self.primary_host.is_some() && !self.host_online
     }
 
     fn on_shutdown(&mut self, now_ms: u64) -> Vec<Out> {
@@ -395,6 +455,13 @@ impl super::Dialect for Sparkplug {
     }
 
     fn on_connect(&mut self, children: &[ChildView], _version: i64, now_ms: u64) -> Vec<Out> {
+        if self.held() {
+            // No birth before the Primary Host says it is online (its STATE, usually
+            // retained, arrives after the subscription).
+            self.seq = 0;
+            self.born.clear();
+            return Vec::new();
+        }
         self.births(children, now_ms)
     }
 
@@ -464,7 +531,7 @@ impl super::Dialect for Sparkplug {
                 *slot = v.clone();
             }
         }
-        if changed.is_empty() {
+        if changed.is_empty() || self.held() {
             return Vec::new();
         }
         vec![self.message("NDATA", None, changed, now_ms)]
@@ -476,6 +543,9 @@ impl super::Dialect for Sparkplug {
                 "payload of {} bytes exceeds {MAX_INBOUND}",
                 payload.len()
             )));
+        }
+        if self.state_topic().as_deref() == Some(topic) {
+            return self.host_state(payload);
         }
         let p = Payload::decode(payload)
             .map_err(|e| ParseError::new(format!("not a Sparkplug B payload: {e}")))?;

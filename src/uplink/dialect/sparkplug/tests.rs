@@ -534,3 +534,65 @@ fn births_wait_for_values_and_the_backlog_is_history() {
     );
     assert!(s.pack(&[st], 4096, 0).0.is_empty(), "no empty DBIRTH");
 }
+
+/// Primary Host awareness: with `primary_host_id`, the STATE topic is subscribed; nothing is
+/// born and data is held until the host says `online`; offline holds again (and un-births);
+/// a stale STATE (older timestamp) changes nothing; a reconnect waits for a fresh STATE.
+#[test]
+fn the_primary_host_gates_births_and_data() {
+    let mut s = Sparkplug::new("g", "n").primary_host(Some("scada".into()));
+    s.connect("pw", 0);
+    assert!(s
+        .subscriptions()
+        .contains(&"spBv1.0/STATE/scada".to_string()));
+    assert!(s.held());
+    assert!(
+        s.on_connect(&[child("m1")], 0, 0).is_empty(),
+        "no NBIRTH yet"
+    );
+    assert!(
+        s.own(
+            &BTreeMap::from([("uptime_s".to_string(), Value::UInt(9))]),
+            0
+        )
+        .is_empty(),
+        "no NDATA before the birth"
+    );
+    let state = |online: bool, ts: u64| format!(r#"{{"online":{online},"timestamp":{ts}}}"#);
+    assert!(matches!(
+        s.parse("spBv1.0/STATE/scada", state(true, 100).as_bytes()),
+        Ok(Inbound::Rebirth)
+    ));
+    assert!(!s.held());
+    let births = s.on_connect(&[child("m1")], 0, 0);
+    assert_eq!(births[0].topic, "spBv1.0/g/NBIRTH/n");
+    assert!(matches!(
+        s.parse("spBv1.0/STATE/scada", state(true, 101).as_bytes()),
+        Ok(Inbound::Ignored(_))
+    ));
+    assert!(matches!(
+        s.parse("spBv1.0/STATE/scada", state(false, 50).as_bytes()),
+        Ok(Inbound::Ignored(_))
+    ));
+    assert!(!s.held(), "a stale offline is ignored");
+    let _ = s.parse("spBv1.0/STATE/scada", state(false, 200).as_bytes());
+    assert!(s.held());
+    assert!(s
+        .parse("spBv1.0/STATE/scada", b"{\"online\":\"yes\"}")
+        .is_err());
+    assert!(matches!(
+        s.parse("spBv1.0/STATE/scada", state(true, 300).as_bytes()),
+        Ok(Inbound::Rebirth)
+    ));
+    // A new session waits for a fresh STATE (the retained one, same timestamp, is enough).
+    s.connect("pw", 0);
+    assert!(s.held());
+    assert!(matches!(
+        s.parse("spBv1.0/STATE/scada", state(true, 300).as_bytes()),
+        Ok(Inbound::Rebirth)
+    ));
+    // Without a Primary Host nothing waits.
+    let plain = sp();
+    assert!(!plain.held());
+    assert_eq!(plain.subscriptions().len(), 2);
+}
