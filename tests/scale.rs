@@ -248,7 +248,9 @@ fn scale(platform: &str, filter: &str, gw_id: &str, counters: fn(&TestPlatform) 
             let u: u8 = u.parse().unwrap_or(0);
             let want = u64::from(taken[b].get(&u).copied().unwrap_or(0));
             c.get(ch).is_some_and(|v| v.iter().any(|&x| x >= want))
-        })
+        }) && complete_and_ordered(&c).is_ok()
+        // (A Sparkplug birth carries the newest reading before the older backlog arrives as
+        // history: the newest alone does not mean the backlog is in.)
     });
     let drained = back.elapsed();
     let s = status(&cfg);

@@ -152,6 +152,8 @@ pub struct Platform {
     pub group_id: String,
     /// ThingsBoard: keys are `service.property` instead of the bare property name.
     pub service_keys: bool,
+    /// Sparkplug B: metric aliases.
+    pub aliases: bool,
     /// Sparkplug B: births and data only while this Primary Host is online.
     pub primary_host_id: Option<String>,
     pub secret: SecretSource,
@@ -885,6 +887,18 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
+        let aliases = match (&dialect, &p.aliases) {
+            (_, None) => false,
+            (Some(Dialect::Sparkplug), Some(a)) => *a.get_ref(),
+            (_, Some(a)) => {
+                self.err(
+                    Some(a.span()),
+                    "platform.aliases",
+                    "`aliases` is for dialect sparkplug",
+                );
+                return None;
+            }
+        };
         let primary_host_id = match (&dialect, &p.primary_host_id) {
             (_, None) => None,
             (Some(Dialect::Sparkplug), Some(h)) if sparkplug_id(h.get_ref()) => {
@@ -930,6 +944,7 @@ impl<'a> Checker<'a> {
             account,
             group_id,
             service_keys,
+            aliases,
             primary_host_id,
             dialect: dialect?,
             host: p.host.into_inner(),

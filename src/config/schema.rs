@@ -52,6 +52,9 @@ pub struct RawPlatform {
     /// Sparkplug B: the group the edge node belongs to.
     #[serde(default)]
     pub group_id: Option<Spanned<String>>,
+    /// Sparkplug B: metric aliases (births name and alias, data the alias only).
+    #[serde(default)]
+    pub aliases: Option<Spanned<bool>>,
     /// Sparkplug B: the Primary Host application whose STATE gates births and data.
     #[serde(default)]
     pub primary_host_id: Option<Spanned<String>>,

@@ -1064,3 +1064,38 @@ fn thingsboard_keys_are_property_or_service_property() {
         .iter()
         .any(|d| d.path == "platform.keys" && d.message.contains("thingsboard")));
 }
+
+#[test]
+fn sparkplug_only_options() {
+    for (line, key) in [
+        ("aliases = true", "platform.aliases"),
+        ("primary_host_id = \"scada\"", "platform.primary_host_id"),
+    ] {
+        let d = errors(&GOOD.replace(
+            "secret = \"s3cret\"",
+            &format!("secret = \"s3cret\"\n{line}"),
+        ));
+        assert!(
+            d.iter()
+                .any(|d| d.path == key && d.message.contains("sparkplug")),
+            "{d:?}"
+        );
+    }
+    let sp = GOOD
+        .replace(
+            "dialect = \"iotda\"",
+            "dialect = \"sparkplug\"\ngroup_id = \"G\"",
+        )
+        .replace(
+            "secret = \"s3cret\"",
+            "secret = \"s\"\naliases = true\nprimary_host_id = \"scada\"",
+        );
+    let c = parse(&sp, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.platform.aliases);
+    assert_eq!(c.platform.primary_host_id.as_deref(), Some("scada"));
+    let d = errors(&sp.replace("\"scada\"", "\"a/b\""));
+    assert!(
+        d.iter().any(|d| d.path == "platform.primary_host_id"),
+        "{d:?}"
+    );
+}

@@ -150,6 +150,12 @@ impl Mosquitto {
         self.stop();
         self.launch();
     }
+
+    /// The broker's process id (benchmarks read its CPU time).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for Mosquitto {

@@ -212,7 +212,8 @@ pub fn for_platform(p: &Platform) -> Box<dyn Dialect> {
         }
         crate::config::Dialect::Sparkplug => Box::new(
             sparkplug::Sparkplug::new(&p.group_id, &p.device_id)
-                .primary_host(p.primary_host_id.clone()),
+                .primary_host(p.primary_host_id.clone())
+                .aliases(p.aliases),
         ),
         crate::config::Dialect::OceanConnect => Box::new(oceanconnect::OceanConnect::new(
             &p.device_id,

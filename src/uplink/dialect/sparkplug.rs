@@ -15,8 +15,8 @@
 //!
 //! Deviations, on purpose: births and data are published with QoS 1 (the spec says 0) so the
 //! store-and-forward queue deletes a reading only once the broker has it — subscribers see no
-//! difference. Primary Host STATE handling (optional in the spec) and aliases are not
-//! implemented.
+//! difference. With `aliases = true` births carry each metric's name and alias (unique across
+//! the node, stable for the process) and data only the alias; commands by alias or name.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -160,6 +160,12 @@ pub struct Sparkplug {
     born_at: HashMap<String, u64>,
     /// The gateway's own metrics, as last reported.
     own: BTreeMap<String, Value>,
+    /// Metric aliases (config `aliases`): births carry name and alias, data only the alias.
+    aliases: bool,
+    /// The alias of each (device — "" for the node —, metric name), stable for the process,
+    /// unique across the node; and back, for commands by alias.
+    alias_of: HashMap<(String, String), u64>,
+    name_of: HashMap<(String, u64), String>,
     /// The Primary Host whose STATE gates births and data (config `primary_host_id`).
     primary_host: Option<String>,
     /// It said `online: true` in this session, and the timestamp of its last STATE.
@@ -201,10 +207,63 @@ impl Sparkplug {
                 ("children_online".to_string(), Value::UInt(0)),
                 ("children_total".to_string(), Value::UInt(0)),
             ]),
+            aliases: false,
+            alias_of: HashMap::new(),
+            name_of: HashMap::new(),
             primary_host: None,
             host_online: false,
             host_ts: 0,
         }
+    }
+
+    /// Use metric aliases (births: name and alias; data: alias only).
+    pub fn aliases(mut self, on: bool) -> Self {
+        self.aliases = on;
+        self
+    }
+
+    fn alias(&mut self, scope: &str, name: &str) -> u64 {
+        if let Some(a) = self.alias_of.get(&(scope.to_string(), name.to_string())) {
+            return *a;
+        }
+        // Unique across the node and all its devices.
+        let a = u64::try_from(self.alias_of.len()).unwrap_or(u64::MAX);
+        self.alias_of
+            .insert((scope.to_string(), name.to_string()), a);
+        self.name_of
+            .insert((scope.to_string(), a), name.to_string());
+        a
+    }
+
+    /// A metric for a birth: name, datatype, and the alias when aliases are on.
+    fn birth_metric(&mut self, scope: &str, name: &str, v: &Value, ts_ms: u64) -> Metric {
+        let alias = self.aliases.then(|| self.alias(scope, name));
+        Metric {
+            alias,
+            ..metric(name, v, ts_ms)
+        }
+    }
+
+    /// A metric for NDATA/DDATA: no datatype; only the alias when aliases are on.
+    fn data(&mut self, scope: &str, name: &str, v: &Value, ts_ms: u64) -> Metric {
+        let m = data_metric(name, v, ts_ms);
+        if self.aliases {
+            Metric {
+                alias: Some(self.alias(scope, name)),
+                name: None,
+                ..m
+            }
+        } else {
+            m
+        }
+    }
+
+    /// The name a command metric means: its name, or the name its alias was born with.
+    fn command_name(&self, scope: &str, m: &Metric) -> Option<String> {
+        m.name.clone().or_else(|| {
+            m.alias
+                .and_then(|a| self.name_of.get(&(scope.to_string(), a)).cloned())
+        })
     }
 
     /// Wait for this Primary Host's STATE `online` before births and data.
@@ -292,9 +351,18 @@ impl Sparkplug {
     /// DBIRTH with every known metric, each with its own reading's time; none while nothing
     /// is known (a child is born with its first values).
     fn dbirth(&mut self, device: &str, now_ms: u64) -> Option<Out> {
-        let known = self.known.get(device).filter(|m| !m.is_empty())?;
-        let metrics: Vec<Metric> = known.iter().map(|(k, (v, t))| metric(k, v, *t)).collect();
-        let newest = known.values().map(|(_, t)| *t).max().unwrap_or(0);
+        let known: Vec<(String, Value, u64)> = self
+            .known
+            .get(device)
+            .filter(|m| !m.is_empty())?
+            .iter()
+            .map(|(k, (v, t))| (k.clone(), v.clone(), *t))
+            .collect();
+        let newest = known.iter().map(|(_, _, t)| *t).max().unwrap_or(0);
+        let metrics: Vec<Metric> = known
+            .iter()
+            .map(|(k, v, t)| self.birth_metric(device, k, v, *t))
+            .collect();
         self.born.insert(device.to_string());
         self.born_at.insert(device.to_string(), newest);
         Some(self.message("DBIRTH", Some(device), metrics, now_ms))
@@ -309,10 +377,16 @@ impl Sparkplug {
         self.born_at.clear();
         let mut metrics = vec![
             self.bd_seq_metric(now_ms),
-            metric(REBIRTH, &Value::Bool(false), now_ms),
+            self.birth_metric("", REBIRTH, &Value::Bool(false), now_ms),
         ];
-        let own: Vec<Metric> = self.own.iter().map(|(k, v)| metric(k, v, now_ms)).collect();
-        metrics.extend(own);
+        let own: Vec<(String, Value)> = self
+            .own
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in own {
+            metrics.push(self.birth_metric("", &k, &v, now_ms));
+        }
         let mut out = vec![self.message("NBIRTH", None, metrics, now_ms)];
         for c in children {
             let (Some(dev), Some(true)) = (&c.device_id, c.online) else {
@@ -358,7 +432,7 @@ impl Sparkplug {
                 .iter()
                 .map(|(k, v)| Metric {
                     is_historical: Some(true),
-                    ..data_metric(k, v, r.ts_ms)
+                    ..self.data(dev, k, v, r.ts_ms)
                 })
                 .collect();
             out.push(self.message("DDATA", Some(dev), metrics, now_ms));
@@ -373,7 +447,7 @@ impl Sparkplug {
                 Some((old, _)) if old == *v => {}
                 old => {
                     new_metric |= old.is_none();
-                    changed.push(data_metric(k, v, r.ts_ms));
+                    changed.push((k, v));
                 }
             }
         }
@@ -385,6 +459,10 @@ impl Sparkplug {
             // Report by exception: nothing changed, nothing to send.
             return Vec::new();
         }
+        let changed: Vec<Metric> = changed
+            .into_iter()
+            .map(|(k, v)| self.data(dev, k, v, r.ts_ms))
+            .collect();
         vec![self.message("DDATA", Some(dev), changed, now_ms)]
     }
 }
@@ -521,10 +599,13 @@ impl super::Dialect for Sparkplug {
 
     fn own(&mut self, props: &BTreeMap<String, Value>, now_ms: u64) -> Vec<Out> {
         // NDATA may only carry metrics the NBIRTH had: unknown ones wait for the next birth.
-        let changed: Vec<Metric> = props
+        let changed: Vec<(&String, &Value)> = props
             .iter()
             .filter(|(k, v)| self.own.get(*k).is_some_and(|old| old != *v))
-            .map(|(k, v)| data_metric(k, v, now_ms))
+            .collect();
+        let changed: Vec<Metric> = changed
+            .into_iter()
+            .map(|(k, v)| self.data("", k, v, now_ms))
             .collect();
         for (k, v) in props {
             if let Some(slot) = self.own.get_mut(k) {
@@ -551,7 +632,8 @@ impl super::Dialect for Sparkplug {
             .map_err(|e| ParseError::new(format!("not a Sparkplug B payload: {e}")))?;
         if topic == self.topic("NCMD", None) {
             let rebirth = p.metrics.iter().any(|m| {
-                m.name.as_deref() == Some(REBIRTH) && m.value == Some(MetricValue::Boolean(true))
+                self.command_name("", m).as_deref() == Some(REBIRTH)
+                    && m.value == Some(MetricValue::Boolean(true))
             });
             return Ok(if rebirth {
                 Inbound::Rebirth
@@ -568,9 +650,9 @@ impl super::Dialect for Sparkplug {
         };
         let mut props = serde_json::Map::new();
         for m in &p.metrics {
-            let name = m.name.clone().ok_or_else(|| {
-                ParseError::new("DCMD metric without a name (aliases are not used)")
-            })?;
+            let name = self
+                .command_name(device, m)
+                .ok_or_else(|| ParseError::new("DCMD metric without a name or a known alias"))?;
             let v = metric_json(m).ok_or_else(|| {
                 ParseError::new(format!("DCMD metric `{name}` has no usable value"))
             })?;

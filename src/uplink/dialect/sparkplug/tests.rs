@@ -323,7 +323,7 @@ fn ncmd_rebirth_and_dcmd_writes() {
     }]);
     assert!(
         s.parse("spBv1.0/Plant 1/DCMD/gw-7/m1", &no_name).is_err(),
-        "aliases are not used"
+        "an alias never born"
     );
     assert!(s.parse("spBv1.0/Plant 2/DCMD/gw-7/m1", &w).is_err());
 }
@@ -595,4 +595,95 @@ fn the_primary_host_gates_births_and_data() {
     let plain = sp();
     assert!(!plain.held());
     assert_eq!(plain.subscriptions().len(), 2);
+}
+
+/// Aliases (`aliases = true`): births carry name and alias, unique across the node; DDATA and
+/// NDATA carry only the alias; DCMD and NCMD by alias reach the metric born with it.
+#[test]
+fn aliases_in_births_data_and_commands() {
+    let mut s = Sparkplug::new("g", "n").aliases(true);
+    s.connect("pw", 0);
+    let m1 = ChildView {
+        latest: vec![
+            ("s".into(), "a".into(), Value::UInt(1)),
+            ("s".into(), "b".into(), Value::UInt(2)),
+        ],
+        latest_ts_ms: Some(5),
+        ..child("m1")
+    };
+    let out = s.on_connect(&[m1], 0, 10);
+    let nb = decode(&out[0]);
+    let db = decode(&out[1]);
+    let mut aliases: Vec<u64> = nb
+        .metrics
+        .iter()
+        .chain(&db.metrics)
+        .filter(|m| m.name.as_deref() != Some("bdSeq"))
+        .map(|m| {
+            assert!(m.name.is_some(), "births name every metric");
+            m.alias.unwrap_or_else(|| panic!("and alias it: {m:?}"))
+        })
+        .collect();
+    let n = aliases.len();
+    aliases.sort_unstable();
+    aliases.dedup();
+    assert_eq!(aliases.len(), n, "unique across the node");
+    let alias_of = |p: &Payload, name: &str| {
+        p.metrics
+            .iter()
+            .find(|m| m.name.as_deref() == Some(name))
+            .and_then(|m| m.alias)
+    };
+    let b = alias_of(&db, "b");
+    let (o, _) = s.pack(&[report("m1", &[("b", Value::UInt(3))])], 4096, 11);
+    let d = decode(&o[0]);
+    assert_eq!(
+        (d.metrics[0].name.clone(), d.metrics[0].alias),
+        (None, b),
+        "DDATA by alias only"
+    );
+    let o = s.own(
+        &BTreeMap::from([("uptime_s".to_string(), Value::UInt(7))]),
+        12,
+    );
+    let nd = decode(&o[0]);
+    assert_eq!(nd.metrics[0].name, None);
+    assert_eq!(nd.metrics[0].alias, alias_of(&nb, "uptime_s"));
+    // Commands by alias.
+    let cmd = |metrics: Vec<Metric>| {
+        Payload {
+            timestamp: Some(1),
+            metrics,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let w = cmd(vec![Metric {
+        alias: b,
+        value: Some(MetricValue::Long(9)),
+        ..Default::default()
+    }]);
+    let Ok(Inbound::Request {
+        request: Request::Set { services, .. },
+        ..
+    }) = s.parse("spBv1.0/g/DCMD/n/m1", &w)
+    else {
+        panic!("not a write")
+    };
+    assert_eq!(services[0].1["b"], serde_json::json!(9));
+    let rb = cmd(vec![Metric {
+        alias: alias_of(&nb, REBIRTH),
+        value: Some(MetricValue::Boolean(true)),
+        ..Default::default()
+    }]);
+    assert!(matches!(
+        s.parse("spBv1.0/g/NCMD/n", &rb),
+        Ok(Inbound::Rebirth)
+    ));
+    let unknown = cmd(vec![Metric {
+        alias: Some(999),
+        value: Some(MetricValue::Long(1)),
+        ..Default::default()
+    }]);
+    assert!(s.parse("spBv1.0/g/DCMD/n/m1", &unknown).is_err());
 }
