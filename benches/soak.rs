@@ -1,0 +1,180 @@
+//! Footprint under a steady load: the release binary polls 100 Modbus devices × 100 points
+//! (ten buses of ten devices on one in-process Modbus server) and delivers everything to a real
+//! mosquitto (ThingsBoard dialect, no subscriber: the broker acknowledges and discards). For
+//! each rate — every second (10,000 points/s) and every 100 ms (100,000 points/s) — it runs
+//! FG_SOAK_S seconds (default 120) after a 10 s warm-up, samples the daemon's RSS every 5 s
+//! and prints RSS at start / max / end, the slope per hour (least squares), the points
+//! delivered per second and per CPU-second of the daemon, and — as the baseline measured in
+//! the same run — the CPU the broker spent carrying the same messages.
+//!
+//! Run: `cargo bench --bench soak` (FG_SOAK_S=1800 for the 30-minute target; FG_SOAK_RATES
+//! = "1000,100" for the poll periods in ms). Asserts nothing about time or size.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const DEVICES: usize = 100;
+const POINTS: usize = 100;
+const BUSES: usize = 10;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Resident set size of `pid`, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// CPU time (user + system) of `pid`, in seconds.
+fn cpu_s(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn delivered(cfg: &Path) -> u64 {
+    status(cfg)["queue"]["delivered"].as_u64().unwrap_or(0)
+}
+
+fn config(dir: &Path, port: u16, modbus: u16, poll_ms: u64) -> PathBuf {
+    let mut text = format!(
+        r#"
+[gateway]
+runtime_dir = "{d}/run"
+[platform]
+dialect = "thingsboard"
+host = "127.0.0.1"
+port = {port}
+tls = false
+device_id = "soak"
+secret = "token"
+[store]
+path = "{d}/soak.db"
+[profile.meter]
+"#,
+        d = dir.display()
+    );
+    for p in 0..POINTS {
+        text.push_str(&format!(
+            "[[profile.meter.point]]\nproperty = \"p{p:03}\"\naddress = \"holding:{p}\"\n"
+        ));
+    }
+    for b in 0..BUSES {
+        text.push_str(&format!(
+            "[[bus]]\nname = \"bus{b}\"\ndriver = \"modbus-tcp\"\nendpoint = \"127.0.0.1:{modbus}\"\n"
+        ));
+    }
+    for d in 0..DEVICES {
+        text.push_str(&format!(
+            "[[device]]\nnode_id = \"d{d:03}\"\nbus = \"bus{}\"\nprofile = \"meter\"\nunit = {}\npoll = \"{poll_ms}ms\"\n",
+            d % BUSES,
+            1 + d / BUSES
+        ));
+    }
+    let cfg = dir.join(format!("soak-{poll_ms}.toml"));
+    std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
+    cfg
+}
+
+/// Least-squares slope of (seconds, KiB) samples, in MB per hour.
+fn slope_mb_per_hour(samples: &[(f64, f64)]) -> f64 {
+    let n = samples.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (sx, sy) = samples
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (num, den) = samples.iter().fold((0.0, 0.0), |(a, b), (x, y)| {
+        (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
+    });
+    if den == 0.0 {
+        0.0
+    } else {
+        num / den * 3600.0 / 1024.0
+    }
+}
+
+fn run(poll_ms: u64, secs: u64) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start(dir.path());
+    let sim = ModbusSim::new(SimState::default());
+    let cfg = config(dir.path(), broker.port, sim.port, poll_ms);
+    let gw = Gateway::start(&cfg);
+    let pid = gw.child.id();
+    let broker_pid = broker.pid();
+    wait_until(Duration::from_secs(30), "first deliveries", || {
+        delivered(&cfg) > 0
+    });
+    std::thread::sleep(Duration::from_secs(10));
+    let (d0, c0, b0, t0) = (
+        delivered(&cfg),
+        cpu_s(pid).unwrap_or(0.0),
+        broker_pid.and_then(cpu_s).unwrap_or(0.0),
+        Instant::now(),
+    );
+    let mut samples = Vec::new();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if let Some(r) = rss_kib(pid) {
+            samples.push((t0.elapsed().as_secs_f64(), r as f64));
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    if let Some(r) = rss_kib(pid) {
+        samples.push((t0.elapsed().as_secs_f64(), r as f64));
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let points = (delivered(&cfg) - d0) as f64 * POINTS as f64;
+    let cpu = cpu_s(pid).unwrap_or(0.0) - c0;
+    let broker_cpu = broker_pid.and_then(cpu_s).unwrap_or(0.0) - b0;
+    let mb = |k: f64| k / 1024.0;
+    let start = samples.first().map_or(0.0, |s| s.1);
+    let max = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+    let end = samples.last().map_or(0.0, |s| s.1);
+    let q = status(&cfg);
+    println!(
+        "{} devices × {POINTS} points every {poll_ms} ms, {wall:.0} s: RSS start {:.1} MB, max {:.1} MB, end {:.1} MB ({:+.1} %), slope {:+.2} MB/h; {:.0} points/s delivered, {:.0} points per CPU-second (daemon {cpu:.1} CPU-s = {:.0} % of a core; broker baseline {broker_cpu:.1} CPU-s); queue at end {} records",
+        DEVICES,
+        mb(start),
+        mb(max),
+        mb(end),
+        if start > 0.0 { (max - start) / start * 100.0 } else { 0.0 },
+        slope_mb_per_hour(&samples),
+        points / wall,
+        if cpu > 0.0 { points / cpu } else { 0.0 },
+        cpu / wall * 100.0,
+        q["queue"]["records"],
+    );
+    drop(gw);
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let secs = env("FG_SOAK_S", 120);
+    let rates = std::env::var("FG_SOAK_RATES").unwrap_or_else(|_| "1000,100".into());
+    for poll in rates
+        .split(',')
+        .filter_map(|r| r.trim().parse::<u64>().ok())
+    {
+        run(poll, secs);
+    }
+}
