@@ -3,6 +3,7 @@
 //! gateway and all of its child devices. See `DESIGN.md` in the shared folder for the map.
 
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod control;
 pub mod daemon;

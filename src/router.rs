@@ -11,94 +11,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use fieldgate_driver::{
-    Command, CommandOutcome, CommandRequest, DeclaredCommand, ErrorCode, Value,
-};
-use fieldgate_modbus::{CommandSpec, DataType, PointSpec, Table};
-use serde_json::{Map, Value as Json};
+use fieldgate_driver::{Command, CommandOutcome, CommandRequest, DeclaredCommand, ErrorCode};
+use fieldgate_modbus::point::{check_value, coerce};
+use fieldgate_modbus::{CommandSpec, PointSpec};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::command::{Reply, Request, Respond};
 use crate::metrics::{Metrics, Repeated};
 use crate::registry::Registry;
-use crate::uplink::dialect::iotda::Inbound;
-use crate::uplink::dialect::Respond;
-
-/// A response ready to publish.
-#[derive(Debug)]
-pub struct Reply {
-    pub topic: String,
-    pub payload: Vec<u8>,
-}
-
-/// A platform request in dialect-neutral form.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Request {
-    Command {
-        request_id: String,
-        device_id: Option<String>,
-        service: Option<String>,
-        name: String,
-        paras: Json,
-    },
-    Set {
-        request_id: String,
-        device_id: Option<String>,
-        services: Vec<(String, Map<String, Json>)>,
-    },
-    Get {
-        request_id: String,
-        device_id: Option<String>,
-        service: Option<String>,
-    },
-}
-
-impl Request {
-    pub fn from_iotda(m: Inbound) -> Option<Request> {
-        Some(match m {
-            Inbound::Command {
-                request_id,
-                object_device_id,
-                service_id,
-                command_name,
-                paras,
-            } => Request::Command {
-                request_id,
-                device_id: object_device_id,
-                service: service_id,
-                name: command_name,
-                paras,
-            },
-            Inbound::PropertySet {
-                request_id,
-                object_device_id,
-                services,
-            } => Request::Set {
-                request_id,
-                device_id: object_device_id,
-                services,
-            },
-            Inbound::PropertyGet {
-                request_id,
-                object_device_id,
-                service_id,
-            } => Request::Get {
-                request_id,
-                device_id: object_device_id,
-                service: service_id,
-            },
-            _ => return None,
-        })
-    }
-
-    fn request_id(&self) -> &str {
-        match self {
-            Request::Command { request_id, .. }
-            | Request::Set { request_id, .. }
-            | Request::Get { request_id, .. } => request_id,
-        }
-    }
-}
 
 /// Where a child's requests go and what its profile allows.
 #[derive(Clone)]
@@ -416,66 +337,4 @@ impl Router {
         };
         Ok((target, cmd))
     }
-}
-
-/// Check a platform value against a point before anything touches the bus.
-pub fn check_value(p: &PointSpec, v: &Json) -> Result<Value, (ErrorCode, String)> {
-    if !p.writable {
-        return Err((
-            ErrorCode::NotWritable,
-            format!("point `{}` is read-only", p.property),
-        ));
-    }
-    coerce(p, v)
-}
-
-/// Type- and range-check a platform value for a point (without the `writable` gate, which
-/// declared commands do not need).
-pub fn coerce(p: &PointSpec, v: &Json) -> Result<Value, (ErrorCode, String)> {
-    let name = &p.property;
-    let bad = |why: String| (ErrorCode::BadValue, format!("`{name}`: {why}"));
-    if p.table == Table::Coil || p.dtype == DataType::Bool {
-        return match v {
-            Json::Bool(b) => Ok(Value::Bool(*b)),
-            Json::Number(n) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => {
-                Ok(Value::Bool(n.as_u64() == Some(1)))
-            }
-            _ => Err(bad(format!("expected true/false, got {v}"))),
-        };
-    }
-    if let DataType::String { len } = p.dtype {
-        return match v {
-            Json::String(s) if s.len() <= usize::from(len) * 2 => Ok(Value::Text(s.clone())),
-            Json::String(_) => Err(bad(format!(
-                "text longer than {} bytes",
-                usize::from(len) * 2
-            ))),
-            _ => Err(bad(format!("expected text, got {v}"))),
-        };
-    }
-    let x = match v {
-        Json::Number(n) => n.as_f64().ok_or_else(|| bad("not a number".into()))?,
-        _ => return Err(bad(format!("expected a number, got {v}"))),
-    };
-    if !x.is_finite() {
-        return Err(bad("not a finite number".into()));
-    }
-    if p.min.is_some_and(|m| x < m) || p.max.is_some_and(|m| x > m) {
-        return Err(bad(format!(
-            "{x} is outside the allowed range {}..={}",
-            fmt_opt(p.min),
-            fmt_opt(p.max)
-        )));
-    }
-    // The type's own range (after inverse scaling) is checked by the codec, before the write.
-    // Whole numbers stay exact: u64::MAX has no f64.
-    Ok(match v {
-        Json::Number(n) if n.is_u64() => n.as_u64().map_or(Value::Float(x), Value::UInt),
-        Json::Number(n) if n.is_i64() => n.as_i64().map_or(Value::Float(x), Value::Int),
-        _ => Value::Float(x),
-    })
-}
-
-fn fmt_opt(v: Option<f64>) -> String {
-    v.map(|x| x.to_string()).unwrap_or_default()
 }

@@ -3,8 +3,7 @@
 //! request, refused with an error, or ignored — and anything that parses into a write request
 //! survives the router's checks only as a well-formed value.
 
-use fieldgate::router::Request;
-use fieldgate::uplink::dialect::iotda::{parse, request_id, Inbound, Topics};
+use fieldgate::uplink::dialect::iotda::{parse, request, request_id, Inbound, Topics};
 use proptest::prelude::*;
 
 const SUFFIXES: &[&str] = &[
@@ -31,7 +30,7 @@ fn check(topic: &str, payload: &[u8]) {
         m @ (Inbound::Command { .. } | Inbound::PropertySet { .. } | Inbound::PropertyGet { .. }),
     ) = parse(&t, topic, payload)
     {
-        let r = Request::from_iotda(m.clone());
+        let r = request(m.clone());
         assert!(r.is_some(), "a parsed request converts: {m:?}");
         assert!(
             request_id(topic).is_some(),

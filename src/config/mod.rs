@@ -1475,7 +1475,7 @@ impl<'a> Checker<'a> {
             return None;
         }
         let value = match rc.value {
-            Some(v) => match crate::router::coerce(p, v.get_ref()) {
+            Some(v) => match fieldgate_modbus::point::coerce(p, v.get_ref()) {
                 Ok(v) => Some(v),
                 Err((_, why)) => {
                     self.err(Some(v.span()), format!("{path}.value"), why);

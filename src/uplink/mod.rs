@@ -39,11 +39,12 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
+use crate::command::Reply;
 use crate::config::Platform;
 use crate::metrics::{Metrics, Repeated, Streak};
 use crate::queue::reader::Reader;
 use crate::registry::Registry;
-use crate::router::{Reply, Router};
+use crate::router::Router;
 use crate::store::{Store, StoreError};
 use children::Children;
 use delivery::{Delivery, Msg};

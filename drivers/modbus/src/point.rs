@@ -8,6 +8,9 @@
 
 use std::fmt;
 
+use fieldgate_driver::{ErrorCode, Value};
+use serde_json::Value as Json;
+
 /// The four Modbus data tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
@@ -313,6 +316,68 @@ pub fn type_name(t: DataType) -> &'static str {
         DataType::F64 => "f64",
         DataType::String { .. } => "string",
     }
+}
+
+/// Check a platform value against a point before anything touches the bus.
+pub fn check_value(p: &PointSpec, v: &Json) -> Result<Value, (ErrorCode, String)> {
+    if !p.writable {
+        return Err((
+            ErrorCode::NotWritable,
+            format!("point `{}` is read-only", p.property),
+        ));
+    }
+    coerce(p, v)
+}
+
+/// Type- and range-check a platform value for a point (without the `writable` gate, which
+/// declared commands do not need).
+pub fn coerce(p: &PointSpec, v: &Json) -> Result<Value, (ErrorCode, String)> {
+    let name = &p.property;
+    let bad = |why: String| (ErrorCode::BadValue, format!("`{name}`: {why}"));
+    if p.table == Table::Coil || p.dtype == DataType::Bool {
+        return match v {
+            Json::Bool(b) => Ok(Value::Bool(*b)),
+            Json::Number(n) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => {
+                Ok(Value::Bool(n.as_u64() == Some(1)))
+            }
+            _ => Err(bad(format!("expected true/false, got {v}"))),
+        };
+    }
+    if let DataType::String { len } = p.dtype {
+        return match v {
+            Json::String(s) if s.len() <= usize::from(len) * 2 => Ok(Value::Text(s.clone())),
+            Json::String(_) => Err(bad(format!(
+                "text longer than {} bytes",
+                usize::from(len) * 2
+            ))),
+            _ => Err(bad(format!("expected text, got {v}"))),
+        };
+    }
+    let x = match v {
+        Json::Number(n) => n.as_f64().ok_or_else(|| bad("not a number".into()))?,
+        _ => return Err(bad(format!("expected a number, got {v}"))),
+    };
+    if !x.is_finite() {
+        return Err(bad("not a finite number".into()));
+    }
+    if p.min.is_some_and(|m| x < m) || p.max.is_some_and(|m| x > m) {
+        return Err(bad(format!(
+            "{x} is outside the allowed range {}..={}",
+            fmt_opt(p.min),
+            fmt_opt(p.max)
+        )));
+    }
+    // The type's own range (after inverse scaling) is checked by the codec, before the write.
+    // Whole numbers stay exact: u64::MAX has no f64.
+    Ok(match v {
+        Json::Number(n) if n.is_u64() => n.as_u64().map_or(Value::Float(x), Value::UInt),
+        Json::Number(n) if n.is_i64() => n.as_i64().map_or(Value::Float(x), Value::Int),
+        _ => Value::Float(x),
+    })
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -20,8 +20,8 @@ use fieldgate_driver::{CommandOutcome, Value};
 use serde_json::Value as Json;
 
 use super::{ChildView, Connect, Inbound, Out, ParseError};
+use crate::command::{Reply, Request};
 use crate::queue::Record;
-use crate::router::{Reply, Request};
 
 pub const MAX_INBOUND: usize = 16 * 1024;
 

@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value as Json};
 use std::sync::Arc;
 
 use super::{utc, ChildView, Connect, Out, ParseError, Respond};
+use crate::command::{Reply, Request};
 use crate::queue::Record;
-use crate::router::{Reply, Request};
 
 /// IoTDA's documented limits.
 pub const MAX_REPORT_DEVICES: usize = 100;
@@ -840,7 +840,7 @@ impl super::Dialect for IotDa {
             | Inbound::PropertySet { .. }
             | Inbound::PropertyGet { .. }) => {
                 let respond = self.responder(topic, request_id(topic).unwrap_or_default());
-                match Request::from_iotda(req) {
+                match request(req) {
                     Some(request) => super::Inbound::Request { request, respond },
                     None => super::Inbound::Ignored("not a request".into()),
                 }
@@ -851,6 +851,44 @@ impl super::Dialect for IotDa {
     fn version_key(&self) -> Option<&'static str> {
         Some("iotda.version")
     }
+}
+
+/// A request the router understands, from IoTDA's own message.
+pub fn request(m: Inbound) -> Option<Request> {
+    Some(match m {
+        Inbound::Command {
+            request_id,
+            object_device_id,
+            service_id,
+            command_name,
+            paras,
+        } => Request::Command {
+            request_id,
+            device_id: object_device_id,
+            service: service_id,
+            name: command_name,
+            paras,
+        },
+        Inbound::PropertySet {
+            request_id,
+            object_device_id,
+            services,
+        } => Request::Set {
+            request_id,
+            device_id: object_device_id,
+            services,
+        },
+        Inbound::PropertyGet {
+            request_id,
+            object_device_id,
+            service_id,
+        } => Request::Get {
+            request_id,
+            device_id: object_device_id,
+            service: service_id,
+        },
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

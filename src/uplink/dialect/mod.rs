@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use fieldgate_driver::{CommandOutcome, Value};
 
+use crate::command::{Reply, Request};
 use crate::config::Platform;
 use crate::queue::Record;
-use crate::router::{Reply, Request};
 
 /// One message to publish (QoS 1 unless the dialect says otherwise).
 #[derive(Debug, Clone, PartialEq)]
@@ -64,9 +64,7 @@ pub struct ChildView {
     pub writable: Vec<(String, String)>,
 }
 
-/// Answers one platform request in the dialect's words — or not at all, where the platform
-/// expects no answer (`None`).
-pub type Respond = Arc<dyn Fn(&CommandOutcome) -> Option<Reply> + Send + Sync>;
+pub use crate::command::Respond;
 
 /// For requests the platform expects no answer to: a failure is logged, nothing is sent.
 pub fn log_only(what: &'static str, device: String) -> Respond {

@@ -21,8 +21,8 @@ use serde_json::{json, Map, Value as Json};
 
 use super::iotda::{client_id, event_time, hour_stamp, password, result_code};
 use super::{ChildView, Connect, Inbound, Out, ParseError, Respond};
+use crate::command::{Reply, Request};
 use crate::queue::Record;
-use crate::router::{Reply, Request};
 
 /// Service data entries per message at most (the IoTDA batch limit, kept for the legacy API).
 pub const MAX_ENTRIES: usize = 100;

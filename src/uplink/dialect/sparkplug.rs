@@ -25,8 +25,8 @@ use prost::Message;
 use serde_json::Value as Json;
 
 use super::{log_only, ChildView, Connect, Inbound, Out, ParseError};
+use crate::command::Request;
 use crate::queue::Record;
-use crate::router::Request;
 
 pub const NAMESPACE: &str = "spBv1.0";
 pub const REBIRTH: &str = "Node Control/Rebirth";

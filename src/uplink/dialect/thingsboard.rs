@@ -23,8 +23,8 @@ use fieldgate_driver::{CommandOutcome, Value};
 use serde_json::{json, Map, Value as Json};
 
 use super::{log_only, ChildView, Connect, Inbound, Out, ParseError, Respond};
+use crate::command::{Reply, Request};
 use crate::queue::Record;
-use crate::router::{Reply, Request};
 
 pub const CONNECT: &str = "v1/gateway/connect";
 pub const DISCONNECT: &str = "v1/gateway/disconnect";
