@@ -22,14 +22,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::Store;
 
-/// Where log lines go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogTarget {
-    /// The journal when started by systemd (`JOURNAL_STREAM` set), else stderr.
-    Auto,
-    Journald,
-    Stderr,
-}
+pub use crate::config::LogTarget;
 
 fn filter(default_level: &str) -> EnvFilter {
     let f = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));

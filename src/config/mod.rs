@@ -104,7 +104,7 @@ pub struct Config {
 pub struct Gateway {
     pub name: String,
     pub log_level: String,
-    pub log_target: crate::service::LogTarget,
+    pub log_target: LogTarget,
     pub runtime_dir: PathBuf,
     pub report_interval: Duration,
 }
@@ -116,6 +116,37 @@ pub enum Dialect {
     OceanConnect,
     AllThingsTalk,
     Sparkplug,
+}
+
+/// Where log lines go (`[gateway] log_target`). Default: `Auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    /// The journal when started by systemd (`JOURNAL_STREAM` set), else stderr.
+    Auto,
+    Journald,
+    Stderr,
+}
+
+/// The bounds of the queue (`[store]`), as the store applies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// All rows together, bytes of record bodies. Default: 256 MiB.
+    pub max_bytes: u64,
+    /// Priority (non-telemetry) rows alone. Default: 16 MiB.
+    pub max_priority_bytes: u64,
+    /// Rows older than this are dropped as `expired`: their age when queued (by sample time)
+    /// plus the time queued since, measured without the wall clock's steps. Default: 7 days.
+    pub max_age: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 256 << 20,
+            max_priority_bytes: 16 << 20,
+            max_age: Duration::from_secs(7 * 86_400),
+        }
+    }
 }
 
 /// The packaged unit's `StateDirectory` and `RuntimeDirectory`: the only places it may write.
@@ -195,7 +226,7 @@ impl SecretSource {
 pub struct Store {
     pub path: PathBuf,
     pub commit_interval: Duration,
-    pub limits: crate::store::Limits,
+    pub limits: Limits,
     /// SQLite `synchronous = FULL` (fsync every commit) instead of NORMAL.
     pub synchronous_full: bool,
 }
@@ -627,9 +658,9 @@ impl<'a> Checker<'a> {
             None => "info".into(),
         };
         let log_target = match g.log_target.as_ref().map(|t| t.get_ref().as_str()) {
-            None | Some("auto") => crate::service::LogTarget::Auto,
-            Some("journald") => crate::service::LogTarget::Journald,
-            Some("stderr") => crate::service::LogTarget::Stderr,
+            None | Some("auto") => LogTarget::Auto,
+            Some("journald") => LogTarget::Journald,
+            Some("stderr") => LogTarget::Stderr,
             Some(other) => {
                 let span = g.log_target.as_ref().map(|t| t.span());
                 self.err(
@@ -637,7 +668,7 @@ impl<'a> Checker<'a> {
                     "gateway.log_target",
                     format!("unknown log target `{other}` (auto, journald, stderr)"),
                 );
-                crate::service::LogTarget::Auto
+                LogTarget::Auto
             }
         };
         let report_interval = match g.report_interval {
@@ -983,7 +1014,7 @@ impl<'a> Checker<'a> {
             Some(c) => c.into_inner().0,
             None => Duration::from_millis(50),
         };
-        let mut limits = crate::store::Limits::default();
+        let mut limits = Limits::default();
         if let Some(m) = s.max_bytes {
             if m.get_ref().0 < 64 << 10 {
                 self.err(

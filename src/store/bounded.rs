@@ -28,27 +28,7 @@ const CLOCK_OFFSET: &str = "queue_clock_offset_ms";
 /// Rows of this kind are telemetry: dropped first when the queue is full.
 pub const KIND_TELEMETRY: u8 = 1;
 
-/// The bounds of the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// All rows together, bytes of record bodies.
-    pub max_bytes: u64,
-    /// Priority (non-telemetry) rows alone.
-    pub max_priority_bytes: u64,
-    /// Rows older than this are dropped as `expired`: their age when queued (by sample time)
-    /// plus the time queued since, measured without the wall clock's steps.
-    pub max_age: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_bytes: 256 << 20,
-            max_priority_bytes: 16 << 20,
-            max_age: Duration::from_secs(7 * 86_400),
-        }
-    }
-}
+pub use crate::config::Limits;
 
 /// Rows dropped by one operation, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
