@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldgate_driver::{DeclaredCommand, ParamKind, ParamSpec, Pattern};
+use fieldgate_driver::DeclaredCommand;
 use fieldgate_serial::frame::Framing;
 use fieldgate_serial::instrument::placeholders;
 use fieldgate_serial::parse::{Checksum, Extract, FieldSpec, FieldType, Source};
@@ -18,6 +18,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::duration::Dur;
+use super::params::RawParam;
 use super::schema::RawBus;
 use super::Checker;
 
@@ -94,23 +95,6 @@ struct RawTemplate {
     params: Vec<RawParam>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawParam {
-    name: String,
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    min: Option<f64>,
-    #[serde(default)]
-    max: Option<f64>,
-    #[serde(default)]
-    max_len: Option<usize>,
-    /// Text parameters: a regex the whole value must match.
-    #[serde(default)]
-    pattern: Option<String>,
-}
-
 /// The result of reading one ASCII profile.
 pub(super) struct Parsed {
     pub product_id: String,
@@ -126,88 +110,6 @@ pub(super) fn looks_ascii(t: &toml::de::DeTable<'_>) -> bool {
 }
 
 impl Checker<'_> {
-    /// Typed parameters of a declared command (`params = [{ name, type, min, max, max_len }]`).
-    pub(super) fn params(
-        &mut self,
-        raw: &[RawParam],
-        at: &Spanned<String>,
-        path: &str,
-    ) -> Option<Vec<ParamSpec>> {
-        let mut params: Vec<ParamSpec> = Vec::new();
-        for (i, p) in raw.iter().enumerate() {
-            let ppath = format!("{path}.params[{i}]");
-            let parsed = ParamKind::parse(&p.kind);
-            if p.pattern.is_some() && !matches!(parsed, Ok(ParamKind::Text { .. })) {
-                self.err(
-                    Some(at.span()),
-                    format!("{ppath}.pattern"),
-                    "only `string` parameters take a pattern".to_string(),
-                );
-                return None;
-            }
-            let kind = match parsed {
-                Ok(ParamKind::Int { .. }) => {
-                    // Bounds of a whole-number parameter must be whole numbers within i64.
-                    let bound = |v: f64| {
-                        (v.fract() == 0.0
-                            && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0)
-                                .contains(&v))
-                        .then_some(v as i64)
-                    };
-                    let (min, max) = (p.min.map(bound), p.max.map(bound));
-                    if matches!(min, Some(None)) || matches!(max, Some(None)) {
-                        self.err(
-                            Some(at.span()),
-                            ppath.clone(),
-                            "an `int` parameter's min and max must be whole numbers".to_string(),
-                        );
-                        return None;
-                    }
-                    ParamKind::Int {
-                        min: min.flatten(),
-                        max: max.flatten(),
-                    }
-                }
-                Ok(ParamKind::Float { .. }) => ParamKind::Float {
-                    min: p.min,
-                    max: p.max,
-                },
-                Ok(ParamKind::Text { max_len, .. }) => {
-                    let pattern = match p.pattern.as_deref().map(Pattern::new) {
-                        None => None,
-                        Some(Ok(re)) => Some(re),
-                        Some(Err(e)) => {
-                            self.err(Some(at.span()), format!("{ppath}.pattern"), e);
-                            return None;
-                        }
-                    };
-                    ParamKind::Text {
-                        max_len: p.max_len.unwrap_or(max_len),
-                        pattern,
-                    }
-                }
-                Ok(k) => k,
-                Err(e) => {
-                    self.err(Some(at.span()), format!("{ppath}.type"), e);
-                    return None;
-                }
-            };
-            if p.name.is_empty() || params.iter().any(|q| q.name == p.name) {
-                self.err(
-                    Some(at.span()),
-                    format!("{ppath}.name"),
-                    format!("parameter name `{}` is empty or declared twice", p.name),
-                );
-                return None;
-            }
-            params.push(ParamSpec {
-                name: p.name.clone(),
-                kind,
-            });
-        }
-        Some(params)
-    }
-
     fn regex(&mut self, s: &Spanned<String>, path: String) -> Option<Regex> {
         match Regex::new(s.get_ref()) {
             Ok(r) => Some(r),

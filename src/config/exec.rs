@@ -2,7 +2,7 @@
 //! working directory, bounds) and `kind = "exec"` profiles, which declare only a product id
 //! and the commands the platform may send, each with typed parameters.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::de::DeValue;
 use toml::Spanned;
 
-use super::ascii::RawParam;
+use super::params::RawParam;
 use super::schema::RawBus;
 use super::Checker;
 
@@ -181,6 +181,3 @@ impl Checker<'_> {
         ok.then(|| (raw.product_id.unwrap_or_else(|| name.to_string()), out))
     }
 }
-
-/// Environment given to the program, for the bus table.
-pub type Env = BTreeMap<String, String>;

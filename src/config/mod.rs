@@ -10,6 +10,7 @@ mod ascii;
 mod ble;
 mod duration;
 mod exec;
+mod params;
 mod schema;
 mod size;
 

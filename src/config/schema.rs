@@ -159,7 +159,7 @@ pub struct RawBus {
     #[serde(default)]
     pub command: Option<Spanned<Vec<String>>>,
     #[serde(default)]
-    pub env: Option<super::exec::Env>,
+    pub env: Option<Env>,
     #[serde(default)]
     pub working_dir: Option<String>,
     #[serde(default)]
@@ -260,3 +260,6 @@ pub struct RawCommand {
     #[serde(default)]
     pub value: Option<Spanned<serde_json::Value>>,
 }
+
+/// Environment given to an exec bus's program.
+pub type Env = std::collections::BTreeMap<String, String>;
