@@ -155,7 +155,9 @@ impl Checker<'_> {
             }
         }
         let raw: RawExecProfile = self.de(&Spanned::new(span, DeValue::Table(head)), path)?;
-        let service = raw.service.unwrap_or_else(|| "data".into());
+        let service = raw
+            .service
+            .unwrap_or_else(|| super::defaults::SERVICE.into());
         let mut out = Vec::new();
         let mut names = BTreeSet::new();
         let mut ok = true;

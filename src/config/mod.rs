@@ -8,6 +8,7 @@
 
 mod ascii;
 mod ble;
+pub mod defaults;
 mod duration;
 mod exec;
 mod params;
@@ -143,9 +144,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_bytes: 256 << 20,
-            max_priority_bytes: 16 << 20,
-            max_age: Duration::from_secs(7 * 86_400),
+            max_bytes: defaults::MAX_BYTES,
+            max_priority_bytes: defaults::MAX_PRIORITY_BYTES,
+            max_age: defaults::MAX_AGE,
         }
     }
 }
@@ -157,14 +158,7 @@ pub const UNIT_RUNTIME_DIR: &str = "/run/fieldgate";
 /// Longest `gateway.runtime_dir`, in bytes: the control socket's path must fit `sun_path`.
 pub const MAX_RUNTIME_DIR: usize = 80;
 
-/// Default `platform.reconnect_min`: the first retry after a lost connection (jittered).
-pub const RECONNECT_MIN: Duration = Duration::from_secs(1);
-/// Default `platform.reconnect_max`: the longest pause between attempts (jittered down to half).
-/// Short enough that data flows within seconds of a broker's return, long enough that a fleet
-/// of gateways spreads its reconnects over several seconds.
-pub const RECONNECT_MAX: Duration = Duration::from_secs(6);
-/// Default `platform.connect_timeout`: one attempt (TCP, TLS, CONNECT/CONNACK) at most.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub use defaults::{CONNECT_TIMEOUT, RECONNECT_MAX, RECONNECT_MIN};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Platform {
@@ -679,12 +673,14 @@ impl<'a> Checker<'a> {
                     "gateway.report_interval",
                     "report_interval must be at least 1s",
                 );
-                Duration::from_secs(60)
+                defaults::REPORT_INTERVAL
             }
             Some(r) => r.into_inner().0,
-            None => Duration::from_secs(60),
+            None => defaults::REPORT_INTERVAL,
         };
-        let runtime_dir = g.runtime_dir.unwrap_or_else(|| "/run/fieldgate".into());
+        let runtime_dir = g
+            .runtime_dir
+            .unwrap_or_else(|| defaults::RUNTIME_DIR.into());
         // The control socket (and its staging name, `.fieldgate.sock.<pid>`) must fit a Unix
         // socket path (108 bytes).
         if runtime_dir.len() > MAX_RUNTIME_DIR {
@@ -699,7 +695,7 @@ impl<'a> Checker<'a> {
         }
         Gateway {
             report_interval,
-            name: g.name.unwrap_or_else(|| "fieldgate".into()),
+            name: g.name.unwrap_or_else(|| defaults::GATEWAY_NAME.into()),
             log_level,
             log_target,
             runtime_dir: PathBuf::from(runtime_dir),
@@ -754,7 +750,7 @@ impl<'a> Checker<'a> {
                 None
             }
         };
-        let port = p.port.unwrap_or(8883);
+        let port = p.port.unwrap_or(defaults::PORT);
         let client_auth = match (&p.client_cert, &p.client_key) {
             (Some(c), Some(k)) => Some((PathBuf::from(c.get_ref()), PathBuf::from(k.get_ref()))),
             (None, None) => None,
@@ -797,7 +793,7 @@ impl<'a> Checker<'a> {
                 None
             }
             Some(k) => Some(k.into_inner().0),
-            None => Some(Duration::from_secs(120)),
+            None => Some(defaults::KEEPALIVE),
         };
         let inflight = match p.inflight {
             Some(i) if *i.get_ref() == 0 || *i.get_ref() > 1000 => {
@@ -809,7 +805,7 @@ impl<'a> Checker<'a> {
                 None
             }
             Some(i) => Some(i.into_inner()),
-            None => Some(32),
+            None => Some(defaults::INFLIGHT),
         };
         let max_packet = match p.max_packet {
             Some(m) if *m.get_ref() < 4096 => {
@@ -821,7 +817,7 @@ impl<'a> Checker<'a> {
                 None
             }
             Some(m) => Some(m.into_inner() as usize),
-            None => Some(256 * 1024),
+            None => Some(defaults::MAX_PACKET),
         };
         let command_timeout = match p.command_timeout {
             Some(t)
@@ -836,7 +832,7 @@ impl<'a> Checker<'a> {
                 None
             }
             Some(t) => Some(t.into_inner().0),
-            None => Some(Duration::from_secs(10)),
+            None => Some(defaults::COMMAND_TIMEOUT),
         };
         let reconnect_min = p.reconnect_min.map_or(RECONNECT_MIN, |d| d.0);
         let reconnect_max = p
@@ -982,7 +978,7 @@ impl<'a> Checker<'a> {
             host: p.host.into_inner(),
             // TLS unless explicitly turned off, whatever the port: credentials and IoTDA's
             // HMAC (replayable for the rest of the hour) never go in the clear by default.
-            tls: p.tls.unwrap_or(true),
+            tls: p.tls.unwrap_or(defaults::TLS),
             port,
             ca_file: p.ca_file.map(PathBuf::from),
             client_auth,
@@ -997,8 +993,10 @@ impl<'a> Checker<'a> {
             inflight: inflight?,
             max_packet: max_packet?,
             command_timeout: command_timeout?,
-            replay_rate: p.replay_rate.unwrap_or(200),
-            replay_bytes_rate: p.replay_bytes_rate.map_or(1 << 20, |s| s.0),
+            replay_rate: p.replay_rate.unwrap_or(defaults::REPLAY_RATE),
+            replay_bytes_rate: p
+                .replay_bytes_rate
+                .map_or(defaults::REPLAY_BYTES_RATE, |s| s.0),
         })
     }
 
@@ -1013,7 +1011,7 @@ impl<'a> Checker<'a> {
                 c.into_inner().0
             }
             Some(c) => c.into_inner().0,
-            None => Duration::from_millis(50),
+            None => defaults::COMMIT_INTERVAL,
         };
         let mut limits = Limits::default();
         if let Some(m) = s.max_bytes {
@@ -1060,10 +1058,7 @@ impl<'a> Checker<'a> {
             }
         };
         Store {
-            path: PathBuf::from(
-                s.path
-                    .unwrap_or_else(|| "/var/lib/fieldgate/fieldgate.db".into()),
-            ),
+            path: PathBuf::from(s.path.unwrap_or_else(|| defaults::STORE_PATH.into())),
             commit_interval,
             limits,
             synchronous_full,
@@ -1129,7 +1124,7 @@ impl<'a> Checker<'a> {
                         None => Some(
                             b.timeout
                                 .as_ref()
-                                .map_or(Duration::from_secs(1), |t| t.get_ref().0),
+                                .map_or(defaults::BUS_TIMEOUT, |t| t.get_ref().0),
                         ),
                     };
                     port.zip(settle)
@@ -1173,10 +1168,10 @@ impl<'a> Checker<'a> {
                     adapter: b.adapter.as_ref().map(|a| a.get_ref().clone()),
                 }),
                 "exec" => self.exec_settings(&b, &path).map(|e| {
-                    let min = b.reconnect_min.map_or(Duration::from_secs(1), |d| d.0);
+                    let min = b.reconnect_min.map_or(defaults::EXEC_RESTART_MIN, |d| d.0);
                     let max = b
                         .reconnect_max
-                        .map_or(Duration::from_secs(60), |d| d.0)
+                        .map_or(defaults::EXEC_RESTART_MAX, |d| d.0)
                         .max(min);
                     BusKind::Exec(e.bus(&name, min, max))
                 }),
@@ -1202,10 +1197,12 @@ impl<'a> Checker<'a> {
                 }
             }
             // A BLE connection takes seconds; a Modbus answer milliseconds.
-            let default_timeout = if b.driver.get_ref() == "ble" { 10 } else { 1 };
-            let timeout = b
-                .timeout
-                .map_or(Duration::from_secs(default_timeout), |t| t.into_inner().0);
+            let default_timeout = if b.driver.get_ref() == "ble" {
+                defaults::BLE_TIMEOUT
+            } else {
+                defaults::BUS_TIMEOUT
+            };
+            let timeout = b.timeout.map_or(default_timeout, |t| t.into_inner().0);
             if timeout.is_zero() {
                 self.err(
                     None,
@@ -1223,9 +1220,9 @@ impl<'a> Checker<'a> {
                     1
                 }
                 Some(n) => n.into_inner(),
-                None => 3,
+                None => defaults::OFFLINE_AFTER,
             };
-            let reconnect_min = b.reconnect_min.map_or(Duration::from_millis(500), |d| d.0);
+            let reconnect_min = b.reconnect_min.map_or(defaults::BUS_RECONNECT_MIN, |d| d.0);
             if let Some(kind) = kind {
                 out.insert(
                     name.clone(),
@@ -1237,9 +1234,9 @@ impl<'a> Checker<'a> {
                         reconnect_min,
                         reconnect_max: b
                             .reconnect_max
-                            .map_or(Duration::from_secs(30), |d| d.0)
+                            .map_or(defaults::BUS_RECONNECT_MAX, |d| d.0)
                             .max(reconnect_min),
-                        max_backoff: b.max_backoff.map_or(Duration::from_secs(60), |d| d.0),
+                        max_backoff: b.max_backoff.map_or(defaults::MAX_BACKOFF, |d| d.0),
                     },
                 );
             }
@@ -1282,9 +1279,12 @@ impl<'a> Checker<'a> {
         };
         let s = PortSettings {
             path: port.get_ref().clone(),
-            baud: b.baud.as_ref().map_or(9600, |v| *v.get_ref()),
+            baud: b.baud.as_ref().map_or(defaults::BAUD, |v| *v.get_ref()),
             parity,
-            data_bits: b.data_bits.as_ref().map_or(8, |v| *v.get_ref()),
+            data_bits: b
+                .data_bits
+                .as_ref()
+                .map_or(defaults::DATA_BITS, |v| *v.get_ref()),
             stop_bits: b.stop_bits.as_ref().map_or(1, |v| *v.get_ref()),
         };
         if let Err(e) = s.validate() {
@@ -1411,7 +1411,10 @@ impl<'a> Checker<'a> {
             let Some(raw): Option<RawProfile> = self.de(&head_v, &path) else {
                 continue;
             };
-            let service = raw.service.clone().unwrap_or_else(|| "data".into());
+            let service = raw
+                .service
+                .clone()
+                .unwrap_or_else(|| defaults::SERVICE.into());
             let mut specs = Vec::new();
             let mut seen = BTreeSet::new();
             match &points {
@@ -1443,7 +1446,7 @@ impl<'a> Checker<'a> {
                 name.to_string(),
                 Profile {
                     product_id: raw.product_id.unwrap_or_else(|| name.to_string()),
-                    max_gap: raw.max_gap.map_or(8, |g| g.into_inner()),
+                    max_gap: raw.max_gap.map_or(defaults::MAX_GAP, |g| g.into_inner()),
                     points: specs.into(),
                     commands: cmds.into(),
                     ascii: None,
@@ -1679,7 +1682,7 @@ impl<'a> Checker<'a> {
                 Some(p) => p.into_inner().0,
                 None => Duration::from_secs(10),
             };
-            let unit = d.unit.unwrap_or(1);
+            let unit = d.unit.unwrap_or(defaults::UNIT);
             if let Some(Bus {
                 kind: BusKind::ModbusRtu { .. },
                 ..

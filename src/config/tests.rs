@@ -1099,3 +1099,19 @@ fn sparkplug_only_options() {
         "{d:?}"
     );
 }
+
+/// `config/example.toml` spells out the defaults: they must be the ones the code uses.
+#[test]
+fn the_example_config_states_the_real_defaults() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"));
+    let c = load(path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.gateway.report_interval, defaults::REPORT_INTERVAL);
+    assert_eq!(c.gateway.runtime_dir, Path::new(defaults::RUNTIME_DIR));
+    assert_eq!(c.platform.keepalive, defaults::KEEPALIVE);
+    assert_eq!(c.platform.inflight, defaults::INFLIGHT);
+    assert_eq!(c.platform.max_packet, defaults::MAX_PACKET);
+    assert_eq!(c.platform.command_timeout, defaults::COMMAND_TIMEOUT);
+    assert_eq!(c.store.commit_interval, defaults::COMMIT_INTERVAL);
+    assert_eq!(c.store.path, Path::new(defaults::STORE_PATH));
+    assert_eq!(c.store.limits, Limits::default());
+}
