@@ -25,48 +25,19 @@ fn a_forward_clock_step_expires_nothing() {
     };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let sim = ModbusSim::new(SimState::default());
-    let cfg = dir.path().join("fieldgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[gateway]
-runtime_dir = "{dir}/run"
-
-[platform]
-dialect = "iotda"
-host = "127.0.0.1"
-port = {port}
-tls = false
-device_id = "gw_clock"
-secret = "s"
-
-[store]
-path = "{dir}/fg.db"
-max_age = "1h"
-
-[[bus]]
-name = "a"
-driver = "modbus-tcp"
-endpoint = "127.0.0.1:{modbus}"
-
-[profile.p]
-[[profile.p.point]]
-property = "v"
-address = "holding:0"
-
-[[device]]
-node_id = "d1"
-bus = "a"
-profile = "p"
-poll = "100ms"
-"#,
-            dir = dir.path().display(),
-            port = free_port(),
-            modbus = sim.port,
+    let cfg = write_config(
+        dir.path(),
+        "fieldgate.toml",
+        &format!(
+            "dialect = \"iotda\"\nhost = \"127.0.0.1\"\nport = {}\ntls = false\ndevice_id = \"gw_clock\"\nsecret = \"s\"",
+            free_port()
         ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+        // Still inside [store]: the bound under test.
+        &format!(
+            "max_age = \"1h\"\n\n[[bus]]\nname = \"a\"\ndriver = \"modbus-tcp\"\nendpoint = \"127.0.0.1:{}\"\n\n[profile.p]\n[[profile.p.point]]\nproperty = \"v\"\naddress = \"holding:0\"\n\n[[device]]\nnode_id = \"d1\"\nbus = \"a\"\nprofile = \"p\"\npoll = \"100ms\"\n",
+            sim.port
+        ),
+    );
     let stamp = dir.path().join("faketime");
     std::fs::write(&stamp, "+0\n").unwrap_or_else(|e| panic!("{e}"));
     let lib = lib.display().to_string();

@@ -140,50 +140,39 @@ options = {{ interval = 0.2, setpoint = 21.0 }}
     );
 }
 
+/// A gateway (IoTDA to a port nobody listens on) with one exec bus running `command` (a TOML
+/// array) and one exec child `one`; `bus_extra` adds lines to the bus table.
+fn one_program(
+    dir: &std::path::Path,
+    gw: &str,
+    command: &str,
+    bus_extra: &str,
+) -> std::path::PathBuf {
+    write_config(
+        dir,
+        "fieldgate.toml",
+        &format!("dialect = \"iotda\"\nhost = \"127.0.0.1\"\nport = 9\ntls = false\ndevice_id = \"{gw}\"\nsecret = \"s\""),
+        &format!(
+            "[[bus]]\nname = \"ext\"\ndriver = \"exec\"\ncommand = {command}\n{bus_extra}\n\n[profile.thing]\nkind = \"exec\"\nproduct_id = \"thing\"\n\n[[device]]\nnode_id = \"one\"\nbus = \"ext\"\nprofile = \"thing\"\n"
+        ),
+    )
+}
+
 /// Outside systemd nobody else cleans up: a SIGKILLed daemon takes its program with it, even
 /// one that never reads its stdin (so never sees it close) and ignores SIGTERM.
 #[test]
 fn a_killed_daemon_takes_its_driver_programs_with_it() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let marker = dir.path().join("stubborn-driver");
-    let cfg = dir.path().join("fieldgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[gateway]
-runtime_dir = "{dir}/run"
-
-[platform]
-dialect = "iotda"
-host = "127.0.0.1"
-port = 9
-tls = false
-device_id = "gw_kill"
-secret = "s"
-
-[store]
-path = "{dir}/fg.db"
-
-[[bus]]
-name = "ext"
-driver = "exec"
-command = ["python3", "-c", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(1)", "{marker}"]
-
-[profile.thing]
-kind = "exec"
-product_id = "thing"
-
-[[device]]
-node_id = "one"
-bus = "ext"
-profile = "thing"
-"#,
-            dir = dir.path().display(),
-            marker = marker.display(),
+    let cfg = one_program(
+        dir.path(),
+        "gw_kill",
+        &format!(
+            r#"["python3", "-c", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(1)", "{}"]"#,
+            marker.display()
         ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+        "",
+    );
     let needle = marker.display().to_string();
     let mut gw = Gateway::start(&cfg);
     wait_until(Duration::from_secs(20), "the program running", || {
@@ -223,45 +212,12 @@ for line in sys.stdin:
         ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let cfg = dir.path().join("fieldgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[gateway]
-runtime_dir = "{dir}/run"
-
-[platform]
-dialect = "iotda"
-host = "127.0.0.1"
-port = 9
-tls = false
-device_id = "gw_slow"
-secret = "s"
-
-[store]
-path = "{dir}/fg.db"
-
-[[bus]]
-name = "ext"
-driver = "exec"
-command = ["python3", "{script}"]
-stop_grace = "12s"
-
-[profile.thing]
-kind = "exec"
-product_id = "thing"
-
-[[device]]
-node_id = "one"
-bus = "ext"
-profile = "thing"
-"#,
-            dir = dir.path().display(),
-            script = script.display(),
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = one_program(
+        dir.path(),
+        "gw_slow",
+        &format!(r#"["python3", "{}"]"#, script.display()),
+        "stop_grace = \"12s\"",
+    );
     let mut gw = Gateway::start(&cfg);
     wait_until(Duration::from_secs(20), "the program running", || {
         processes_with(&script.display().to_string()).len() == 1
