@@ -80,7 +80,7 @@ impl StatusSource {
                             "reason": c.reason,
                             "platform_error": c.platform_error,
                             "platform_deleted": c.platform_deleted,
-                            "last_values": c.last_values.iter().map(|((svc, prop), v)| (format!("{svc}.{prop}"), v.to_json())).collect::<serde_json::Map<_, _>>(),
+                            "last_values": c.last_values.iter().flat_map(|(svc, props)| props.iter().map(move |(prop, v)| (format!("{svc}.{prop}"), v.to_json()))).collect::<serde_json::Map<_, _>>(),
                             "last_report_age_s": c.last_report_ms.map(|t| now.saturating_sub(t) as f64 / 1000.0),
                         })
                     })

@@ -57,7 +57,8 @@ pub struct Child {
     /// When the last reading was taken (device time of the sample).
     pub last_report_ms: Option<u64>,
     /// The last value of every property, by (service, property).
-    pub last_values: BTreeMap<(String, String), Value>,
+    /// (Service → property → value: updated in place per reading, no key built.)
+    pub last_values: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
 impl Child {
@@ -311,10 +312,19 @@ impl Registry {
     pub fn record(&mut self, r: &Report) {
         if let Some(c) = self.children.get_mut(&r.child) {
             c.last_report_ms = Some(c.last_report_ms.map_or(r.ts_ms, |t| t.max(r.ts_ms)));
+            let mut kept: usize = c.last_values.values().map(BTreeMap::len).sum();
+            if !c.last_values.contains_key(&r.service) {
+                c.last_values.insert(r.service.clone(), BTreeMap::new());
+            }
+            let Some(svc) = c.last_values.get_mut(&r.service) else {
+                return;
+            };
             for (k, v) in &r.properties {
-                let key = (r.service.clone(), k.clone());
-                if c.last_values.len() < MAX_LAST_VALUES || c.last_values.contains_key(&key) {
-                    c.last_values.insert(key, v.clone());
+                if let Some(slot) = svc.get_mut(k) {
+                    slot.clone_from(v);
+                } else if kept < MAX_LAST_VALUES {
+                    svc.insert(k.clone(), v.clone());
+                    kept += 1;
                 }
             }
         }

@@ -39,7 +39,11 @@ impl Children {
                 latest: c
                     .last_values
                     .iter()
-                    .map(|((svc, prop), v)| (svc.clone(), prop.clone(), v.clone()))
+                    .flat_map(|(svc, props)| {
+                        props
+                            .iter()
+                            .map(move |(prop, v)| (svc.clone(), prop.clone(), v.clone()))
+                    })
                     .collect(),
                 latest_ts_ms: c.last_report_ms,
                 writable: c.writable.clone(),

@@ -95,7 +95,7 @@ struct Task {
     /// Lines of the program's own (`log` messages and stderr) logged this minute.
     out_budget: LogBudget,
     /// Distinct `service.property` names seen per child, capped at `max_properties`.
-    names: HashMap<String, HashSet<String>>,
+    names: HashMap<String, Names>,
     /// Bad lines `fieldgate status` was last told of, and when.
     counters_sent: (u64, Option<Instant>),
 }
@@ -283,13 +283,14 @@ impl Task {
             }) => {
                 // Every distinct name costs memory for good (latest values, status, platform
                 // models): a program inventing names without end is cut off per child.
-                let known = self.names.entry(child.clone()).or_default();
+                if !self.names.contains_key(&child) {
+                    self.names.insert(child.clone(), Names::default());
+                }
                 let before = properties.len();
-                properties.retain(|k, _| {
-                    let name = format!("{service}.{k}");
-                    known.contains(&name)
-                        || (known.len() < self.bus.max_properties && known.insert(name))
-                });
+                if let Some(known) = self.names.get_mut(&child) {
+                    let limit = self.bus.max_properties;
+                    properties.retain(|k, _| known.admit(&service, k, limit));
+                }
                 if properties.len() < before {
                     self.bad_line(&LineError::TooManyProperties(self.bus.max_properties), line);
                 }
@@ -604,6 +605,36 @@ fn error_code(code: &str) -> ErrorCode {
         "unsupported" => ErrorCode::Unsupported,
         "busy" => ErrorCode::Busy,
         _ => ErrorCode::DeviceError,
+    }
+}
+
+/// The distinct `service.property` names one child has reported, looked up without building
+/// a key (this runs for every property of every report).
+#[derive(Debug, Default)]
+struct Names {
+    count: usize,
+    by_service: HashMap<String, HashSet<String>>,
+}
+
+impl Names {
+    /// Whether `service.property` may be reported: known already, or new within `limit`.
+    fn admit(&mut self, service: &str, property: &str, limit: usize) -> bool {
+        if self
+            .by_service
+            .get(service)
+            .is_some_and(|p| p.contains(property))
+        {
+            return true;
+        }
+        if self.count >= limit {
+            return false;
+        }
+        self.count += 1;
+        self.by_service
+            .entry(service.to_string())
+            .or_default()
+            .insert(property.to_string());
+        true
     }
 }
 

@@ -164,7 +164,7 @@ pub struct Sparkplug {
     aliases: bool,
     /// The alias of each (device — "" for the node —, metric name), stable for the process,
     /// unique across the node; and back, for commands by alias.
-    alias_of: HashMap<(String, String), u64>,
+    alias_of: HashMap<String, HashMap<String, u64>>,
     name_of: HashMap<(String, u64), String>,
     /// The Primary Host whose STATE gates births and data (config `primary_host_id`).
     primary_host: Option<String>,
@@ -223,13 +223,16 @@ impl Sparkplug {
     }
 
     fn alias(&mut self, scope: &str, name: &str) -> u64 {
-        if let Some(a) = self.alias_of.get(&(scope.to_string(), name.to_string())) {
+        // Looked up without building a key: this runs for every metric of every DATA message.
+        if let Some(a) = self.alias_of.get(scope).and_then(|m| m.get(name)) {
             return *a;
         }
         // Unique across the node and all its devices.
-        let a = u64::try_from(self.alias_of.len()).unwrap_or(u64::MAX);
+        let a = u64::try_from(self.name_of.len()).unwrap_or(u64::MAX);
         self.alias_of
-            .insert((scope.to_string(), name.to_string()), a);
+            .entry(scope.to_string())
+            .or_default()
+            .insert(name.to_string(), a);
         self.name_of
             .insert((scope.to_string(), a), name.to_string());
         a
