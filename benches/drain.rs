@@ -3,6 +3,8 @@
 //! rumqttc publisher sending the same number of messages of the same size, QoS 1, with the same
 //! in-flight window, through the same broker in the same run (the ceiling). Prints figures.
 //! Run: `cargo bench --bench drain` (FG_BENCH_RECORDS to change the backlog).
+//! `FG_BENCH_SPARKPLUG_QOS=0` (or `1`): the same backlog through the Sparkplug dialect at that
+//! QoS, without a subscriber — QoS 0 records leave the queue on a barrier's SUBACK.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -80,11 +82,16 @@ fn main() {
             "[[device]]\nnode_id = \"d{c}\"\nbus = \"a\"\nprofile = \"p\"\npoll = \"1h\"\n"
         );
     }
+    let sparkplug = std::env::var("FG_BENCH_SPARKPLUG_QOS").ok();
+    let dialect = match &sparkplug {
+        Some(q) => format!("dialect = \"sparkplug\"\ngroup_id = \"G\"\nqos = {q}"),
+        None => "dialect = \"iotda\"".to_string(),
+    };
     let cfg = dir.path().join("drain.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[gateway]\nruntime_dir = \"{d}/run\"\n[platform]\ndialect = \"iotda\"\nhost = \"127.0.0.1\"\nport = {}\ntls = false\ndevice_id = \"gw_drain\"\nsecret = \"s\"\nreplay_rate = 0\nreplay_bytes_rate = 0\n[store]\npath = \"{}\"\nmax_bytes = \"1GiB\"\n[[bus]]\nname = \"a\"\ndriver = \"modbus-tcp\"\nendpoint = \"127.0.0.1:1\"\n[profile.p]\n[[profile.p.point]]\nproperty = \"v\"\naddress = \"holding:0\"\n{devices}",
+            "[gateway]\nruntime_dir = \"{d}/run\"\n[platform]\n{dialect}\nhost = \"127.0.0.1\"\nport = {}\ntls = false\ndevice_id = \"gw_drain\"\nsecret = \"s\"\nreplay_rate = 0\nreplay_bytes_rate = 0\n[store]\npath = \"{}\"\nmax_bytes = \"1GiB\"\n[[bus]]\nname = \"a\"\ndriver = \"modbus-tcp\"\nendpoint = \"127.0.0.1:1\"\n[profile.p]\n[[profile.p.point]]\nproperty = \"v\"\naddress = \"holding:0\"\n{devices}",
             broker.port,
             db.display(),
             d = dir.path().display()
@@ -92,8 +99,7 @@ fn main() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     // FG_BENCH_NO_SUBSCRIBER=1: no platform subscriber (children are confirmed in the store).
-    let platform = std::env::var_os("FG_BENCH_NO_SUBSCRIBER")
-        .is_none()
+    let platform = (std::env::var_os("FG_BENCH_NO_SUBSCRIBER").is_none() && sparkplug.is_none())
         .then(|| TestPlatform::start(broker.port, "gw_drain"));
     let t = Instant::now();
     let gw = Gateway::start(&cfg);

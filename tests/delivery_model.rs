@@ -1,8 +1,12 @@
-//! Model test of the delivery state machine (`uplink::delivery`): random sequences of fill,
-//! publish numbering, PUBACKs in and out of order, session messages, batched deletes,
-//! disconnects and reconnects drive `Delivery` beside a queue kept the way the queue reader
-//! keeps it (cursor, taken marks, acknowledged-then-deleted). After every step:
-//! - a record is deleted only after the PUBACK of a message that carried it;
+//! Model test of the delivery state machine (`uplink::delivery`): random sequences of fill
+//! at QoS 1 and QoS 0, barriers (SUBSCRIBEs), publish and subscribe numbering, PUBACKs and
+//! SUBACKs in and out of order, session messages, batched deletes, disconnects and
+//! reconnects drive `Delivery` beside a queue kept the way the queue reader keeps it
+//! (cursor, taken marks, acknowledged-then-deleted). After every step:
+//! - a record is deleted only after the PUBACK of a message that carried it, or the SUBACK of
+//!   a barrier the client numbered after the QoS 0 message that carried it;
+//! - a QoS 0 message requested after the last barrier is never left without one: either
+//!   `needs_barrier` says so or `MAX_BARRIERS` are on their way;
 //! - the data window and the overall limit are never exceeded;
 //! - nothing is sent twice in one session;
 //! - after a reconnect every unacknowledged record of a child is sent again before anything
@@ -12,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use fieldgate::uplink::delivery::{Delivery, Msg};
+use fieldgate::uplink::delivery::{Delivery, Msg, MAX_BARRIERS};
 use proptest::prelude::*;
 
 const WINDOW: usize = 4;
@@ -21,13 +25,16 @@ const CHILDREN: u64 = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Read up to n records and publish them in messages of up to `per` records.
-    Fill(usize, usize),
+    /// Read up to n records and publish them in messages of up to `per` records, at QoS 0
+    /// when the flag is set.
+    Fill(usize, usize, bool),
+    /// The session sends a barrier if `needs_barrier` says so.
+    Barrier,
     /// A session message (an answer, a status).
     Control,
-    /// The client numbers the oldest requested publish.
+    /// The client numbers the oldest requested publish or subscribe.
     Number,
-    /// The broker acknowledges the k-th outstanding numbered publish (modulo).
+    /// The broker acknowledges the k-th outstanding numbered publish or subscribe (modulo).
     Ack(usize),
     /// Acknowledged records are deleted.
     Flush,
@@ -39,7 +46,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (1usize..12, 1usize..4).prop_map(|(n, p)| Op::Fill(n, p)),
+        4 => (1usize..12, 1usize..4, any::<bool>()).prop_map(|(n, p, q)| Op::Fill(n, p, q)),
+        2 => Just(Op::Barrier),
         1 => Just(Op::Control),
         5 => Just(Op::Number),
         5 => (0usize..8).prop_map(Op::Ack),
@@ -47,6 +55,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1usize..6).prop_map(Op::Append),
         1 => Just(Op::Disconnect),
     ]
+}
+
+/// One requested publish as the model knows it.
+#[derive(Debug, Clone, Default)]
+struct Req {
+    records: Vec<u64>,
+    data: bool,
+    qos0: bool,
 }
 
 struct World {
@@ -58,10 +74,17 @@ struct World {
     marked: BTreeSet<u64>,
     acked: Vec<u64>,
     cursor: u64,
-    /// What the model knows each requested publish carries, in request order.
-    requested: VecDeque<(Vec<u64>, bool)>,
-    /// Numbered publishes: pkid → (records, data).
-    numbered: BTreeMap<u16, (Vec<u64>, bool)>,
+    /// What the model knows each requested publish carries, in request order; `None` is a
+    /// barrier.
+    requested: VecDeque<Option<Req>>,
+    /// Numbered QoS 1 publishes: pkid → (records, data).
+    numbered: BTreeMap<u16, Req>,
+    /// QoS 0 publishes written, not yet behind a numbered barrier.
+    written: Vec<Req>,
+    /// Numbered barriers: pkid → the QoS 0 publishes written before them.
+    barriers: BTreeMap<u16, Vec<Req>>,
+    /// QoS 0 publishes requested after the last barrier.
+    unbarriered: usize,
     next_pkid: u16,
     /// Records sent in this session.
     sent: BTreeSet<u64>,
@@ -80,6 +103,9 @@ impl World {
             cursor: 0,
             requested: VecDeque::new(),
             numbered: BTreeMap::new(),
+            written: Vec::new(),
+            barriers: BTreeMap::new(),
+            unbarriered: 0,
             next_pkid: 0,
             sent: BTreeSet::new(),
             delivered: BTreeSet::new(),
@@ -95,7 +121,7 @@ impl World {
         }
     }
 
-    fn fill(&mut self, n: usize, per: usize) -> Result<(), TestCaseError> {
+    fn fill(&mut self, n: usize, per: usize, qos0: bool) -> Result<(), TestCaseError> {
         let rows: Vec<u64> = self
             .queue
             .range(self.cursor + 1..)
@@ -130,25 +156,126 @@ impl World {
             self.d.requested(Msg {
                 records: batch.clone(),
                 data: true,
+                qos0,
             });
-            self.requested.push_back((batch.clone(), true));
+            self.request(Req {
+                records: batch.clone(),
+                data: true,
+                qos0,
+            });
             self.cursor = self.cursor.max(*batch.last().unwrap_or(&0));
             i += batch.len();
         }
         Ok(())
     }
 
+    fn request(&mut self, r: Req) {
+        if r.qos0 {
+            self.unbarriered += 1;
+        }
+        self.requested.push_back(Some(r));
+    }
+
+    fn barrier(&mut self) {
+        if self.d.needs_barrier() {
+            self.d.barrier_requested();
+            self.requested.push_back(None);
+            self.unbarriered = 0;
+        }
+    }
+
+    /// A packet id free among unanswered publishes and subscribes (rumqttc numbers both from
+    /// one counter).
+    fn pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            if !self.numbered.contains_key(&self.next_pkid)
+                && !self.barriers.contains_key(&self.next_pkid)
+            {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// The client numbers the oldest request.
+    fn number(&mut self) -> Result<(), TestCaseError> {
+        match self.requested.pop_front() {
+            Some(Some(r)) if r.qos0 => {
+                prop_assert_eq!(self.d.numbered(0), Ok(()));
+                self.written.push(r);
+            }
+            Some(Some(r)) => {
+                let p = self.pkid();
+                prop_assert_eq!(self.d.numbered(p), Ok(()));
+                self.numbered.insert(p, r);
+            }
+            Some(None) => {
+                let p = self.pkid();
+                prop_assert_eq!(self.d.subscribe_numbered(p), Ok(()));
+                let proves = std::mem::take(&mut self.written);
+                self.barriers.insert(p, proves);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The broker answers `pkid` (a publish or a subscribe).
+    fn answer(&mut self, pkid: u16) -> Result<(), TestCaseError> {
+        let records: Vec<u64> = if let Some(r) = self.numbered.remove(&pkid) {
+            prop_assert_eq!(
+                self.d.subscribe_acked(pkid),
+                None,
+                "a PUBACK is not a SUBACK"
+            );
+            let got = self.d.acked(pkid);
+            prop_assert_eq!(got.as_ref(), Some(&r.records), "PUBACK {}", pkid);
+            prop_assert_eq!(
+                self.d.acked(pkid),
+                None,
+                "a repeated PUBACK delivers nothing"
+            );
+            r.records
+        } else if let Some(proves) = self.barriers.remove(&pkid) {
+            prop_assert_eq!(self.d.acked(pkid), None, "a SUBACK is not a PUBACK");
+            let want: Vec<u64> = proves.into_iter().flat_map(|r| r.records).collect();
+            let got = self.d.subscribe_acked(pkid);
+            prop_assert_eq!(got.as_ref(), Some(&want), "SUBACK {}", pkid);
+            prop_assert_eq!(self.d.subscribe_acked(pkid), None);
+            want
+        } else {
+            return Ok(());
+        };
+        self.acked.extend(records.iter().copied());
+        self.delivered.extend(records);
+        Ok(())
+    }
+
+    fn outstanding(&self) -> impl Iterator<Item = &Req> {
+        self.requested
+            .iter()
+            .flatten()
+            .chain(self.numbered.values())
+            .chain(self.written.iter())
+            .chain(self.barriers.values().flatten())
+    }
+
     fn check(&self) -> Result<(), TestCaseError> {
         let (data, all) = self.d.outstanding();
-        let model_data = self
-            .requested
-            .iter()
-            .chain(self.numbered.values())
-            .filter(|(_, d)| *d)
-            .count();
-        let model_all = self.requested.len() + self.numbered.len();
+        let model_data = self.outstanding().filter(|r| r.data).count();
+        let model_all = self.outstanding().count();
         prop_assert_eq!((data, all), (model_data, model_all));
         prop_assert!(data <= WINDOW && all <= LIMIT, "window {}/{}", data, all);
+        let barriers = self.requested.iter().filter(|r| r.is_none()).count() + self.barriers.len();
+        prop_assert_eq!(self.d.barriers(), barriers);
+        prop_assert!(barriers <= MAX_BARRIERS);
+        if self.unbarriered > 0 {
+            prop_assert!(
+                self.d.needs_barrier() || barriers == MAX_BARRIERS,
+                "{} QoS 0 messages without a barrier on its way",
+                self.unbarriered
+            );
+        }
         Ok(())
     }
 }
@@ -157,37 +284,26 @@ fn run(n: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut w = World::new(n);
     for op in ops {
         match op {
-            Op::Fill(n, per) => w.fill(n, per)?,
+            Op::Fill(n, per, qos0) => w.fill(n, per, qos0)?,
+            Op::Barrier => w.barrier(),
             Op::Control => {
                 if w.d.room() {
                     w.d.requested(Msg::default());
-                    w.requested.push_back((Vec::new(), false));
+                    w.request(Req::default());
                 }
             }
-            Op::Number => {
-                if let Some(m) = w.requested.pop_front() {
-                    // Like rumqttc: the next free packet id.
-                    loop {
-                        w.next_pkid = w.next_pkid.wrapping_add(1).max(1);
-                        if !w.numbered.contains_key(&w.next_pkid) {
-                            break;
-                        }
-                    }
-                    prop_assert_eq!(w.d.numbered(w.next_pkid), Ok(()));
-                    w.numbered.insert(w.next_pkid, m);
-                }
-            }
+            Op::Number => w.number()?,
             Op::Ack(k) => {
-                if w.numbered.is_empty() {
+                let pkids: Vec<u16> = w
+                    .numbered
+                    .keys()
+                    .chain(w.barriers.keys())
+                    .copied()
+                    .collect();
+                if pkids.is_empty() {
                     continue;
                 }
-                let pkid = *w.numbered.keys().nth(k % w.numbered.len()).unwrap_or(&0);
-                let (records, _) = w.numbered.remove(&pkid).unwrap_or_default();
-                let got = w.d.acked(pkid);
-                prop_assert_eq!(got.as_ref(), Some(&records), "PUBACK {}", pkid);
-                prop_assert_eq!(w.d.acked(pkid), None, "a repeated PUBACK delivers nothing");
-                w.acked.extend(records.iter().copied());
-                w.delivered.extend(records);
+                w.answer(pkids[k % pkids.len()])?;
             }
             Op::Flush => {
                 for s in std::mem::take(&mut w.acked) {
@@ -199,12 +315,7 @@ fn run(n: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Append(n) => w.append(n),
             Op::Disconnect => {
                 let unacked = w.d.reset();
-                let model_unacked: usize = w
-                    .requested
-                    .iter()
-                    .chain(w.numbered.values())
-                    .map(|(r, _)| r.len())
-                    .sum();
+                let model_unacked: usize = w.outstanding().map(|r| r.records.len()).sum();
                 prop_assert_eq!(unacked, model_unacked);
                 // The reader's reset: delete what was acked, release the rest, start over.
                 for s in std::mem::take(&mut w.acked) {
@@ -214,31 +325,34 @@ fn run(n: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 w.cursor = 0;
                 w.requested.clear();
                 w.numbered.clear();
+                w.written.clear();
+                w.barriers.clear();
+                w.unbarriered = 0;
                 w.sent.clear();
             }
         }
         w.check()?;
     }
-    // Leave the link up: everything left is delivered.
-    for _ in 0..10_000 {
-        if w.queue.is_empty() {
+    // Leave the link up, the session sending a barrier whenever it is told to: everything
+    // left is delivered.
+    for round in 0..10_000u64 {
+        if w.queue.is_empty() && w.outstanding().count() == 0 {
             break;
         }
-        w.fill(8, 3)?;
-        while let Some(m) = w.requested.pop_front() {
-            w.next_pkid = w.next_pkid.wrapping_add(1).max(1);
-            prop_assert_eq!(w.d.numbered(w.next_pkid), Ok(()));
-            w.numbered.insert(w.next_pkid, m);
+        w.fill(8, 3, round % 2 == 0)?;
+        w.barrier();
+        while !w.requested.is_empty() {
+            w.number()?;
         }
-        let pkids: Vec<u16> = w.numbered.keys().copied().collect();
+        let pkids: Vec<u16> = w
+            .numbered
+            .keys()
+            .chain(w.barriers.keys())
+            .copied()
+            .collect();
         for p in pkids {
-            let (records, _) = w.numbered.remove(&p).unwrap_or_default();
-            prop_assert_eq!(w.d.acked(p), Some(records.clone()));
-            w.delivered.extend(records.iter().copied());
-            for s in records {
-                w.queue.remove(&s);
-                w.marked.remove(&s);
-            }
+            w.answer(p)?;
+            w.barrier();
         }
         for s in std::mem::take(&mut w.acked) {
             w.queue.remove(&s);

@@ -32,6 +32,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const KEEPALIVE: Duration = Duration::from_secs(120);
 /// `[platform] inflight`: data messages published and not yet acknowledged. Default: 32.
 pub const INFLIGHT: u16 = 32;
+/// `[platform] qos` (Sparkplug B): the MQTT QoS of births, data and DDEATH — the
+/// specification's 0, each message proven by a later SUBACK before its readings leave the
+/// queue. Default: 0.
+pub const SPARKPLUG_QOS: u8 = 0;
 /// `[platform] max_packet`: the largest MQTT packet sent or accepted, bytes. Default: 256 KiB.
 pub const MAX_PACKET: usize = 256 * 1024;
 /// `[platform] command_timeout`: a platform request's deadline on the bus (under IoTDA's

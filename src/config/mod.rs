@@ -182,6 +182,8 @@ pub struct Platform {
     pub aliases: bool,
     /// Sparkplug B: births and data only while this Primary Host is online.
     pub primary_host_id: Option<String>,
+    /// Sparkplug B: the MQTT QoS of births, data and DDEATH (0 or 1); 1 for other dialects.
+    pub qos: u8,
     pub secret: SecretSource,
     pub check_timestamp: bool,
     pub keepalive: Duration,
@@ -949,6 +951,30 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
+        let qos = match (&dialect, &p.qos) {
+            (Some(Dialect::Sparkplug), None) => defaults::SPARKPLUG_QOS,
+            (_, None) => 1,
+            (Some(Dialect::Sparkplug), Some(q)) => match *q.get_ref() {
+                0 => 0,
+                1 => 1,
+                _ => {
+                    self.err(
+                        Some(q.span()),
+                        "platform.qos",
+                        "qos must be 0 (the Sparkplug specification's) or 1",
+                    );
+                    return None;
+                }
+            },
+            (_, Some(q)) => {
+                self.err(
+                    Some(q.span()),
+                    "platform.qos",
+                    "`qos` is for dialect sparkplug (the other dialects publish at QoS 1)",
+                );
+                return None;
+            }
+        };
         // The gateway's id is in every dialect's topics.
         if p.device_id.get_ref().contains(['+', '#', '/'])
             || p.device_id.get_ref().chars().any(char::is_control)
@@ -974,6 +1000,7 @@ impl<'a> Checker<'a> {
             service_keys,
             aliases,
             primary_host_id,
+            qos,
             dialect: dialect?,
             host: p.host.into_inner(),
             // TLS unless explicitly turned off, whatever the port: credentials and IoTDA's

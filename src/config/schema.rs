@@ -58,6 +58,9 @@ pub struct RawPlatform {
     /// Sparkplug B: the Primary Host application whose STATE gates births and data.
     #[serde(default)]
     pub primary_host_id: Option<Spanned<String>>,
+    /// Sparkplug B: the MQTT QoS of births, data and DDEATH, 0 (the specification's) or 1.
+    #[serde(default)]
+    pub qos: Option<Spanned<i64>>,
     /// ThingsBoard: telemetry and attribute keys, `"property"` (default) or
     /// `"service.property"` (for profiles whose services share property names).
     #[serde(default)]

@@ -1070,6 +1070,7 @@ fn sparkplug_only_options() {
     for (line, key) in [
         ("aliases = true", "platform.aliases"),
         ("primary_host_id = \"scada\"", "platform.primary_host_id"),
+        ("qos = 0", "platform.qos"),
     ] {
         let d = errors(&GOOD.replace(
             "secret = \"s3cret\"",
@@ -1093,6 +1094,18 @@ fn sparkplug_only_options() {
     let c = parse(&sp, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
     assert!(c.platform.aliases);
     assert_eq!(c.platform.primary_host_id.as_deref(), Some("scada"));
+    assert_eq!(c.platform.qos, 0, "the specification's QoS by default");
+    let one = sp.replace("aliases = true", "aliases = true\nqos = 1");
+    let c = parse(&one, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.platform.qos, 1);
+    let d = errors(&sp.replace("aliases = true", "aliases = true\nqos = 2"));
+    assert!(
+        d.iter()
+            .any(|d| d.path == "platform.qos" && d.line > 0 && d.message.contains("0")),
+        "{d:?}"
+    );
+    let iotda = parse(GOOD, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(iotda.platform.qos, 1, "other dialects publish at QoS 1");
     let d = errors(&sp.replace("\"scada\"", "\"a/b\""));
     assert!(
         d.iter().any(|d| d.path == "platform.primary_host_id"),

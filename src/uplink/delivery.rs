@@ -1,18 +1,36 @@
 //! Delivery bookkeeping of one MQTT session, with no I/O (the shape of rumqttc's `state.rs`):
 //! which queued records each publish carries, which packet id the client gave it, how many
-//! publishes are outstanding, and what a PUBACK delivers.
+//! publishes are outstanding, and what an acknowledgement delivers.
+//!
+//! Two kinds of proof that the broker has a message:
+//! - a QoS 1 publish is proven by its PUBACK;
+//! - a QoS 0 publish (Sparkplug's `qos = 0`, as its specification asks) has no answer of its
+//!   own. A broker reads one connection's packets in order, so the answer to a round trip sent
+//!   after it — a SUBSCRIBE of an already subscribed topic and its SUBACK, a *barrier* —
+//!   proves the broker has read every publish sent before that SUBSCRIBE. Every SUBSCRIBE the
+//!   session sends is such a barrier, the ones after CONNACK included.
 //!
 //! The rules it keeps, model-tested in `tests/delivery_model.rs`:
-//! - a record is reported delivered only by the PUBACK of a message that carried it;
-//! - at most `window` data messages and `limit` messages in all are outstanding, so the MQTT
-//!   client's request channel never fills and a full local queue never ends a session;
+//! - a record is reported delivered only by the PUBACK of a message that carried it, or by the
+//!   SUBACK of a barrier numbered after the QoS 0 message that carried it;
+//! - at most `window` data messages and `limit` messages in all are outstanding, and at most
+//!   `MAX_BARRIERS` barriers besides the subscriptions made after CONNACK, so the MQTT
+//!   client's request channel (built with room to spare) never fills and a full local queue
+//!   never ends a session;
+//! - a QoS 0 message never waits without a barrier on its way: whenever `needs_barrier` says
+//!   so the session sends one, and every SUBACK gives it another chance;
 //! - a lost connection forgets every outstanding message: its records are still in the store
 //!   (taken, not deleted) and the queue reader hands them out again, oldest first.
 //!
-//! The client numbers publishes in the order they were requested, so requests wait in a FIFO
-//! until their `Outgoing::Publish(pkid)` event names them.
+//! The client numbers publishes and subscribes in the order they were requested, so requests
+//! wait in a FIFO until their `Outgoing::Publish(pkid)` / `Outgoing::Subscribe(pkid)` event
+//! names them.
 
 use std::collections::{HashMap, VecDeque};
+
+/// Barriers outstanding at most (requested or numbered, SUBACK not yet in): one covering what
+/// is on its way while the next batch is written.
+pub const MAX_BARRIERS: usize = 2;
 
 /// One publish as the session asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -22,6 +40,8 @@ pub struct Msg {
     pub records: Vec<u64>,
     /// Counts against the data window (queued records), not only the overall limit.
     pub data: bool,
+    /// Published at QoS 0: proven by the next barrier, not by a PUBACK.
+    pub qos0: bool,
 }
 
 /// What the client reported that the bookkeeping cannot explain. Logged; never fatal.
@@ -31,14 +51,34 @@ pub enum Unexpected {
     Unrequested(u16),
     #[error("the MQTT client numbered publish {0} twice before its PUBACK")]
     Reused(u16),
+    #[error("the MQTT client numbered subscribe {0} that fieldgate did not request")]
+    UnrequestedSubscribe(u16),
+    #[error("the MQTT client numbered subscribe {0} twice before its SUBACK")]
+    ReusedSubscribe(u16),
+}
+
+/// A request waiting for the client to number it.
+#[derive(Debug)]
+enum Pending {
+    Publish(Msg),
+    Barrier,
 }
 
 #[derive(Debug)]
 pub struct Delivery {
     window: usize,
     limit: usize,
-    fifo: VecDeque<Msg>,
+    fifo: VecDeque<Pending>,
+    /// QoS 1 publishes awaiting their PUBACK.
     by_pkid: HashMap<u16, Msg>,
+    /// QoS 0 publishes written, awaiting a barrier numbered after them.
+    written: Vec<Msg>,
+    /// Barriers awaiting their SUBACK, with the QoS 0 publishes each proves.
+    barriers: HashMap<u16, Vec<Msg>>,
+    /// QoS 0 publishes requested since the last barrier was requested.
+    unbarriered: usize,
+    /// Barriers requested and not yet answered.
+    barriers_out: usize,
     data_out: usize,
     all_out: usize,
 }
@@ -52,6 +92,10 @@ impl Delivery {
             limit: limit.max(window).max(1),
             fifo: VecDeque::new(),
             by_pkid: HashMap::new(),
+            written: Vec::new(),
+            barriers: HashMap::new(),
+            unbarriered: 0,
+            barriers_out: 0,
             data_out: 0,
             all_out: 0,
         }
@@ -68,16 +112,22 @@ impl Delivery {
         self.all_out < self.limit
     }
 
-    /// Outstanding messages: (data, all).
+    /// Outstanding messages: (data, all). A QoS 0 message is outstanding until its barrier is
+    /// answered; barriers themselves are not counted (`barriers`).
     pub fn outstanding(&self) -> (usize, usize) {
         (self.data_out, self.all_out)
     }
 
     /// Records carried by outstanding messages.
     pub fn unacked_records(&self) -> usize {
-        self.fifo
-            .iter()
+        let pending = self.fifo.iter().filter_map(|p| match p {
+            Pending::Publish(m) => Some(m),
+            Pending::Barrier => None,
+        });
+        pending
             .chain(self.by_pkid.values())
+            .chain(self.written.iter())
+            .chain(self.barriers.values().flatten())
             .map(|m| m.records.len())
             .sum()
     }
@@ -87,15 +137,47 @@ impl Delivery {
         if msg.data {
             self.data_out += 1;
         }
+        if msg.qos0 {
+            self.unbarriered += 1;
+        }
         self.all_out += 1;
-        self.fifo.push_back(msg);
+        self.fifo.push_back(Pending::Publish(msg));
     }
 
-    /// The client sent the oldest requested publish as `pkid`.
+    /// Barriers requested and not yet answered.
+    pub fn barriers(&self) -> usize {
+        self.barriers_out
+    }
+
+    /// Should the session send a barrier now? QoS 0 publishes were requested after the last
+    /// one, and fewer than `MAX_BARRIERS` are on their way (when one comes back, this is
+    /// asked again).
+    pub fn needs_barrier(&self) -> bool {
+        self.unbarriered > 0 && self.barriers_out < MAX_BARRIERS
+    }
+
+    /// The session handed the client a SUBSCRIBE: a barrier for what was requested before it.
+    pub fn barrier_requested(&mut self) {
+        self.unbarriered = 0;
+        self.barriers_out += 1;
+        self.fifo.push_back(Pending::Barrier);
+    }
+
+    /// The client sent the oldest requested publish as `pkid` (0 for QoS 0).
     pub fn numbered(&mut self, pkid: u16) -> Result<(), Unexpected> {
-        let Some(msg) = self.fifo.pop_front() else {
-            return Err(Unexpected::Unrequested(pkid));
+        let msg = match self.fifo.pop_front() {
+            Some(Pending::Publish(m)) => m,
+            Some(Pending::Barrier) => {
+                // Keep the order: the barrier still waits for its own number.
+                self.fifo.push_front(Pending::Barrier);
+                return Err(Unexpected::Unrequested(pkid));
+            }
+            None => return Err(Unexpected::Unrequested(pkid)),
         };
+        if msg.qos0 {
+            self.written.push(msg);
+            return Ok(());
+        }
         match self.by_pkid.insert(pkid, msg) {
             // Keep the newer; the older one's records stay taken until the next session.
             Some(_) => Err(Unexpected::Reused(pkid)),
@@ -103,14 +185,51 @@ impl Delivery {
         }
     }
 
-    /// The broker acknowledged `pkid`: the records it completes, if it was ours.
+    /// The client sent the oldest requested SUBSCRIBE as `pkid`: it proves every QoS 0
+    /// publish written before it once its SUBACK comes.
+    pub fn subscribe_numbered(&mut self, pkid: u16) -> Result<(), Unexpected> {
+        match self.fifo.front() {
+            Some(Pending::Barrier) => {
+                self.fifo.pop_front();
+            }
+            _ => return Err(Unexpected::UnrequestedSubscribe(pkid)),
+        }
+        let proves = std::mem::take(&mut self.written);
+        match self.barriers.insert(pkid, proves) {
+            Some(older) => {
+                // Keep the newer; the older one's records stay taken until the next session.
+                self.release(&older);
+                self.barriers_out = self.barriers_out.saturating_sub(1);
+                Err(Unexpected::ReusedSubscribe(pkid))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The broker acknowledged publish `pkid`: the records it completes, if it was ours.
     pub fn acked(&mut self, pkid: u16) -> Option<Vec<u64>> {
         let msg = self.by_pkid.remove(&pkid)?;
-        if msg.data {
-            self.data_out = self.data_out.saturating_sub(1);
-        }
-        self.all_out = self.all_out.saturating_sub(1);
+        self.release(std::slice::from_ref(&msg));
         Some(msg.records)
+    }
+
+    /// The broker answered subscribe `pkid`: the records of every QoS 0 publish it proves,
+    /// if it was ours.
+    pub fn subscribe_acked(&mut self, pkid: u16) -> Option<Vec<u64>> {
+        let proves = self.barriers.remove(&pkid)?;
+        self.barriers_out = self.barriers_out.saturating_sub(1);
+        self.release(&proves);
+        Some(proves.into_iter().flat_map(|m| m.records).collect())
+    }
+
+    /// Give back the places `msgs` held.
+    fn release(&mut self, msgs: &[Msg]) {
+        for m in msgs {
+            if m.data {
+                self.data_out = self.data_out.saturating_sub(1);
+            }
+            self.all_out = self.all_out.saturating_sub(1);
+        }
     }
 
     /// The connection is gone: forget every outstanding message and return how many records
@@ -119,12 +238,15 @@ impl Delivery {
         let n = self.unacked_records();
         self.fifo.clear();
         self.by_pkid.clear();
+        self.written.clear();
+        self.barriers.clear();
+        self.unbarriered = 0;
+        self.barriers_out = 0;
         self.data_out = 0;
         self.all_out = 0;
         n
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +257,7 @@ mod tests {
         d.requested(Msg {
             records: vec![1, 2],
             data: true,
+            qos0: false,
         });
         d.requested(Msg::default());
         assert_eq!(d.outstanding(), (1, 2));
@@ -156,6 +279,7 @@ mod tests {
             d.requested(Msg {
                 records: vec![1],
                 data: true,
+                qos0: false,
             });
         }
         assert!(!d.data_room());
@@ -165,5 +289,79 @@ mod tests {
         assert_eq!(d.unacked_records(), 2);
         assert_eq!(d.reset(), 2);
         assert!(d.data_room());
+    }
+
+    fn qos0(records: Vec<u64>) -> Msg {
+        Msg {
+            records,
+            data: true,
+            qos0: true,
+        }
+    }
+
+    #[test]
+    fn qos0_is_delivered_by_the_barrier_numbered_after_it() {
+        let mut d = Delivery::new(4, 8);
+        d.requested(qos0(vec![1]));
+        d.requested(qos0(vec![2, 3]));
+        assert!(d.needs_barrier());
+        d.barrier_requested();
+        assert!(!d.needs_barrier(), "one barrier covers both");
+        d.requested(qos0(vec![4]));
+        assert!(d.needs_barrier(), "a second barrier for what came after");
+        d.barrier_requested();
+        d.requested(qos0(vec![5]));
+        assert!(!d.needs_barrier(), "at most two barriers on their way");
+        assert_eq!(d.outstanding(), (4, 4));
+        assert_eq!(d.numbered(0), Ok(()));
+        assert_eq!(
+            d.subscribe_numbered(3),
+            Err(Unexpected::UnrequestedSubscribe(3)),
+            "message 2 is still before the barrier"
+        );
+        assert_eq!(d.numbered(0), Ok(()));
+        assert_eq!(d.subscribe_numbered(3), Ok(()));
+        assert_eq!(d.numbered(0), Ok(()));
+        assert_eq!(d.subscribe_numbered(4), Ok(()));
+        assert_eq!(d.numbered(0), Ok(()));
+        assert_eq!(d.acked(3), None, "a SUBACK is not a PUBACK");
+        assert_eq!(d.subscribe_acked(4), Some(vec![4]));
+        assert_eq!(d.subscribe_acked(3), Some(vec![1, 2, 3]));
+        assert_eq!(
+            d.subscribe_acked(3),
+            None,
+            "a repeated SUBACK delivers nothing"
+        );
+        assert_eq!(
+            d.outstanding(),
+            (1, 1),
+            "message 5 waits for the next barrier"
+        );
+        assert!(d.needs_barrier());
+        assert_eq!(d.unacked_records(), 1);
+    }
+
+    #[test]
+    fn a_subscribe_before_any_publish_proves_nothing_and_a_reset_forgets_all() {
+        let mut d = Delivery::new(4, 8);
+        d.barrier_requested();
+        d.requested(qos0(vec![7]));
+        d.requested(Msg {
+            records: vec![8],
+            data: true,
+            qos0: false,
+        });
+        assert_eq!(d.numbered(0), Err(Unexpected::Unrequested(0)), "order kept");
+        assert_eq!(d.subscribe_numbered(1), Ok(()));
+        assert_eq!(d.numbered(0), Ok(()));
+        assert_eq!(d.numbered(2), Ok(()));
+        assert_eq!(d.subscribe_acked(1), Some(vec![]));
+        assert_eq!(d.acked(2), Some(vec![8]));
+        assert_eq!(d.outstanding(), (1, 1));
+        assert_eq!(d.reset(), 1);
+        assert_eq!(
+            (d.outstanding(), d.barriers(), d.needs_barrier()),
+            ((0, 0), 0, false)
+        );
     }
 }

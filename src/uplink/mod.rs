@@ -554,8 +554,10 @@ impl Uplink {
                 self.metrics.connects.fetch_add(1, Ordering::Relaxed);
                 info!(host = %self.platform.host, port = self.platform.port, device_id = %self.platform.device_id, "platform connected");
                 for t in self.dialect.subscriptions() {
-                    if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
-                        warn!(topic = %t, error = %e, "cannot subscribe");
+                    match client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
+                        // Every SUBSCRIBE is a barrier in the delivery bookkeeping.
+                        Ok(()) => s.delivery.barrier_requested(),
+                        Err(e) => warn!(topic = %t, error = %e, "cannot subscribe"),
                     }
                 }
                 let version = match self.dialect.version_key() {
@@ -589,7 +591,8 @@ impl Uplink {
                 s.want_fill = true;
                 Ok(())
             }
-            Event::Outgoing(Outgoing::Publish(_)) | Event::Incoming(Packet::PubAck(_)) => {
+            Event::Outgoing(Outgoing::Publish(_) | Outgoing::Subscribe(_))
+            | Event::Incoming(Packet::PubAck(_) | Packet::SubAck(_)) => {
                 track(s, reader, &event).await?;
                 Ok(())
             }
@@ -602,8 +605,35 @@ impl Uplink {
         }
     }
 
-    /// Hand the client what it has room for: answers, then session messages, then data.
+    /// Hand the client what it has room for: answers, then session messages, then data; then
+    /// a barrier behind what went out at QoS 0.
     async fn pump(
+        &mut self,
+        client: &AsyncClient,
+        s: &mut Session,
+        reader: &mut Reader,
+    ) -> Result<(), StepError> {
+        let r = self.hand_out(client, s, reader).await;
+        self.barrier(client, s);
+        r
+    }
+
+    /// Subscribe the barrier topic again when QoS 0 publishes wait for proof (see `delivery`).
+    fn barrier(&self, client: &AsyncClient, s: &mut Session) {
+        if !s.delivery.needs_barrier() {
+            return;
+        }
+        let Some(topic) = self.dialect.barrier_topic() else {
+            return;
+        };
+        match client.try_subscribe(topic, QoS::AtLeastOnce) {
+            Ok(()) => s.delivery.barrier_requested(),
+            // The client is gone; its `Down` event follows and the session starts over.
+            Err(e) => debug!(error = %e, "the MQTT client took no barrier"),
+        }
+    }
+
+    async fn hand_out(
         &mut self,
         client: &AsyncClient,
         s: &mut Session,
@@ -620,7 +650,11 @@ impl Uplink {
                 }
                 continue;
             }
-            if !hand(client, s, o, Msg::default()) {
+            let m = Msg {
+                qos0: self.dialect.qos0(),
+                ..Msg::default()
+            };
+            if !hand(client, s, o, m) {
                 return Ok(());
             }
         }
@@ -728,6 +762,7 @@ impl Uplink {
                     Msg {
                         records,
                         data: true,
+                        qos0: self.dialect.qos0(),
                     },
                 ));
             }
@@ -975,13 +1010,15 @@ impl Uplink {
         reader: &mut Reader,
     ) {
         if s.connected {
-            settle(link, s, reader, Duration::from_secs(2)).await;
+            self.settle(client, link, s, reader, Duration::from_secs(2))
+                .await;
             // What the platform must hear before a deliberate goodbye (Sparkplug: NDEATH — a
             // clean DISCONNECT does not fire the will).
             for o in self.dialect.on_shutdown(now_ms()) {
                 hand(client, s, o, Msg::default());
             }
-            settle(link, s, reader, Duration::from_millis(1500)).await;
+            self.settle(client, link, s, reader, Duration::from_millis(1500))
+                .await;
             let _ = client.try_disconnect();
             let _ = tokio::time::timeout(Duration::from_millis(500), async {
                 while let Some(LinkEvent::Mqtt(_)) = link.recv().await {}
@@ -990,13 +1027,40 @@ impl Uplink {
         }
         let _ = reader.finish().await;
     }
+    /// Process events until every outstanding publish is acknowledged or `within` passes;
+    /// barriers follow what went out at QoS 0.
+    async fn settle(
+        &self,
+        client: &AsyncClient,
+        link: &mut mpsc::Receiver<LinkEvent>,
+        s: &mut Session,
+        reader: &mut Reader,
+        within: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + within;
+        self.barrier(client, s);
+        while s.delivery.outstanding().1 > 0 {
+            match tokio::time::timeout_at(deadline, link.recv()).await {
+                Ok(Some(LinkEvent::Mqtt(event))) => {
+                    let _ = track(s, reader, &event).await;
+                    self.barrier(client, s);
+                }
+                _ => break,
+            }
+        }
+    }
 }
 
 /// Hand one publish to the client. False when the client is gone (the connection task has
 /// stopped and its `Down` event follows); the message is then dropped, its records stay in
 /// the queue.
 fn hand(client: &AsyncClient, s: &mut Session, o: Out, m: Msg) -> bool {
-    match client.try_publish(o.topic, QoS::AtLeastOnce, false, o.payload) {
+    let qos = if m.qos0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    match client.try_publish(o.topic, qos, false, o.payload) {
         Ok(()) => {
             s.delivery.requested(m);
             true
@@ -1008,13 +1072,18 @@ fn hand(client: &AsyncClient, s: &mut Session, o: Out, m: Msg) -> bool {
     }
 }
 
-/// The delivery bookkeeping of one event: a publish the client numbered, or a PUBACK and the
-/// records it delivers. Other events are left alone.
+/// The delivery bookkeeping of one event: a publish or subscribe the client numbered, or a
+/// PUBACK or SUBACK and the records it delivers. Other events are left alone.
 async fn track(s: &mut Session, reader: &mut Reader, event: &Event) -> Result<(), StoreError> {
     match event {
         Event::Outgoing(Outgoing::Publish(pkid)) => {
             if let Err(e) = s.delivery.numbered(*pkid) {
                 warn!(error = %e, "publish bookkeeping");
+            }
+        }
+        Event::Outgoing(Outgoing::Subscribe(pkid)) => {
+            if let Err(e) = s.delivery.subscribe_numbered(*pkid) {
+                warn!(error = %e, "subscribe bookkeeping");
             }
         }
         Event::Incoming(Packet::PubAck(ack)) => {
@@ -1025,27 +1094,17 @@ async fn track(s: &mut Session, reader: &mut Reader, event: &Event) -> Result<()
                 s.want_fill = true;
             }
         }
+        Event::Incoming(Packet::SubAck(ack)) => {
+            if let Some(records) = s.delivery.subscribe_acked(ack.pkid) {
+                if !records.is_empty() {
+                    reader.acked(records).await?;
+                }
+                s.want_fill = true;
+            }
+        }
         _ => {}
     }
     Ok(())
-}
-
-/// Process events until every outstanding publish is acknowledged or `within` passes.
-async fn settle(
-    link: &mut mpsc::Receiver<LinkEvent>,
-    s: &mut Session,
-    reader: &mut Reader,
-    within: Duration,
-) {
-    let deadline = tokio::time::Instant::now() + within;
-    while s.delivery.outstanding().1 > 0 {
-        match tokio::time::timeout_at(deadline, link.recv()).await {
-            Ok(Some(LinkEvent::Mqtt(event))) => {
-                let _ = track(s, reader, &event).await;
-            }
-            _ => break,
-        }
-    }
 }
 
 #[cfg(test)]

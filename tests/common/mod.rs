@@ -380,6 +380,8 @@ pub struct Msg {
     pub topic: String,
     pub json: Json,
     pub raw: Vec<u8>,
+    /// The QoS it arrived with: the lower of the publisher's and the subscription's (1).
+    pub qos: u8,
 }
 
 /// A test platform: subscribes to everything under the gateway's topics with a persistent
@@ -438,6 +440,7 @@ impl TestPlatform {
                                 topic: p.topic.to_string(),
                                 json,
                                 raw: p.payload.to_vec(),
+                                qos: p.qos as u8,
                             });
                         }
                     }
@@ -849,13 +852,17 @@ pub fn make_pki(dir: &Path) {
 // ---------------------------------------------------------------------------------------------
 /// A TCP relay between the gateway and the broker that delays every byte by `one_way` in each
 /// direction (a slow link: round trip = 2 × one_way, bandwidth unlimited), and counts the
-/// connections made through it and the MQTT CONNECT packets that opened them.
+/// connections made through it and the MQTT CONNECT packets that opened them. It can also
+/// stall the way up (bytes from the gateway are read and held, not forwarded) and cut every
+/// connection, dropping what it holds: bytes the gateway wrote that never reached the broker.
 pub struct Relay {
     pub port: u16,
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     pub connects: Arc<std::sync::atomic::AtomicUsize>,
     /// Every connection: when it was accepted, and whether the broker took it.
     pub attempts: Arc<Mutex<Vec<(Instant, bool)>>>,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -877,11 +884,17 @@ impl Relay {
         let connections = Arc::new(AtomicUsize::new(0));
         let connects = Arc::new(AtomicUsize::new(0));
         let attempts = Arc::new(Mutex::new(Vec::new()));
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
         let (c1, c2, a1) = (connections.clone(), connects.clone(), attempts.clone());
+        let st = stalled.clone();
         rt.spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 c1.fetch_add(1, Ordering::SeqCst);
                 let (c2, a1) = (c2.clone(), a1.clone());
+                let (st, mut cut_up) = (st.clone(), cut_rx.clone());
+                cut_up.mark_unchanged();
+                let cut_down = cut_up.clone();
                 let at = Instant::now();
                 tokio::spawn(async move {
                     let up = tokio::net::TcpStream::connect(("127.0.0.1", target)).await;
@@ -895,8 +908,8 @@ impl Relay {
                     let _ = outbound.set_nodelay(true);
                     let (ri, wi) = inbound.into_split();
                     let (ro, wo) = outbound.into_split();
-                    let up = tokio::spawn(delayed(ri, wo, one_way, Some(c2)));
-                    let down = tokio::spawn(delayed(ro, wi, one_way, None));
+                    let up = tokio::spawn(delayed(ri, wo, one_way, Some(c2), Some(st), cut_up));
+                    let down = tokio::spawn(delayed(ro, wi, one_way, None, None, cut_down));
                     let _ = tokio::join!(up, down);
                 });
             }
@@ -906,8 +919,22 @@ impl Relay {
             connections,
             connects,
             attempts,
+            stalled,
+            cut,
             rt: Some(rt),
         }
+    }
+
+    /// Hold every byte from the gateway (`true`) or forward again (`false`).
+    #[allow(dead_code)]
+    pub fn stall(&self, on: bool) {
+        self.stalled.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Close every connection now, dropping what is held or delayed.
+    #[allow(dead_code)]
+    pub fn cut(&self) {
+        self.cut.send_modify(|g| *g += 1);
     }
 
     pub fn connections(&self) -> usize {
@@ -928,28 +955,48 @@ impl Drop for Relay {
     }
 }
 
-/// Copy `r` to `w`, each chunk delivered `delay` after it was read, in order.
+/// Copy `r` to `w`, each chunk delivered `delay` after it was read, in order; held while
+/// `stalled`; both ends dropped (unsent bytes lost) when `cut` changes.
 async fn delayed(
     mut r: tokio::net::tcp::OwnedReadHalf,
     mut w: tokio::net::tcp::OwnedWriteHalf,
     delay: Duration,
     connects: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    stalled: Option<Arc<std::sync::atomic::AtomicBool>>,
+    mut cut: tokio::sync::watch::Receiver<u64>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let mut cut_w = cut.clone();
     let writer = tokio::spawn(async move {
-        while let Some((at, bytes)) = rx.recv().await {
-            tokio::time::sleep_until(at).await;
-            if w.write_all(&bytes).await.is_err() {
-                return;
+        let write = async {
+            while let Some((at, bytes)) = rx.recv().await {
+                tokio::time::sleep_until(at).await;
+                while stalled
+                    .as_ref()
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                if w.write_all(&bytes).await.is_err() {
+                    return false;
+                }
             }
+            true
+        };
+        tokio::select! {
+            clean = write => if clean { let _ = w.shutdown().await; },
+            _ = cut_w.changed() => {}
         }
-        let _ = w.shutdown().await;
     });
     let mut buf = vec![0u8; 64 * 1024];
     let mut first = true;
     loop {
-        match r.read(&mut buf).await {
+        let read = tokio::select! {
+            read = r.read(&mut buf) => read,
+            _ = cut.changed() => break,
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if first {

@@ -187,6 +187,17 @@ pub trait Dialect: Send + Sync {
     fn version_key(&self) -> Option<&'static str> {
         None
     }
+    /// Publish at QoS 0 (Sparkplug's `qos = 0`) instead of QoS 1. Each message is then proven
+    /// by the SUBACK of a later SUBSCRIBE of `barrier_topic` (see `uplink::delivery`); the
+    /// goodbye messages of `on_shutdown` stay QoS 1.
+    fn qos0(&self) -> bool {
+        false
+    }
+    /// An already subscribed topic that may be subscribed again at any time without effect
+    /// (nothing retained on it): the barrier of QoS 0 publishes.
+    fn barrier_topic(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The dialect the config names.
@@ -211,7 +222,8 @@ pub fn for_platform(p: &Platform) -> Box<dyn Dialect> {
         crate::config::Dialect::Sparkplug => Box::new(
             sparkplug::Sparkplug::new(&p.group_id, &p.device_id)
                 .primary_host(p.primary_host_id.clone())
-                .aliases(p.aliases),
+                .aliases(p.aliases)
+                .at_qos0(p.qos == 0),
         ),
         crate::config::Dialect::OceanConnect => Box::new(oceanconnect::OceanConnect::new(
             &p.device_id,

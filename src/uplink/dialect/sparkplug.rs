@@ -171,6 +171,8 @@ pub struct Sparkplug {
     /// It said `online: true` in this session, and the timestamp of its last STATE.
     host_online: bool,
     host_ts: u64,
+    /// Births, data and DDEATH at QoS 0 (config `qos = 0`, the specification's).
+    qos0: bool,
 }
 
 /// The store key of the next CONNECT's bdSeq.
@@ -213,7 +215,14 @@ impl Sparkplug {
             primary_host: None,
             host_online: false,
             host_ts: 0,
+            qos0: false,
         }
+    }
+
+    /// Publish births, data and DDEATH at QoS 0, as the specification asks.
+    pub fn at_qos0(mut self, on: bool) -> Self {
+        self.qos0 = on;
+        self
     }
 
     /// Use metric aliases (births: name and alias; data: alias only).
@@ -519,6 +528,16 @@ impl super::Dialect for Sparkplug {
 
     fn held(&self) -> bool {
         self.primary_host.is_some() && !self.host_online
+    }
+
+    fn qos0(&self) -> bool {
+        self.qos0
+    }
+
+    /// NCMD: the spec forbids retaining it, so subscribing again delivers nothing (STATE is
+    /// retained and would be).
+    fn barrier_topic(&self) -> Option<String> {
+        Some(self.topic("NCMD", None))
     }
 
     fn on_shutdown(&mut self, now_ms: u64) -> Vec<Out> {
