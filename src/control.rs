@@ -82,6 +82,7 @@ impl StatusSource {
                             "platform_deleted": c.platform_deleted,
                             "last_values": c.last_values.iter().flat_map(|(svc, props)| props.iter().map(move |(prop, v)| (format!("{svc}.{prop}"), v.to_json()))).collect::<serde_json::Map<_, _>>(),
                             "last_report_age_s": c.last_report_ms.map(|t| now.saturating_sub(t) as f64 / 1000.0),
+                            "values": {"taken": c.report_counts.taken, "reported": c.report_counts.reported},
                         })
                     })
                     .collect()
@@ -388,8 +389,12 @@ pub fn render(j: &Json) -> String {
         if c["platform_deleted"] == true {
             reason.push_str(" [deleted by the platform: not polled]");
         }
+        let (taken, reported) = (
+            c["values"]["taken"].as_u64().unwrap_or(0),
+            c["values"]["reported"].as_u64().unwrap_or(0),
+        );
         out.push(format!(
-            "  {:<16} {:<8}{reason} bus {} · device {} · last {} · {vals}",
+            "  {:<16} {:<8}{reason} bus {} · device {} · last {} · reported {reported}/{taken} values · {vals}",
             c["node_id"].as_str().unwrap_or("?"),
             c["status"].as_str().unwrap_or("?"),
             c["bus"].as_str().unwrap_or("?"),

@@ -127,6 +127,7 @@ pub async fn serve(
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     // The ingest stops when every driver has dropped its sender, so it commits their last words.
     let (_never_tx, never_rx) = watch::channel(false);
+    let (rules_tx, rules_rx) = watch::channel(Arc::new(rule_set(&cfg)));
     let ingest = tokio::spawn(queue::ingest(
         events_rx,
         store.clone(),
@@ -134,6 +135,7 @@ pub async fn serve(
         cfg.store.commit_interval,
         wake.clone(),
         metrics.clone(),
+        rules_rx,
         never_rx,
     ));
     let mut sup = Supervisor::new(events_tx);
@@ -194,6 +196,7 @@ pub async fn serve(
                     if let Some(new) = reload(config_path.as_deref(), &cfg) {
                         cfg = new;
                         apply(&cfg, &registry, &store, &mut sup, &router).await;
+                        rules_tx.send_replace(Arc::new(rule_set(&cfg)));
                         status_cfg.send_replace(Arc::new(cfg.clone()));
                         reconcile.notify_one();
                     }
@@ -235,6 +238,14 @@ pub async fn serve(
     drop(store);
     info!("stopped");
     Ok(())
+}
+
+/// Each configured child's report rules.
+fn rule_set(cfg: &Config) -> queue::RuleSet {
+    cfg.devices
+        .iter()
+        .map(|d| (d.node_id.clone(), d.report.clone()))
+        .collect()
 }
 
 /// Read the config again. `None` (with every reason logged) keeps the running one.

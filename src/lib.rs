@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod probe;
 pub mod queue;
 pub mod registry;
+pub mod report;
 pub mod router;
 pub mod service;
 pub mod store;

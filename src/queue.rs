@@ -1,8 +1,11 @@
 //! Store-and-forward on top of the store: records, encoding, and group commit.
 //!
-//! Drivers' events arrive on one bounded channel; the ingest task gathers whatever arrives
-//! within the commit window (or up to a batch limit) and appends it in one transaction — many
-//! appends, one flush — then wakes the uplink. A record leaves the queue only when the uplink
+//! Drivers' events arrive on one bounded channel; each reading passes the report stage
+//! (`report`: strategies, deadbands, aggregation — what of it becomes a record), and the
+//! ingest task gathers whatever arrives within the commit window (or up to a batch limit) and
+//! appends it in one transaction — many appends, one flush, the stage's comparison bases in
+//! the same transaction — then wakes the uplink. The registry (latest values for `status`,
+//! property gets and command read-backs) sees every polled value, reported or not. A record leaves the queue only when the uplink
 //! has the broker's PUBACK for the message that carried it. Records are stored
 //! dialect-neutral (versioned body, no platform ids), so a change of dialect strands nothing.
 
@@ -20,6 +23,7 @@ mod wire;
 
 use crate::metrics::{Metrics, Streak};
 use crate::registry::Registry;
+use crate::report::{ChildRules, Keep, Stage};
 use crate::store::{NewRow, Row, Store, StoreError, KIND_TELEMETRY};
 
 pub const KIND_REPORT: u8 = 1;
@@ -79,8 +83,34 @@ impl Record {
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 2048;
+/// How often open aggregation windows are looked at.
+const TICK: Duration = Duration::from_secs(1);
 
-/// Take events from drivers, commit them in groups, wake the uplink.
+/// The report rules of every configured child (one config generation).
+pub type RuleSet = std::collections::HashMap<String, Arc<ChildRules>>;
+
+/// One batch: the records to queue, and the polled readings the registry must see.
+#[derive(Default)]
+struct Batch {
+    /// To queue; `true`: also a polled reading (the registry's latest values).
+    records: Vec<(Record, bool)>,
+    /// Polled readings not queued whole (filtered by the report stage).
+    polled: Vec<Report>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.records.len() + self.polled.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Take events from drivers, pass readings through the report stage, commit them in groups,
+/// wake the uplink. `rules` changes with every reload.
+#[allow(clippy::too_many_arguments)]
 pub async fn ingest(
     mut events: mpsc::Receiver<Event>,
     store: Store,
@@ -88,17 +118,39 @@ pub async fn ingest(
     commit_interval: Duration,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    mut rules: watch::Receiver<Arc<RuleSet>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut episodes = Episodes::default();
-    let mut batch: Vec<Record> = Vec::with_capacity(256);
+    let mut batch = Batch::default();
+    let mut stage = Stage::new();
+    match store.bases().await {
+        Ok(b) => stage.restore(b),
+        Err(e) => {
+            warn!(error = %e, "cannot read the report stage's last reported values: every value is reported once more")
+        }
+    }
+    let current = rules.borrow_and_update().clone();
+    set_rules(&mut stage, &store, &current, &mut batch).await;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let first = tokio::select! {
-            ev = events.recv() => ev,
-            _ = shutdown.changed() => None,
-        };
-        let Some(first) = first else { break };
-        take(first, &mut batch, &metrics);
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => take(ev, &mut batch, &mut stage, &metrics),
+                None => break,
+            },
+            Ok(()) = rules.changed() => {
+                let current = rules.borrow_and_update().clone();
+                set_rules(&mut stage, &store, &current, &mut batch).await;
+            }
+            _ = tick.tick() => {
+                for r in stage.tick(fieldgate_driver::now_ms()) {
+                    batch.records.push((Record::Report(r), false));
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
         if batch.is_empty() {
             continue;
         }
@@ -106,7 +158,7 @@ pub async fn ingest(
         while batch.len() < MAX_BATCH {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(ev) => take(ev, &mut batch, &metrics),
+                    Some(ev) => take(ev, &mut batch, &mut stage, &metrics),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -118,13 +170,17 @@ pub async fn ingest(
             &metrics,
             &mut episodes,
             &mut batch,
+            &mut stage,
             &wake,
         )
         .await;
     }
-    // Shutdown: take what is still in the channel, commit it, then stop.
+    // Shutdown: take what is still in the channel, close the open windows, commit, stop.
     while let Ok(ev) = events.try_recv() {
-        take(ev, &mut batch, &metrics);
+        take(ev, &mut batch, &mut stage, &metrics);
+    }
+    for r in stage.finish() {
+        batch.records.push((Record::Report(r), false));
     }
     if !batch.is_empty() {
         commit(
@@ -133,17 +189,57 @@ pub async fn ingest(
             &metrics,
             &mut episodes,
             &mut batch,
+            &mut stage,
             &wake,
         )
         .await;
     }
 }
 
-/// Queue readings and statuses; keep counters for `fieldgate status`.
-fn take(ev: Event, batch: &mut Vec<Record>, metrics: &Metrics) {
+/// A config generation's rules: windows open under the old ones are closed into `batch`;
+/// bases of children no longer configured are forgotten, in the store too.
+async fn set_rules(stage: &mut Stage, store: &Store, rules: &RuleSet, batch: &mut Batch) {
+    for r in stage.set_rules(rules.clone()) {
+        batch.records.push((Record::Report(r), false));
+    }
+    if let Err(e) = store.keep_bases(rules.keys().cloned().collect()).await {
+        warn!(error = %e, "cannot forget the report bases of removed children");
+    }
+}
+
+/// Queue readings (through the report stage) and statuses; keep counters for `status`.
+fn take(ev: Event, batch: &mut Batch, stage: &mut Stage, metrics: &Metrics) {
     match ev {
-        Event::Report(r) => batch.push(Record::Report(r)),
-        Event::Status(s) => batch.push(Record::Status(s)),
+        Event::Report(r) => {
+            let mut closed = Vec::new();
+            let keep = stage.report(&r, &mut closed);
+            for w in closed {
+                batch.records.push((Record::Report(w), false));
+            }
+            match keep {
+                Keep::All => batch.records.push((Record::Report(r), true)),
+                Keep::Nothing => batch.polled.push(r),
+                Keep::Some(properties) => {
+                    batch.records.push((
+                        Record::Report(Report {
+                            child: r.child.clone(),
+                            service: r.service.clone(),
+                            properties,
+                            ts_ms: r.ts_ms,
+                        }),
+                        false,
+                    ));
+                    batch.polled.push(r);
+                }
+            }
+        }
+        Event::Status(s) => {
+            // A window cut by OFFLINE goes before the status.
+            for w in stage.status(&s.child, s.online) {
+                batch.records.push((Record::Report(w), false));
+            }
+            batch.records.push((Record::Status(s), true));
+        }
         Event::Counters { bus, counters } => {
             if let Ok(mut m) = metrics.bus_counters.lock() {
                 m.insert(bus, counters);
@@ -189,16 +285,21 @@ async fn commit(
     registry: &Arc<Mutex<Registry>>,
     metrics: &Metrics,
     ep: &mut Episodes,
-    batch: &mut Vec<Record>,
+    batch: &mut Batch,
+    stage: &mut Stage,
     wake: &Notify,
 ) {
-    let rows: Vec<NewRow> = batch.iter().map(Record::encode).collect();
+    let rows: Vec<NewRow> = batch.records.iter().map(|(r, _)| r.encode()).collect();
+    let bases = stage.take_bases();
     let n = rows.len() as u64;
     let mut delay = Duration::from_millis(100);
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match store.append(rows.clone()).await {
+        if rows.is_empty() && bases.is_empty() {
+            break;
+        }
+        match store.append_with(rows.clone(), bases.clone()).await {
             Ok(a) => {
                 Episodes::note(&mut ep.full, a.dropped.full, &metrics.dropped_full, || {
                     warn!(dropped = a.dropped.full, "queue at max_bytes: dropping the oldest telemetry (status changes are kept); counted as `full`")
@@ -245,17 +346,38 @@ async fn commit(
             }
         }
     }
-    // Statuses and last values stay true for the operator even when the disk is full.
+    // Statuses and last values stay true for the operator even when the disk is full; every
+    // polled value counts, reported or not.
     if let Ok(mut reg) = registry.lock() {
-        for r in batch.iter() {
+        for (r, polled) in batch.records.iter() {
             match r {
                 Record::Status(s) => reg.set_status(&s.child, s.online, &s.reason),
-                Record::Report(r) => reg.record(r),
+                Record::Report(r) if *polled => reg.record(r),
+                Record::Report(_) => {}
+            }
+        }
+        for r in &batch.polled {
+            reg.record(r);
+        }
+        let touched = batch
+            .records
+            .iter()
+            .map(|(r, _)| r.child())
+            .chain(batch.polled.iter().map(|r| r.child.as_str()));
+        let mut last = "";
+        for child in touched {
+            if child != last {
+                reg.set_report_counts(child, stage.counts(child));
+                last = child;
             }
         }
     }
-    batch.clear();
-    wake.notify_one();
+    let queued = !batch.records.is_empty();
+    batch.records.clear();
+    batch.polled.clear();
+    if queued {
+        wake.notify_one();
+    }
 }
 
 #[cfg(test)]

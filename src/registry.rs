@@ -59,6 +59,8 @@ pub struct Child {
     /// The last value of every property, by (service, property).
     /// (Service → property → value: updated in place per reading, no key built.)
     pub last_values: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Values polled and values reported (queued) since start: the report stage's ratio.
+    pub report_counts: crate::report::Counts,
 }
 
 impl Child {
@@ -76,6 +78,7 @@ impl Child {
             reason: String::new(),
             last_report_ms: None,
             last_values: BTreeMap::new(),
+            report_counts: crate::report::Counts::default(),
         }
     }
 }
@@ -304,6 +307,12 @@ impl Registry {
         if let Some(c) = self.children.get_mut(node) {
             c.online = Some(online);
             c.reason = reason.to_string();
+        }
+    }
+
+    pub fn set_report_counts(&mut self, node: &str, counts: crate::report::Counts) {
+        if let Some(c) = self.children.get_mut(node) {
+            c.report_counts = counts;
         }
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::registry::Persisted;
+use crate::report::Base;
 
 mod bounded;
 mod clock;
@@ -91,7 +92,13 @@ pub struct Depth {
 }
 
 enum Req {
-    Append(Vec<NewRow>, oneshot::Sender<Result<Appended, StoreError>>),
+    Append(
+        Vec<NewRow>,
+        Vec<Base>,
+        oneshot::Sender<Result<Appended, StoreError>>,
+    ),
+    Bases(oneshot::Sender<Result<Vec<Base>, StoreError>>),
+    KeepBases(Vec<String>, oneshot::Sender<Result<(), StoreError>>),
     Scan(u64, usize, oneshot::Sender<Result<Vec<Row>, StoreError>>),
     Take(u64, usize, oneshot::Sender<Result<Vec<Row>, StoreError>>),
     Release(Option<Vec<u64>>, oneshot::Sender<Result<(), StoreError>>),
@@ -128,6 +135,15 @@ CREATE TABLE IF NOT EXISTS registry (
     product_id       TEXT NOT NULL DEFAULT '',
     platform_deleted INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS report_base (
+    child    TEXT NOT NULL,
+    service  TEXT NOT NULL,
+    property TEXT NOT NULL,
+    value    TEXT NOT NULL,
+    ts       INTEGER NOT NULL,
+    rule     INTEGER NOT NULL,
+    PRIMARY KEY (child, service, property)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -307,7 +323,27 @@ impl Store {
     /// Append rows in one transaction, then apply the bounds; returns the last sequence number
     /// assigned and what the bounds dropped.
     pub async fn append(&self, rows: Vec<NewRow>) -> Result<Appended, StoreError> {
-        self.call(|tx| Req::Append(rows, tx)).await
+        self.call(|tx| Req::Append(rows, Vec::new(), tx)).await
+    }
+
+    /// `append`, and in the same transaction the report stage's comparison bases that go
+    /// with these records (so a base is never ahead of or behind what was queued).
+    pub async fn append_with(
+        &self,
+        rows: Vec<NewRow>,
+        bases: Vec<Base>,
+    ) -> Result<Appended, StoreError> {
+        self.call(|tx| Req::Append(rows, bases, tx)).await
+    }
+
+    /// The report stage's comparison bases kept by the last run.
+    pub async fn bases(&self) -> Result<Vec<Base>, StoreError> {
+        self.call(Req::Bases).await
+    }
+
+    /// Forget the bases of every child not in `children` (removed from the config).
+    pub async fn keep_bases(&self, children: Vec<String>) -> Result<(), StoreError> {
+        self.call(|tx| Req::KeepBases(children, tx)).await
     }
 
     /// Up to `limit` rows with `seq > after`, oldest first.
@@ -388,12 +424,58 @@ impl Store {
     }
 }
 
+/// Every kept base; a row that no longer decodes is skipped (that property is reported again).
+fn load_bases(conn: &Connection) -> Result<Vec<Base>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT child, service, property, value, ts, rule FROM report_base")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, i64>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (child, service, property, value, ts, rule) = row?;
+        let Ok(value) = serde_json::from_str(&value) else {
+            continue;
+        };
+        out.push(Base {
+            child,
+            service,
+            property,
+            value,
+            ts_ms: u64::try_from(ts).unwrap_or(0),
+            rule: u64::from_ne_bytes(rule.to_ne_bytes()),
+        });
+    }
+    Ok(out)
+}
+
 fn serve(mut conn: Connection, mut q: Bounded, mut rx: mpsc::Receiver<Req>) {
     let mut deletes_since_vacuum = 0usize;
     while let Some(req) = rx.blocking_recv() {
         match req {
-            Req::Append(rows, tx) => {
-                let _ = tx.send(q.append(&mut conn, &rows));
+            Req::Append(rows, bases, tx) => {
+                let _ = tx.send(q.append(&mut conn, &rows, &bases));
+            }
+            Req::Bases(tx) => {
+                let _ = tx.send(load_bases(&conn));
+            }
+            Req::KeepBases(children, tx) => {
+                let keep = serde_json::to_string(&children).unwrap_or_else(|_| "[]".into());
+                let r = conn
+                    .execute(
+                        "DELETE FROM report_base WHERE child NOT IN (SELECT value FROM json_each(?1))",
+                        [keep],
+                    )
+                    .map(|_| ())
+                    .map_err(StoreError::from);
+                let _ = tx.send(r);
             }
             Req::Scan(after, limit, tx) => {
                 let _ = tx.send(scan(&conn, after, limit));

@@ -281,11 +281,14 @@ impl Checker<'_> {
                 ok = false;
             }
             Some(fv) => {
-                let (raw_fields, all) = self.tables::<RawField>(fv, &format!("{path}.field"));
+                let (raw_fields, all) = self.tables_ruled::<RawField>(fv, &format!("{path}.field"));
                 ok &= all;
-                for (fpath, rf) in raw_fields {
+                for (fpath, rf, rule) in raw_fields {
                     match self.field(rf, &service, extract.as_ref(), &fpath, &mut seen) {
-                        Some(f) => fields.push(f),
+                        Some(f) => {
+                            self.point_rule(name, &f.service, &f.property, rule, (None, None));
+                            fields.push(f)
+                        }
                         None => ok = false,
                     }
                 }

@@ -128,9 +128,9 @@ impl Checker<'_> {
             let mut seen = BTreeSet::new();
             if let Some(cv) = &chars_v {
                 let (raw_chars, all) =
-                    self.tables::<RawChar>(cv, &format!("{path}.characteristic"));
+                    self.tables_ruled::<RawChar>(cv, &format!("{path}.characteristic"));
                 ok &= all;
-                for (cpath, rc) in raw_chars {
+                for (cpath, rc, rule) in raw_chars {
                     let svc = rc.service.clone().unwrap_or_else(|| service.clone());
                     if let Some(why) = fieldgate_driver::name_problem(rc.property.get_ref())
                         .or_else(|| fieldgate_driver::name_problem(&svc))
@@ -160,6 +160,7 @@ impl Checker<'_> {
                         .map_err(|e| self.err(Some(rc.uuid.span()), format!("{cpath}.uuid"), e));
                     let k = CharType::parse(rc.kind.get_ref())
                         .map_err(|e| self.err(Some(rc.kind.span()), format!("{cpath}.type"), e));
+                    self.point_rule(name, &svc, rc.property.get_ref(), rule, (None, None));
                     match (u, k) {
                         (Ok(uuid), Ok(kind)) => chars.push(GattChar {
                             service: svc,

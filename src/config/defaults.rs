@@ -92,3 +92,6 @@ pub const MAX_GAP: u16 = 8;
 
 /// `[[device]] unit`, the Modbus unit id. Default: 1.
 pub const UNIT: u8 = 1;
+/// `report` (every level): when a polled value becomes a record. Default: every reading
+/// (`always`); Sparkplug B: `on_change` (its report by exception).
+pub const REPORT_STRATEGY: crate::report::Strategy = crate::report::Strategy::Always;

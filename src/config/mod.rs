@@ -12,6 +12,7 @@ pub mod defaults;
 mod duration;
 mod exec;
 mod params;
+mod report;
 mod schema;
 mod size;
 
@@ -285,6 +286,8 @@ pub struct Device {
     pub options: serde_json::Value,
     /// BLE devices: address, advertisement format or GATT map.
     pub ble: Option<fieldgate_ble::BleDevice>,
+    /// How its readings are reported (resolved gateway → profile → device → point).
+    pub report: Arc<crate::report::ChildRules>,
 }
 
 pub const DEFAULT_PATH: &str = "/etc/fieldgate/fieldgate.toml";
@@ -441,6 +444,7 @@ pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
     let mut cx = Checker {
         src,
         diags: Vec::new(),
+        rules: report::Rules::default(),
     };
     let cfg = cx.check();
     match cfg {
@@ -458,6 +462,7 @@ pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
 struct Checker<'a> {
     src: &'a str,
     diags: Vec<Diagnostic>,
+    rules: report::Rules,
 }
 
 type Sv<'i> = Spanned<DeValue<'i>>;
@@ -595,7 +600,11 @@ impl<'a> Checker<'a> {
         }
 
         let gateway: RawGateway = match sections.get("gateway") {
-            Some(v) => self.de(v, "gateway").unwrap_or_default(),
+            Some(v) => {
+                let (rest, rule) = self.split_rule(v, "gateway");
+                self.gateway_rule(rule);
+                self.de(&rest, "gateway").unwrap_or_default()
+            }
             None => RawGateway::default(),
         };
         let platform: Option<RawPlatform> = match sections.get("platform") {
@@ -609,6 +618,13 @@ impl<'a> Checker<'a> {
                 None
             }
         };
+        // Sparkplug reports by exception: its children default to `on_change`.
+        if platform
+            .as_ref()
+            .is_some_and(|p| p.dialect.get_ref() == "sparkplug")
+        {
+            self.rules.default_strategy = Some(crate::report::Strategy::OnChange);
+        }
         let store: RawStore = match sections.get("store") {
             Some(v) => self.de(v, "store").unwrap_or_default(),
             None => RawStore::default(),
@@ -1352,6 +1368,8 @@ impl<'a> Checker<'a> {
                 continue;
             };
             let mut pt = pt.clone();
+            let rule = self.take_rule(&mut pt, pv.span(), &path);
+            self.profile_rule(name, rule);
             let kind = match pt.remove("kind") {
                 None if ascii::looks_ascii(&pt) => ProfileKind::Ascii,
                 None if pt.get("format").is_some() || pt.get("characteristic").is_some() => {
@@ -1446,10 +1464,14 @@ impl<'a> Checker<'a> {
             let mut seen = BTreeSet::new();
             match &points {
                 Some(pts) => {
-                    let (raw_points, _) = self.tables::<RawPoint>(pts, &format!("{path}.point"));
-                    for (ppath, rp) in raw_points {
+                    let (raw_points, _) =
+                        self.tables_ruled::<RawPoint>(pts, &format!("{path}.point"));
+                    for (ppath, rp, rule) in raw_points {
+                        let svc = rp.service.clone().unwrap_or_else(|| service.clone());
+                        let (prop, min_max) = (rp.property.get_ref().clone(), (rp.min, rp.max));
                         if let Some(spec) = self.point(rp, &service, &ppath, &mut seen) {
                             specs.push(spec);
+                            self.point_rule(name, &svc, &prop, rule, min_max);
                         }
                     }
                 }
@@ -1657,7 +1679,8 @@ impl<'a> Checker<'a> {
         let mut ids = BTreeSet::new();
         for (i, item) in self.array(v, "device").into_iter().enumerate() {
             let path = format!("device[{i}]");
-            let Some(d): Option<RawDevice> = self.de(item, &path) else {
+            let (item, rule) = self.split_rule(item, &path);
+            let Some(d): Option<RawDevice> = self.de(&item, &path) else {
                 continue;
             };
             let node_id = d.node_id.get_ref().clone();
@@ -1804,7 +1827,7 @@ impl<'a> Checker<'a> {
                     poll,
                     turnaround,
                     product_id: d.product_id.unwrap_or_else(|| p.product_id.clone()),
-                    profile: d.profile.into_inner(),
+                    profile: d.profile.get_ref().clone(),
                     points: p.points.clone(),
                     max_gap: p.max_gap,
                     commands: p.commands.clone(),
@@ -1812,6 +1835,7 @@ impl<'a> Checker<'a> {
                     declared: p.declared.clone(),
                     options: d.options.clone().unwrap_or(serde_json::Value::Null),
                     ble,
+                    report: self.child_rules(d.profile.get_ref(), &rule),
                 });
             }
         }

@@ -1128,3 +1128,110 @@ fn the_example_config_states_the_real_defaults() {
     assert_eq!(c.store.path, Path::new(defaults::STORE_PATH));
     assert_eq!(c.store.limits, Limits::default());
 }
+
+#[test]
+fn report_rules_merge_gateway_profile_device_point() {
+    use crate::report::{Agg, Strategy};
+    let src = GOOD
+        .replace(
+            "name = \"cabinet-7\"",
+            "name = \"cabinet-7\"\nreport = \"on_change_or_period\"\nperiod = \"15m\"\ndeadband = 1.0",
+        )
+        .replace(
+            "service = \"energy\"\n",
+            "service = \"energy\"\ndeadband = 2.0\n",
+        )
+        .replace(
+            "scale = 0.1\n",
+            "scale = 0.1\ndeadband_percent = 0.5\nmin = 0.0\nmax = 500.0\n\n[[profile.meter.point]]\nproperty = \"power\"\naddress = \"input:1\"\naggregate = [\"avg\", \"max\"]\nwindow = \"1m\"\n",
+        )
+        .replace("poll = \"1s\"", "poll = \"1s\"\nperiod = \"5m\"");
+    let c = parse(&src, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let r = &c.devices[0].report;
+    // The device: gateway's strategy, profile's deadband, its own period.
+    assert_eq!(r.default.strategy, Strategy::OnChangeOrPeriod);
+    assert_eq!(r.default.deadband, 2.0);
+    assert_eq!(r.default.period, Some(Duration::from_secs(300)));
+    // A point over its device: its percent of its declared span.
+    let v = r.rule("energy", "voltage");
+    assert_eq!(
+        (v.deadband, v.deadband_percent, v.span, v.period),
+        (2.0, 0.5, Some(500.0), Some(Duration::from_secs(300)))
+    );
+    let p = r.rule("energy", "power");
+    assert_eq!(p.aggregate, vec![Agg::Avg, Agg::Max]);
+    assert_eq!(p.window, Duration::from_secs(60));
+    // Nothing set anywhere: every reading, as before.
+    let plain = parse(GOOD, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(plain.devices[0].report.passes_all());
+    // Sparkplug reports by exception unless told otherwise.
+    let sp = GOOD.replace(
+        "dialect = \"iotda\"",
+        "dialect = \"sparkplug\"\ngroup_id = \"G\"",
+    );
+    let c = parse(&sp, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.devices[0].report.default.strategy, Strategy::OnChange);
+}
+
+#[test]
+fn report_rule_mistakes_are_found_where_they_are_written() {
+    for (from, to, key, needle) in [
+        (
+            "poll = \"1s\"",
+            "poll = \"1s\"\nreport = \"sometimes\"",
+            "device[0].report",
+            "report = \"sometimes\"",
+        ),
+        (
+            "scale = 0.1",
+            "scale = 0.1\ndeadband = -1.0",
+            "profile.meter.point[0].deadband",
+            "deadband = -1.0",
+        ),
+        (
+            "service = \"energy\"",
+            "service = \"energy\"\ndeadband_percent = 150.0",
+            "profile.meter.deadband_percent",
+            "deadband_percent",
+        ),
+        (
+            "name = \"cabinet-7\"",
+            "name = \"cabinet-7\"\nreport = \"period\"",
+            "gateway.report",
+            "report = \"period\"",
+        ),
+        (
+            "scale = 0.1",
+            "scale = 0.1\naggregate = [\"avg\"]",
+            "profile.meter.point[0].aggregate",
+            "aggregate",
+        ),
+        (
+            "scale = 0.1",
+            "scale = 0.1\nwindow = \"10s\"",
+            "profile.meter.point[0].window",
+            "window",
+        ),
+        (
+            "scale = 0.1",
+            "scale = 0.1\naggregate = [\"avg\", \"median\"]\nwindow = \"10s\"",
+            "profile.meter.point[0].aggregate",
+            "median",
+        ),
+        (
+            "poll = \"1s\"",
+            "poll = \"1s\"\nperiod = \"0s\"\nreport = \"period\"",
+            "device[0].period",
+            "period = \"0s\"",
+        ),
+    ] {
+        let src = GOOD.replacen(from, to, 1);
+        let d = errors(&src);
+        assert_eq!(d.len(), 1, "{to}: {d:#?}");
+        assert_eq!(d[0].path, key, "{to}: {d:#?}");
+        assert_eq!(d[0].line, line_of(&src, needle), "{to}: {d:#?}");
+    }
+    // A key of another level's table is still an unknown key where it does not belong.
+    let d = errors(&GOOD.replace("secret = \"s3cret\"", "secret = \"s3cret\"\ndeadband = 1.0"));
+    assert!(d.iter().any(|d| d.path == "platform"), "{d:#?}");
+}

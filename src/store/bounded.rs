@@ -21,6 +21,7 @@ use tracing::warn;
 
 use super::clock::QueueClock;
 use super::{NewRow, StoreError};
+use crate::report::Base;
 
 /// The `meta` key holding the queue clock's offset (ms) across restarts.
 const CLOCK_OFFSET: &str = "queue_clock_offset_ms";
@@ -135,6 +136,7 @@ impl Bounded {
         &mut self,
         conn: &mut Connection,
         rows: &[NewRow],
+        bases: &[Base],
     ) -> Result<Appended, StoreError> {
         let wall = fieldgate_driver::now_ms();
         let now = self.queue_now(conn, wall);
@@ -156,6 +158,28 @@ impl Bounded {
             }
         }
         let last_seq = tx.last_insert_rowid() as u64;
+        if !bases.is_empty() {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO report_base(child, service, property, value, ts, rule)
+                     VALUES(?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(child, service, property) DO UPDATE SET
+                       value = excluded.value, ts = excluded.ts, rule = excluded.rule",
+                )
+                .map_err(classify)?;
+            for b in bases {
+                let value = serde_json::to_string(&b.value).unwrap_or_default();
+                stmt.execute(params![
+                    b.child,
+                    b.service,
+                    b.property,
+                    value,
+                    i64::try_from(b.ts_ms).unwrap_or(i64::MAX),
+                    i64::from_ne_bytes(b.rule.to_ne_bytes())
+                ])
+                .map_err(classify)?;
+            }
+        }
         tx.commit().map_err(classify)?;
         for r in rows {
             self.account(r.kind, r.body.len() as u64, 1);

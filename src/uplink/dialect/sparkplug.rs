@@ -450,32 +450,34 @@ impl Sparkplug {
             out.push(self.message("DDATA", Some(dev), metrics, now_ms));
             return out;
         }
-        // One pass: remember each value, note what changed and what was never born.
+        // The very reading the birth carried (its newest): already sent.
+        if self.born_at.get(dev) == Some(&r.ts_ms)
+            && self.known.get(dev).is_some_and(|known| {
+                r.properties
+                    .iter()
+                    .all(|(k, v)| known.get(k).is_some_and(|(x, _)| x == v))
+            })
+        {
+            return Vec::new();
+        }
+        // One pass: remember each value, note what was never born. What to send was decided
+        // by the report stage (report by exception is its `on_change`, the default here): a
+        // record that reached the dialect is sent, heartbeats included.
         let known = self.known.entry(dev.to_string()).or_default();
         let mut new_metric = false;
-        let mut changed = Vec::new();
         for (k, v) in &r.properties {
-            match known.insert(k.clone(), (v.clone(), r.ts_ms)) {
-                Some((old, _)) if old == *v => {}
-                old => {
-                    new_metric |= old.is_none();
-                    changed.push((k, v));
-                }
-            }
+            new_metric |= known.insert(k.clone(), (v.clone(), r.ts_ms)).is_none();
         }
         if new_metric || !self.born.contains(dev) {
             // Every metric must have been born: (re)birth the device with all of them.
             return self.dbirth(dev, now_ms).into_iter().collect();
         }
-        if changed.is_empty() {
-            // Report by exception: nothing changed, nothing to send.
-            return Vec::new();
-        }
-        let changed: Vec<Metric> = changed
-            .into_iter()
+        let metrics: Vec<Metric> = r
+            .properties
+            .iter()
             .map(|(k, v)| self.data(dev, k, v, r.ts_ms))
             .collect();
-        vec![self.message("DDATA", Some(dev), changed, now_ms)]
+        vec![self.message("DDATA", Some(dev), metrics, now_ms)]
     }
 }
 

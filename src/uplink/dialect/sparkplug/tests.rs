@@ -192,7 +192,7 @@ fn data_by_exception_rebirth_on_new_metrics_death_and_seq_wrap() {
     );
     assert_eq!(o[0].topic, "spBv1.0/Plant 1/DBIRTH/gw-7/m1");
     assert_eq!(decode(&o[0]).seq, Some(1));
-    // Only what changed.
+    // What the report stage passed (by exception is its `on_change`): sent as it is.
     let (o, _) = s.pack(
         &[report(
             "m1",
@@ -203,13 +203,18 @@ fn data_by_exception_rebirth_on_new_metrics_death_and_seq_wrap() {
     );
     assert_eq!(o[0].topic, "spBv1.0/Plant 1/DDATA/gw-7/m1");
     let d = decode(&o[0]);
-    assert_eq!((names(&d), d.seq), (vec!["b".to_string()], Some(2)));
+    assert_eq!(
+        (names(&d), d.seq),
+        (vec!["a".to_string(), "b".to_string()], Some(2))
+    );
     assert_eq!(d.metrics[0].datatype, None, "DDATA repeats no datatype");
-    // Nothing changed: nothing sent.
-    assert!(s
-        .pack(&[report("m1", &[("a", Value::UInt(1))])], 4096, 0)
-        .0
-        .is_empty());
+    // An unchanged value the stage passed (a `period` heartbeat) is sent too.
+    let mut beat = report("m1", &[("a", Value::UInt(1))]);
+    if let Record::Report(r) = &mut beat.2 {
+        r.ts_ms += 60_000;
+    }
+    let (o, _) = s.pack(&[beat], 4096, 0);
+    assert_eq!(names(&decode(&o[0])), vec!["a".to_string()]);
     // A metric never born: DBIRTH again with all of them.
     let (o, _) = s.pack(&[report("m1", &[("c", Value::Bool(true))])], 4096, 0);
     assert_eq!(o[0].topic, "spBv1.0/Plant 1/DBIRTH/gw-7/m1");
@@ -239,8 +244,8 @@ fn data_by_exception_rebirth_on_new_metrics_death_and_seq_wrap() {
         last = decode(&o[0]).seq.unwrap_or(999);
         assert!(last <= 255);
     }
-    // seq 0..=5 went to NBIRTH, DBIRTH, DDATA, DBIRTH, DDEATH, DBIRTH; then 300 DDATA.
-    assert_eq!(last, (6 + 299) % 256, "wrapped");
+    // seq 0..=6 went to NBIRTH, DBIRTH, DDATA, DDATA, DBIRTH, DDEATH, DBIRTH; then 300 DDATA.
+    assert_eq!(last, (7 + 299) % 256, "wrapped");
     // Own metrics by exception as NDATA; unknown ones are not sent.
     let o = s.own(
         &BTreeMap::from([
@@ -516,10 +521,10 @@ fn births_wait_for_values_and_the_backlog_is_history() {
         && m.datatype.is_none()));
     // The reading the birth carried: nothing new.
     assert!(s.pack(&[old(9, 9_000)], 4096, 10_002).0.is_empty());
-    // Live again: by exception, not historical.
+    // Live again: not historical.
     let (o, _) = s.pack(&[old(10, 11_000)], 4096, 11_001);
     let d = decode(&o[0]);
-    assert_eq!(names(&d), vec!["a"]);
+    assert_eq!(names(&d), vec!["a", "b"]);
     assert_eq!(d.metrics[0].is_historical, None);
     // An ONLINE status for a child with no values yet births nothing.
     let st = (
