@@ -123,22 +123,32 @@ impl Rule {
     /// Stable across runs (it is stored beside each base): a base kept under another rule is
     /// no base.
     pub fn fingerprint(&self) -> u64 {
-        // FNV-1a over a canonical text: std's hasher is not promised to be stable.
-        let text = format!(
-            "{:?}|{}|{}|{:?}|{:?}|{:?}|{}",
-            self.strategy,
-            self.deadband.to_bits(),
-            self.deadband_percent.to_bits(),
-            self.span.map(f64::to_bits),
-            self.period.map(|p| p.as_millis()),
-            self.aggregate,
-            self.window.as_millis()
-        );
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+        // FNV-1a over the fields' bytes (std's hasher is not promised to be stable); runs for
+        // every compared value, so nothing is allocated.
+        fn mix(h: &mut u64, x: u64) {
+            for b in x.to_le_bytes() {
+                *h ^= u64::from(b);
+                *h = h.wrapping_mul(0x0100_0000_01b3);
+            }
         }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        mix(&mut h, self.strategy as u64);
+        mix(&mut h, self.deadband.to_bits());
+        mix(&mut h, self.deadband_percent.to_bits());
+        mix(&mut h, self.span.map_or(u64::MAX, f64::to_bits));
+        mix(
+            &mut h,
+            self.period.map_or(u64::MAX, |p| {
+                u64::try_from(p.as_millis()).unwrap_or(u64::MAX)
+            }),
+        );
+        for a in &self.aggregate {
+            mix(&mut h, *a as u64);
+        }
+        mix(
+            &mut h,
+            u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX),
+        );
         h
     }
 
@@ -278,8 +288,8 @@ struct ChildState {
     /// Last status seen in this run (None: none yet).
     online: Option<bool>,
     bases: HashMap<String, HashMap<String, (Value, u64, u64)>>,
-    /// Open windows by (service, window length in ms).
-    windows: BTreeMap<(String, u64), Window>,
+    /// Open windows by (service, window length in ms); a child has one or two.
+    windows: Vec<((String, u64), Window)>,
     counts: Counts,
 }
 
@@ -526,46 +536,63 @@ fn aggregate(
     if non_finite(v) {
         return;
     }
-    let len = (rule.window.as_millis() as u64).max(1);
-    let key = (service.to_string(), len);
-    if st.windows.get(&key).is_some_and(|w| ts >= w.end) {
-        if let Some(w) = st.windows.remove(&key) {
-            let r = window_report(child, service, w, false);
-            st.counts.reported += r.properties.len() as u64;
-            closed.push(r);
+    let len = u64::try_from(rule.window.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    // Looked up without building a key: this runs for every aggregated value.
+    let pos = st
+        .windows
+        .iter()
+        .position(|((s, l), _)| s == service && *l == len);
+    let ended = pos.is_some_and(|i| ts >= st.windows[i].1.end);
+    if let (Some(i), true) = (pos, ended) {
+        let (_, w) = st.windows.swap_remove(i);
+        let r = window_report(child, service, w, false);
+        st.counts.reported += r.properties.len() as u64;
+        closed.push(r);
+    }
+    let i = match pos {
+        Some(i) if !ended => i,
+        _ => {
+            let start = ts - ts % len;
+            st.windows.push((
+                (service.to_string(), len),
+                Window {
+                    end: start.saturating_add(len),
+                    last_ts: ts,
+                    props: BTreeMap::new(),
+                },
+            ));
+            st.windows.len() - 1
+        }
+    };
+    let w = &mut st.windows[i].1;
+    w.last_ts = w.last_ts.max(ts);
+    match w.props.get_mut(property) {
+        Some(acc) => acc.add(v),
+        None => {
+            let mut acc = Acc {
+                aggs: rule.aggregate.clone(),
+                ..Acc::default()
+            };
+            acc.add(v);
+            w.props.insert(property.to_string(), acc);
         }
     }
-    let w = st.windows.entry(key).or_insert_with(|| {
-        let start = ts - ts % len;
-        Window {
-            end: start.saturating_add(len),
-            last_ts: ts,
-            props: BTreeMap::new(),
-        }
-    });
-    w.last_ts = w.last_ts.max(ts);
-    let acc = w.props.entry(property.to_string()).or_insert_with(|| Acc {
-        aggs: rule.aggregate.clone(),
-        ..Acc::default()
-    });
-    acc.add(v);
 }
 
 /// Close windows that ended by `before` (all of them for `None`: cut at their last reading).
 fn flush(child: &str, st: &mut ChildState, before: Option<u64>, out: &mut Vec<Report>) {
-    let due: Vec<(String, u64)> = st
-        .windows
-        .iter()
-        .filter(|(_, w)| before.is_none_or(|b| w.end <= b))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for key in due {
-        if let Some(w) = st.windows.remove(&key) {
-            let cut = before.is_none();
-            let r = window_report(child, &key.0, w, cut);
-            st.counts.reported += r.properties.len() as u64;
-            out.push(r);
+    let mut i = 0;
+    while i < st.windows.len() {
+        if before.is_some_and(|b| st.windows[i].1.end > b) {
+            i += 1;
+            continue;
         }
+        let ((service, _), w) = st.windows.remove(i);
+        let r = window_report(child, &service, w, before.is_none());
+        st.counts.reported += r.properties.len() as u64;
+        out.push(r);
     }
 }
 

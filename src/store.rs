@@ -665,6 +665,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn report_bases_go_with_their_records_and_survive_reopen() {
+        use crate::report::Base;
+        use fieldgate_driver::Value;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("q.db");
+        let base = |child: &str, v: Value, rule: u64| Base {
+            child: child.into(),
+            service: "s".into(),
+            property: "p".into(),
+            value: v,
+            ts_ms: 7,
+            rule,
+        };
+        {
+            let s = Store::open(&path, Limits::default(), false).unwrap_or_else(|e| panic!("{e}"));
+            s.append_with(vec![row("a", 1)], vec![base("a", Value::Float(1.5), 1)])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            // The newer base of the same property replaces it; u64::MAX survives as a rule.
+            s.append_with(
+                vec![row("a", 2)],
+                vec![
+                    base("a", Value::UInt(u64::MAX), u64::MAX),
+                    base("gone", Value::Bool(true), 3),
+                ],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+            s.keep_bases(vec!["a".into()])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let s = Store::open(&path, Limits::default(), false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s.bases().await.unwrap_or_default(),
+            vec![base("a", Value::UInt(u64::MAX), u64::MAX)]
+        );
+        assert_eq!(s.depth().await.unwrap_or_default().records, 2);
+    }
+
+    #[tokio::test]
     async fn append_scan_delete_survive_reopen() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("q.db");

@@ -1127,6 +1127,31 @@ fn the_example_config_states_the_real_defaults() {
     assert_eq!(c.store.commit_interval, defaults::COMMIT_INTERVAL);
     assert_eq!(c.store.path, Path::new(defaults::STORE_PATH));
     assert_eq!(c.store.limits, Limits::default());
+    // [gateway] states the default strategy; the profile, a point and a device override it.
+    use crate::report::{Agg, Strategy};
+    assert_eq!(defaults::REPORT_STRATEGY, Strategy::Always);
+    let r = &c.devices[0].report;
+    let v = r.rule("energy", "voltage_l1");
+    assert_eq!(
+        (v.strategy, v.deadband_percent, v.period),
+        (
+            Strategy::OnChangeOrPeriod,
+            0.5,
+            Some(Duration::from_secs(900))
+        )
+    );
+    assert_eq!(
+        r.rule("energy", "power").aggregate,
+        vec![Agg::Avg, Agg::Min, Agg::Max]
+    );
+    let e = r.rule("energy", "energy_import");
+    assert_eq!((e.deadband, e.deadband_percent), (0.1, 0.0));
+    let pump = c
+        .devices
+        .iter()
+        .find(|d| d.node_id == "meter-pump-room")
+        .map(|d| d.report.default.period);
+    assert_eq!(pump, Some(Some(Duration::from_secs(300))));
 }
 
 #[test]
