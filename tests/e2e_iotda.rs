@@ -210,9 +210,26 @@ fn modbus_to_iotda_end_to_end() {
     );
     assert_eq!(ctl["properties"]["mode"], Json::from(7), "{ctl}");
     let et = m1["event_time"].as_str().unwrap_or_default();
+    // yyyy-MM-dd'T'HH:mm:ss.SSS'Z': the reading's own millisecond.
     assert!(
-        et.len() == 16 && et.ends_with('Z') && et.as_bytes()[8] == b'T',
+        et.len() == 24
+            && et.ends_with('Z')
+            && et.as_bytes()[10] == b'T'
+            && et.as_bytes()[19] == b'.',
         "event_time {et}"
+    );
+    let stamps: Vec<String> = platform
+        .reports()
+        .iter()
+        .filter(|(d, s)| d == "meter_m1" && s["service_id"] == "energy")
+        .filter_map(|(_, s)| s["event_time"].as_str().map(str::to_string))
+        .collect();
+    let mut distinct = stamps.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        stamps.len(),
+        "no two polls share a time: {stamps:?}"
     );
     assert!(
         reports

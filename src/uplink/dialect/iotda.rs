@@ -33,10 +33,17 @@ pub fn hour_stamp(ts_ms: u64) -> String {
     format!("{y:04}{mo:02}{d:02}{h:02}")
 }
 
-/// `yyyyMMdd'T'HHmmss'Z'`, the documented `event_time`.
+/// `yyyyMMdd'T'HHmmss'Z'`, the documented `event_time` (events: statuses, add and delete).
 pub fn event_time(ts_ms: u64) -> String {
     let (y, mo, d, h, mi, s, _) = utc(ts_ms);
     format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+}
+
+/// `yyyy-MM-dd'T'HH:mm:ss.SSS'Z'`, the `event_time` IoTDA also accepts for property reports:
+/// readings keep their milliseconds (two polls within a second stay two moments).
+pub fn event_time_ms(ts_ms: u64) -> String {
+    let (y, mo, d, h, mi, s, ms) = utc(ts_ms);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
 }
 
 pub fn client_id(device_id: &str, check_timestamp: bool, hour: &str) -> String {
@@ -103,7 +110,7 @@ pub struct ReportBatch {
     /// Device id (already JSON-quoted) and its services, each already serialised once.
     devices: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
     bytes: usize,
-    /// The last event time written, by second: consecutive records mostly share it.
+    /// The last event time written, by millisecond: consecutive records often share it.
     stamp: Option<(u64, String)>,
 }
 
@@ -111,10 +118,9 @@ impl ReportBatch {
     /// `{"event_time":…,"properties":{…},"service_id":…}`, keys in the order serde_json
     /// writes an object (sorted), as the tests pin; written directly, not through `Value`s.
     fn service(&mut self, r: &Report) -> Vec<u8> {
-        let second = r.ts_ms / 1000;
         let stamp = match &self.stamp {
-            Some((s, t)) if *s == second => t,
-            _ => &self.stamp.insert((second, event_time(r.ts_ms))).1,
+            Some((s, t)) if *s == r.ts_ms => t,
+            _ => &self.stamp.insert((r.ts_ms, event_time_ms(r.ts_ms))).1,
         };
         let mut out = Vec::with_capacity(64 + r.properties.len() * 24);
         out.extend_from_slice(br#"{"event_time":""#);
@@ -617,7 +623,7 @@ pub fn get_response(o: &CommandOutcome, ts_ms: u64) -> Vec<u8> {
         CommandOutcome::Done(out) => {
             let services: Vec<Json> = out
                 .iter()
-                .map(|(s, p)| json!({"service_id": s, "properties": props_json(p), "event_time": event_time(ts_ms)}))
+                .map(|(s, p)| json!({"service_id": s, "properties": props_json(p), "event_time": event_time_ms(ts_ms)}))
                 .collect();
             json!({ "services": services })
         }

@@ -23,6 +23,7 @@ fn client_id_and_stamps() {
     );
     assert_eq!(client_id("gw_1", true, "2019060612"), "gw_1_0_1_2019060612");
     assert_eq!(event_time(T0), "20190606T121212Z");
+    assert_eq!(event_time_ms(T0 + 7), "2019-06-06T12:12:12.007Z");
 }
 
 #[test]
@@ -37,7 +38,7 @@ fn report_batch_matches_the_documented_shape() {
     assert!(b.push("prod_node1", &r, 100_000));
     assert_eq!(
         String::from_utf8(b.encode()).unwrap_or_default(),
-        r#"{"devices":[{"device_id":"prod_node1","services":[{"event_time":"20190606T121212Z","properties":{"PhV_phsA":"1"},"service_id":"analog"}]}]}"#
+        r#"{"devices":[{"device_id":"prod_node1","services":[{"event_time":"2019-06-06T12:12:12.000Z","properties":{"PhV_phsA":"1"},"service_id":"analog"}]}]}"#
     );
 }
 
