@@ -13,7 +13,12 @@ if rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf >/d
 else
   echo "!! SKIPPED: rustup cannot fetch the ARM targets here; arm64/armhf packages NOT built or checked"
 fi
-bash packaging/build.sh "${archs[@]}"
+# CI builds without LTO and with 16 codegen units: about a minute less per target on 2 cores,
+# the same code paths. `bash packaging/build.sh` alone builds the release profile (the sizes in
+# the README are those).
+CARGO_PROFILE_RELEASE_LTO=${CARGO_PROFILE_RELEASE_LTO:-false} \
+CARGO_PROFILE_RELEASE_CODEGEN_UNITS=${CARGO_PROFILE_RELEASE_CODEGEN_UNITS:-16} \
+  bash packaging/build.sh "${archs[@]}"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 target_dir=${CARGO_TARGET_DIR:-target}
 deb=dist/fieldgate_${version}_amd64.deb

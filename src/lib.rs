@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod instance;
+pub mod logring;
 pub mod metrics;
 pub mod probe;
 pub mod queue;

@@ -47,6 +47,7 @@ pub fn init_logging(default_level: &str, target: LogTarget) {
                 let _ = tracing_subscriber::registry()
                     .with(filter(default_level))
                     .with(layer.with_field_prefix(None))
+                    .with(crate::logring::LogRing)
                     .try_init();
                 return;
             }
@@ -56,11 +57,15 @@ pub fn init_logging(default_level: &str, target: LogTarget) {
     // Colours only for a person at a terminal, never in pipes, files or the journal.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter(default_level))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(ansi)
+    let _ = tracing_subscriber::registry()
+        .with(filter(default_level))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(ansi),
+        )
+        .with(crate::logring::LogRing)
         .try_init();
 }
 
