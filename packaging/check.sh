@@ -97,6 +97,7 @@ score=$(systemd-analyze security --offline=true /lib/systemd/system/fieldgate.se
 echo "systemd-analyze security: exposure $score (OK is <= 2.5)"
 awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.5) }'
 grep -q "^LimitNOFILE=8192" /lib/systemd/system/fieldgate.service
+grep -q "^RestartForceExitStatus=79" /lib/systemd/system/fieldgate.service
 grep -q "^DeviceAllow=char-ttymxc rw" /lib/systemd/system/fieldgate.service
 
 echo "-- the JIT drop-in lifts exactly MemoryDenyWriteExecute and @resources (offline analysis)"

@@ -32,8 +32,14 @@ const EVENT_QUEUE: usize = 4096;
 /// PUBACKs, the OFFLINE statuses) and the store's last commit.
 const STOP_MARGIN: Duration = Duration::from_secs(3);
 
+/// The exit status of a `restart` asked for by the platform: a clean stop, then systemd starts
+/// the daemon again (`RestartForceExitStatus=79` in the unit).
+pub const EXIT_RESTART: u8 = 79;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("the platform asked for a restart")]
+    RestartRequested,
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("store: {0}")]
@@ -108,7 +114,6 @@ pub async fn serve(
     registry.restore(store.children().await?);
     let registry = Arc::new(Mutex::new(registry));
     let metrics = Arc::new(Metrics::default());
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let wake = Arc::new(Notify::new());
     let reconcile = Arc::new(Notify::new());
     for w in cfg.warnings() {
@@ -164,29 +169,50 @@ pub async fn serve(
         },
     ));
     let (uplink_tx, mut uplink_rx) = mpsc::channel(64);
-    let uplink = tokio::spawn(
-        Uplink {
-            dialect: crate::uplink::dialect::for_platform(&cfg.platform),
-            platform: cfg.platform.clone(),
-            store: store.clone(),
-            registry: registry.clone(),
-            metrics: metrics.clone(),
-            router: router.clone(),
-            wake,
-            reconcile: reconcile.clone(),
-            events: uplink_tx,
-            report_interval: cfg.gateway.report_interval,
-            started: std::time::Instant::now(),
-            shutdown: shutdown_rx.clone(),
-            logs: Default::default(),
-        }
-        .run(),
-    );
+    let started = std::time::Instant::now();
+    let spawn_uplink = |cfg: &Config| {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let handle = tokio::spawn(
+            Uplink {
+                dialect: crate::uplink::dialect::for_platform(&cfg.platform),
+                platform: cfg.platform.clone(),
+                store: store.clone(),
+                registry: registry.clone(),
+                metrics: metrics.clone(),
+                router: router.clone(),
+                wake: wake.clone(),
+                reconcile: reconcile.clone(),
+                events: uplink_tx.clone(),
+                report_interval: cfg.gateway.report_interval,
+                started,
+                shutdown: stop_rx,
+                logs: Default::default(),
+            }
+            .run(),
+        );
+        (handle, stop_tx)
+    };
+    let mut uplink = spawn_uplink(&cfg);
+    let mut cfg_text = config_path
+        .as_deref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let status_source = control::StatusSource {
+        cfg: status_cfg.subscribe(),
+        metrics: metrics.clone(),
+        registry: registry.clone(),
+        store: store.clone(),
+        started,
+    };
+    let mut pending: Option<Pending> = None;
+    let mut restart = false;
 
     service::ready();
     info!(status = %service::summary(&metrics, &registry, None), "fieldgate ready");
     tokio::pin!(stop);
     loop {
+        // A new config is switched to here (SIGHUP, `config_apply`, a rollback).
+        let mut next: Option<(Config, String)> = None;
         tokio::select! {
             _ = &mut stop => break,
             sig = signals.next() => match sig {
@@ -194,20 +220,92 @@ pub async fn serve(
                 service::Signal::Reload => {
                     service::reloading();
                     if let Some(new) = reload(config_path.as_deref(), &cfg) {
-                        cfg = new;
-                        apply(&cfg, &registry, &store, &mut sup, &router).await;
-                        rules_tx.send_replace(Arc::new(rule_set(&cfg)));
-                        status_cfg.send_replace(Arc::new(cfg.clone()));
-                        reconcile.notify_one();
+                        let text = config_path
+                            .as_deref()
+                            .and_then(|p| std::fs::read_to_string(p).ok())
+                            .unwrap_or_default();
+                        next = Some((new, text));
                     }
                     service::ready();
                 }
             },
-            Some(UplinkEvent::ChildDeleted(node)) = uplink_rx.recv() => {
-                info!(node_id = %node, "stopping the polling of a child the platform deleted");
-                let excluded = registry.lock().map(|r| r.platform_deleted()).unwrap_or_default();
-                sup.apply(&cfg, &excluded).await;
-                router.update(targets(&cfg, &sup));
+            Some(ev) = uplink_rx.recv() => match ev {
+                UplinkEvent::ChildDeleted(node) => {
+                    info!(node_id = %node, "stopping the polling of a child the platform deleted");
+                    let excluded = registry.lock().map(|r| r.platform_deleted()).unwrap_or_default();
+                    sup.apply(&cfg, &excluded).await;
+                    router.update(targets(&cfg, &sup));
+                }
+                UplinkEvent::Operation(asked) => {
+                    let ctx = OpContext {
+                        cfg: &cfg,
+                        cfg_text: &cfg_text,
+                        config_path: config_path.as_deref(),
+                        status: &status_source,
+                        started,
+                    };
+                    let (result, then) = operation(&asked, ctx, &mut sup, &router).await;
+                    match &result {
+                        Ok(_) => info!(request_id = %asked.request_id, operation = %asked.name, "platform operation done"),
+                        Err((code, why)) => warn!(request_id = %asked.request_id, operation = %asked.name, code = ?code, reason = %why, "platform operation refused"),
+                    }
+                    asked.answer(&result).await;
+                    match then {
+                        Then::Nothing => {}
+                        Then::Restart => {
+                            restart = true;
+                            break;
+                        }
+                        Then::Apply { cfg: new, text, previous } => {
+                            pending = Some(Pending {
+                                deadline: tokio::time::Instant::now() + new.remote.rollback_after,
+                                previous: *previous,
+                                previous_text: cfg_text.clone(),
+                                connects_at: metrics.connects.load(std::sync::atomic::Ordering::Relaxed),
+                                platform_changed: new.platform != cfg.platform,
+                            });
+                            set_note(&metrics, "config applied; waiting for the uplink to connect");
+                            next = Some((*new, text));
+                        }
+                    }
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_secs(1)), if pending.is_some() => {
+                if let Some(p) = pending.take() {
+                    match settle(&p, &metrics) {
+                        Settled::Confirmed => {
+                            info!("the applied config is confirmed: the uplink is connected");
+                            set_note(&metrics, "config applied and confirmed");
+                        }
+                        Settled::Waiting => pending = Some(p),
+                        Settled::RollBack => {
+                            error!(rollback_after = ?cfg.remote.rollback_after, "the uplink did not connect with the applied config: restoring the previous one");
+                            if let Some(path) = config_path.as_deref() {
+                                if let Err(e) = write_atomically(path, &p.previous_text) {
+                                    error!(error = %e, path = %path.display(), "cannot restore the previous config file");
+                                }
+                            }
+                            set_note(&metrics, &format!("config rolled back: the uplink did not connect within {}s", cfg.remote.rollback_after.as_secs()));
+                            next = Some((p.previous, p.previous_text));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((new, text)) = next {
+            let platform_changed = new.platform != cfg.platform;
+            cfg = new;
+            cfg_text = text;
+            apply(&cfg, &registry, &store, &mut sup, &router).await;
+            rules_tx.send_replace(Arc::new(rule_set(&cfg)));
+            status_cfg.send_replace(Arc::new(cfg.clone()));
+            if platform_changed {
+                info!(host = %cfg.platform.host, port = cfg.platform.port, "[platform] changed: the uplink starts a new session with it");
+                let _ = uplink.1.send(true);
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut uplink.0).await;
+                uplink = spawn_uplink(&cfg);
+            } else {
+                reconcile.notify_one();
             }
         }
     }
@@ -216,7 +314,7 @@ pub async fn serve(
     control.abort();
     control::cleanup(&runtime_dir);
     info!("stopping");
-    let _ = shutdown_tx.send(true);
+    let _ = uplink.1.send(true);
     // Buses stop at once, each within its own wait (exec: stop_grace + 2 s, others 5 s); the
     // unit's TimeoutStopSec (30 s) is above the largest this can be (20 s + 2 s + 3 s).
     let grace = cfg
@@ -230,14 +328,197 @@ pub async fn serve(
         sup.stop_all().await;
         drop(sup);
         let _ = ingest.await;
-        let _ = uplink.await;
+        let _ = uplink.0.await;
     };
     if tokio::time::timeout(grace, stop).await.is_err() {
         warn!(grace = ?grace, "graceful stop took too long; exiting anyway (the queue is committed)");
     }
     drop(store);
     info!("stopped");
+    if restart {
+        return Err(RunError::RestartRequested);
+    }
     Ok(())
+}
+
+/// A config applied by `config_apply`, on probation until the uplink connects with it.
+struct Pending {
+    deadline: tokio::time::Instant,
+    previous: Config,
+    previous_text: String,
+    /// `connects` when it was applied: a new session must follow a changed [platform].
+    connects_at: u64,
+    platform_changed: bool,
+}
+
+enum Settled {
+    Confirmed,
+    Waiting,
+    RollBack,
+}
+
+fn settle(p: &Pending, metrics: &Metrics) -> Settled {
+    use std::sync::atomic::Ordering;
+    let connected = metrics.uplink_connected.load(Ordering::Relaxed)
+        && (!p.platform_changed || metrics.connects.load(Ordering::Relaxed) > p.connects_at);
+    if connected {
+        Settled::Confirmed
+    } else if tokio::time::Instant::now() >= p.deadline {
+        Settled::RollBack
+    } else {
+        Settled::Waiting
+    }
+}
+
+/// What the gateway reports about the last remote config change (own property
+/// `config_status`).
+fn set_note(metrics: &Metrics, note: &str) {
+    if let Ok(mut n) = metrics.remote_note.lock() {
+        *n = note.to_string();
+    }
+}
+
+/// Replace `path` by `text` atomically (a temporary file beside it, then a rename).
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("toml.new");
+    std::fs::write(&tmp, text)?;
+    if let Ok(m) = std::fs::metadata(path) {
+        let _ = std::fs::set_permissions(&tmp, m.permissions());
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// What the daemon needs to run an operation.
+struct OpContext<'a> {
+    cfg: &'a Config,
+    cfg_text: &'a str,
+    config_path: Option<&'a Path>,
+    status: &'a control::StatusSource,
+    started: std::time::Instant,
+}
+
+/// What follows an answered operation.
+enum Then {
+    Nothing,
+    Restart,
+    Apply {
+        cfg: Box<Config>,
+        text: String,
+        previous: Box<Config>,
+    },
+}
+
+/// Run one of the gateway's own operations (`remote`), if `[remote] allow` lists it.
+async fn operation(
+    asked: &crate::remote::Asked,
+    ctx: OpContext<'_>,
+    sup: &mut Supervisor,
+    router: &Router,
+) -> (crate::uplink::dialect::OpResult, Then) {
+    use fieldgate_driver::ErrorCode;
+    use serde_json::json;
+    let name = asked.name.as_str();
+    if !crate::config::OPERATIONS.contains(&name) {
+        return (
+            Err((
+                ErrorCode::Unsupported,
+                format!(
+                    "no gateway operation `{}` (known: {})",
+                    fieldgate_driver::escape_controls(name),
+                    crate::config::OPERATIONS.join(", ")
+                ),
+            )),
+            Then::Nothing,
+        );
+    }
+    if !ctx.cfg.remote.allows(name) {
+        return (
+            Err((
+                ErrorCode::Unsupported,
+                format!(
+                    "operation `{name}` is not allowed on this gateway (list it in [remote] allow)"
+                ),
+            )),
+            Then::Nothing,
+        );
+    }
+    let result = match name {
+        "ping" => Ok(json!({
+            "pong": true,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": ctx.started.elapsed().as_secs(),
+        })),
+        "status" => Ok(crate::remote::cap_status(ctx.status.snapshot().await)),
+        "logs" => crate::remote::logs(&asked.paras),
+        "config_get" => Ok(json!({
+            "path": ctx.config_path.map(|p| p.display().to_string()),
+            "toml": crate::remote::redact(ctx.cfg_text),
+        })),
+        "restart_bus" => match asked.paras.get("bus").and_then(serde_json::Value::as_str) {
+            Some(bus) if sup.restart_bus(bus).await => {
+                router.update(targets(ctx.cfg, sup));
+                Ok(json!({"restarted": bus}))
+            }
+            Some(bus) => Err((
+                ErrorCode::BadValue,
+                format!("no bus named `{}`", fieldgate_driver::escape_controls(bus)),
+            )),
+            None => Err((ErrorCode::BadValue, "restart_bus needs `bus`".into())),
+        },
+        "restart" => return (Ok(json!({"restarting": true})), Then::Restart),
+        "config_apply" => {
+            let Some(path) = ctx.config_path else {
+                return (
+                    Err((
+                        ErrorCode::Unsupported,
+                        "this gateway runs without a config file".into(),
+                    )),
+                    Then::Nothing,
+                );
+            };
+            let text = match crate::remote::config_text(&asked.paras) {
+                Ok(t) => t,
+                Err(e) => return (Err(e), Then::Nothing),
+            };
+            let new = match config::parse(&text, path) {
+                Ok(c) => c,
+                Err(e) => return (Err(crate::remote::refused(&e)), Then::Nothing),
+            };
+            if new.store != ctx.cfg.store || new.gateway.runtime_dir != ctx.cfg.gateway.runtime_dir
+            {
+                return (
+                    Err((
+                        ErrorCode::BadValue,
+                        "[store] and runtime_dir cannot change remotely (they need a restart at the cabinet)".into(),
+                    )),
+                    Then::Nothing,
+                );
+            }
+            if let Err(e) = write_atomically(path, &text) {
+                return (
+                    Err((
+                        ErrorCode::DeviceError,
+                        format!("cannot write {}: {e}", path.display()),
+                    )),
+                    Then::Nothing,
+                );
+            }
+            let rollback = new.remote.rollback_after.as_secs();
+            return (
+                Ok(json!({"applied": true, "rollback_after_s": rollback})),
+                Then::Apply {
+                    cfg: Box::new(new),
+                    text,
+                    previous: Box::new(ctx.cfg.clone()),
+                },
+            );
+        }
+        _ => Err((
+            ErrorCode::Unsupported,
+            format!("operation `{name}` is not implemented"),
+        )),
+    };
+    (result, Then::Nothing)
 }
 
 /// Each configured child's report rules.
@@ -267,13 +548,10 @@ fn reload(path: Option<&Path>, running: &Config) -> Option<Config> {
             return None;
         }
     };
-    // The MQTT session, store and logging are set up once; changing them needs a restart.
-    if new.platform != running.platform
-        || new.store != running.store
-        || new.gateway.runtime_dir != running.gateway.runtime_dir
-    {
-        warn!("[platform], [store] or runtime_dir changed: those take effect at the next restart; the rest is applied now");
-        new.platform = running.platform.clone();
+    // The store and logging are set up once; changing them needs a restart. A changed
+    // [platform] starts a new uplink session now.
+    if new.store != running.store || new.gateway.runtime_dir != running.gateway.runtime_dir {
+        warn!("[store] or runtime_dir changed: those take effect at the next restart; the rest is applied now");
         new.store = running.store.clone();
         new.gateway.runtime_dir = running.gateway.runtime_dir.clone();
     }

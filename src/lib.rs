@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod probe;
 pub mod queue;
 pub mod registry;
+pub mod remote;
 pub mod report;
 pub mod router;
 pub mod service;

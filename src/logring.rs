@@ -126,7 +126,11 @@ mod tests {
         for i in 0..(MAX_LINES + 10) {
             push(Line {
                 ts_ms: i as u64,
-                level: if i % 2 == 0 { Level::INFO } else { Level::DEBUG },
+                level: if i % 2 == 0 {
+                    Level::INFO
+                } else {
+                    Level::DEBUG
+                },
                 text: format!("line {i}"),
             });
         }
@@ -144,7 +148,9 @@ mod tests {
         tracing::subscriber::with_default(sub, || {
             tracing::warn!(device = "m\u{1b}[31m", "forged\nline {}", "x".repeat(2000));
         });
-        let l = tail(1, Level::WARN, None).pop().unwrap_or_else(|| panic!("a line"));
+        let l = tail(1, Level::WARN, None)
+            .pop()
+            .unwrap_or_else(|| panic!("a line"));
         assert!(l.text.starts_with("WARN "), "{}", l.text);
         assert!(!l.text.contains('\n') && !l.text.contains('\u{1b}'));
         assert!(l.text.len() <= MAX_LINE + 3 && l.text.ends_with('…'));

@@ -102,6 +102,9 @@ fn main() -> ExitCode {
                 );
                 ExitCode::from(EX_CONFIG as u8)
             }
+            Err(fieldgate::daemon::RunError::RestartRequested) => {
+                ExitCode::from(fieldgate::daemon::EXIT_RESTART)
+            }
             Err(e @ fieldgate::daemon::RunError::AlreadyRunning(_)) => {
                 eprintln!("fieldgate: {e}");
                 ExitCode::from(EX_TEMPFAIL as u8)

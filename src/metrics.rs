@@ -10,6 +10,8 @@ pub struct Metrics {
     /// Incremented by the uplink loop at least twice a second while it is alive (watchdog).
     pub uplink_beat: AtomicU64,
     pub uplink_error: Mutex<String>,
+    /// The outcome of the last remote config change (`config_status`), empty before one.
+    pub remote_note: Mutex<String>,
     /// When the uplink last connected or disconnected (ms since the epoch; 0 = never).
     pub uplink_since_ms: AtomicU64,
     /// Platform requests handed to drivers and not yet answered.

@@ -216,6 +216,19 @@ impl Supervisor {
         );
     }
 
+    /// Stop a running bus and start it again with the same settings and devices (the
+    /// platform's `restart_bus`). False when no bus has that name.
+    pub async fn restart_bus(&mut self, name: &str) -> bool {
+        let Some(r) = self.buses.remove(name) else {
+            return false;
+        };
+        let spec = r.spec.clone();
+        stop(r).await;
+        info!(bus = %name, "bus restarted on the platform's request");
+        self.start(spec);
+        true
+    }
+
     /// The command channel of a bus.
     pub fn commands(&self, bus: &str) -> Option<mpsc::Sender<CommandRequest>> {
         self.buses.get(bus).map(|r| r.commands.clone())

@@ -95,3 +95,6 @@ pub const UNIT: u8 = 1;
 /// `report` (every level): when a polled value becomes a record. Default: every reading
 /// (`always`); Sparkplug B: `on_change` (its report by exception).
 pub const REPORT_STRATEGY: crate::report::Strategy = crate::report::Strategy::Always;
+/// `[remote] rollback_after`: how long an applied config has to bring the uplink back before
+/// the previous one is restored. Default: 120 s.
+pub const ROLLBACK_AFTER: std::time::Duration = std::time::Duration::from_secs(120);

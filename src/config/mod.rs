@@ -12,6 +12,7 @@ pub mod defaults;
 mod duration;
 mod exec;
 mod params;
+mod remote;
 mod report;
 mod schema;
 mod size;
@@ -35,6 +36,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 pub use duration::Dur;
+pub use remote::{Remote, OPERATIONS};
 use schema::*;
 pub use size::Size;
 
@@ -101,6 +103,8 @@ pub struct Config {
     pub store: Store,
     pub buses: Vec<Bus>,
     pub devices: Vec<Device>,
+    /// What the platform may do to the gateway itself.
+    pub remote: Remote,
 }
 
 #[derive(Debug, Clone)]
@@ -467,7 +471,9 @@ struct Checker<'a> {
 
 type Sv<'i> = Spanned<DeValue<'i>>;
 
-const TOP_KEYS: &[&str] = &["gateway", "platform", "store", "bus", "profile", "device"];
+const TOP_KEYS: &[&str] = &[
+    "gateway", "platform", "store", "bus", "profile", "device", "remote",
+];
 
 impl<'a> Checker<'a> {
     fn pos(&self, offset: usize) -> (usize, usize) {
@@ -629,6 +635,11 @@ impl<'a> Checker<'a> {
             Some(v) => self.de(v, "store").unwrap_or_default(),
             None => RawStore::default(),
         };
+        let remote: remote::RawRemote = match sections.get("remote") {
+            Some(v) => self.de(v, "remote").unwrap_or_default(),
+            None => remote::RawRemote::default(),
+        };
+        let remote = self.remote(remote);
         let mut declared = Declared::default();
         let buses = self.buses(sections.get("bus").copied(), &mut declared.buses);
         let profiles = self.profiles(sections.get("profile").copied(), &mut declared.profiles);
@@ -648,6 +659,7 @@ impl<'a> Checker<'a> {
             store,
             buses: buses.into_values().collect(),
             devices,
+            remote,
         })
     }
 

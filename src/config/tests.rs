@@ -1260,3 +1260,27 @@ fn report_rule_mistakes_are_found_where_they_are_written() {
     let d = errors(&GOOD.replace("secret = \"s3cret\"", "secret = \"s3cret\"\ndeadband = 1.0"));
     assert!(d.iter().any(|d| d.path == "platform"), "{d:#?}");
 }
+
+#[test]
+fn remote_operations_are_off_unless_listed() {
+    let c = parse(GOOD, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.remote.allow.is_empty());
+    assert_eq!(c.remote.rollback_after, defaults::ROLLBACK_AFTER);
+    let on = format!(
+        "{GOOD}\n[remote]\nallow = [\"ping\", \"config_apply\"]\nrollback_after = \"30s\"\n"
+    );
+    let c = parse(&on, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.remote.allows("ping") && !c.remote.allows("restart"));
+    assert_eq!(c.remote.rollback_after, Duration::from_secs(30));
+    for (bad, key) in [
+        ("allow = [\"format_disk\"]", "remote.allow"),
+        ("rollback_after = \"1s\"", "remote.rollback_after"),
+        ("allow_all = true", "remote"),
+    ] {
+        let src = format!("{GOOD}\n[remote]\n{bad}\n");
+        let d = errors(&src);
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert_eq!(d[0].path, key);
+        assert_eq!(d[0].line, line_of(&src, bad));
+    }
+}

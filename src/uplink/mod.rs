@@ -103,10 +103,13 @@ pub struct InboundLogs {
 }
 
 /// What the uplink tells the daemon.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum UplinkEvent {
     /// The platform deleted this configured child: stop polling it.
     ChildDeleted(String),
+    /// The platform asks the gateway itself for an operation (`remote`): the daemon checks
+    /// `[remote] allow`, runs it and sends the answer on `reply`.
+    Operation(crate::remote::Asked),
 }
 
 enum End {
@@ -925,6 +928,33 @@ impl Uplink {
                     self.queue_reply(s, Out::new(r.topic, r.payload));
                 }
             }
+            Inbound::Operation {
+                request_id,
+                name,
+                paras,
+                respond,
+            } => {
+                let asked = crate::remote::Asked {
+                    request_id,
+                    name,
+                    paras,
+                    respond,
+                    reply: reply_tx.clone(),
+                };
+                if let Err(e) = self.events.try_send(UplinkEvent::Operation(asked)) {
+                    let asked = match e.into_inner() {
+                        UplinkEvent::Operation(a) => a,
+                        UplinkEvent::ChildDeleted(_) => return,
+                    };
+                    let busy = Err((
+                        fieldgate_driver::ErrorCode::Busy,
+                        "the gateway is busy with other operations; ask again".to_string(),
+                    ));
+                    if let Some(r) = (asked.respond)(&busy) {
+                        self.queue_reply(s, Out::new(r.topic, r.payload));
+                    }
+                }
+            }
             Inbound::Rebirth => {
                 info!("the platform asks for a rebirth: sending every birth certificate again");
                 let view = children.view();
@@ -981,7 +1011,7 @@ impl Uplink {
 
     fn own_props(&self, children: &Children) -> std::collections::BTreeMap<String, Value> {
         let (online, total) = children.counts();
-        std::collections::BTreeMap::from([
+        let mut props = std::collections::BTreeMap::from([
             (
                 "version".to_string(),
                 Value::Text(env!("CARGO_PKG_VERSION").into()),
@@ -996,7 +1026,18 @@ impl Uplink {
             ),
             ("children_online".to_string(), Value::UInt(online as u64)),
             ("children_total".to_string(), Value::UInt(total as u64)),
-        ])
+        ]);
+        // The outcome of the last remote config change, once there was one.
+        if let Some(note) = self
+            .metrics
+            .remote_note
+            .lock()
+            .ok()
+            .filter(|n| !n.is_empty())
+        {
+            props.insert("config_status".to_string(), Value::Text(note.clone()));
+        }
+        props
     }
 
     /// Graceful stop: stop feeding, give outstanding publishes a moment to be acknowledged

@@ -617,6 +617,22 @@ pub fn set_response(o: &CommandOutcome) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Body of a command response for one of the gateway's own operations: the result as `paras`.
+pub fn operation_response(r: &super::OpResult) -> Vec<u8> {
+    match r {
+        Ok(result) => {
+            json!({"result_code": 0, "response_name": "COMMAND_RESPONSE", "paras": result})
+        }
+        Err((code, message)) => json!({
+            "result_code": result_code(*code),
+            "response_name": "COMMAND_RESPONSE",
+            "paras": {"error": code_name(*code), "message": message},
+        }),
+    }
+    .to_string()
+    .into_bytes()
+}
+
 /// Body of `properties/get/response`.
 pub fn get_response(o: &CommandOutcome, ts_ms: u64) -> Vec<u8> {
     match o {
@@ -842,6 +858,28 @@ impl super::Dialect for IotDa {
             }
             Inbound::StatusResult { failed } => super::Inbound::StatusResult { failed },
             Inbound::Ignored(what) => super::Inbound::Ignored(what),
+            // A command for the gateway itself (no object device, or ours): an operation.
+            Inbound::Command {
+                request_id,
+                object_device_id,
+                command_name,
+                paras,
+                ..
+            } if object_device_id.as_deref().is_none_or(|d| d == self.gw) => {
+                let topics = self.topics.clone();
+                let rid = request_id.clone();
+                super::Inbound::Operation {
+                    request_id,
+                    name: command_name,
+                    paras,
+                    respond: Arc::new(move |r| {
+                        Some(Reply {
+                            topic: topics.command_response(&rid),
+                            payload: operation_response(r),
+                        })
+                    }),
+                }
+            }
             req @ (Inbound::Command { .. }
             | Inbound::PropertySet { .. }
             | Inbound::PropertyGet { .. }) => {

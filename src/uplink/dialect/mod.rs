@@ -105,6 +105,14 @@ pub enum Inbound {
     StatusResult { failed: Vec<Failed> },
     /// A request for a child, to route to its driver and answer with `respond`.
     Request { request: Request, respond: Respond },
+    /// One of the gateway's own operations (`ping`, `status`, `logs`, …; `remote`), to run if
+    /// `[remote] allow` lists it and answer with `respond`.
+    Operation {
+        request_id: String,
+        name: String,
+        paras: serde_json::Value,
+        respond: OpRespond,
+    },
     /// The platform renamed a child (logged: the config owns names).
     Renamed { from: String, to: String },
     /// The platform asks for every birth certificate again (Sparkplug rebirth).
@@ -114,6 +122,12 @@ pub enum Inbound {
     /// Understood but nothing to do.
     Ignored(String),
 }
+
+/// The outcome of one of the gateway's own operations: its result, or why not.
+pub type OpResult = Result<serde_json::Value, (fieldgate_driver::ErrorCode, String)>;
+
+/// Answers one gateway operation in the dialect's words.
+pub type OpRespond = std::sync::Arc<dyn Fn(&OpResult) -> Option<Reply> + Send + Sync>;
 
 /// An inbound message that could not be read; `respond` answers it when it was a request.
 pub struct ParseError {

@@ -140,6 +140,19 @@ fn values(p: &BTreeMap<String, Value>) -> Map<String, Json> {
 }
 
 /// The RPC answer: `{"device","id","data":{"success":true,…values}}` or success false + error.
+/// The answer to one of the gateway's own RPCs: ThingsBoard's service-RPC shape,
+/// `{"code":200,"resp":…}`, or an error with its code.
+pub fn operation_response(r: &super::OpResult) -> Vec<u8> {
+    match r {
+        Ok(result) => json!({"code": 200, "resp": result}),
+        Err((code, message)) => {
+            json!({"code": 400, "error": format!("{code:?}"), "message": message})
+        }
+    }
+    .to_string()
+    .into_bytes()
+}
+
 pub fn rpc_response(device: &str, id: &Json, o: &CommandOutcome) -> Vec<u8> {
     let data = match o {
         CommandOutcome::Done(by_service) => {
@@ -452,9 +465,29 @@ impl super::Dialect for ThingsBoard {
                             ack: ack(true, ""),
                         })
                     }
-                    other => Ok(Inbound::Notified {
-                        inbound: Box::new(Inbound::Ignored(format!("gateway RPC {other:?}"))),
-                        ack: ack(false, "unsupported method"),
+                    Some(method) => {
+                        // The gateway's own operations, by the names ThingsBoard's gateway UI
+                        // offers (`gateway_ping`, …) or by ours.
+                        let name = method
+                            .strip_prefix("gateway_")
+                            .unwrap_or(method)
+                            .to_string();
+                        let topic = format!("{OWN_RPC_RESPONSE}{id}");
+                        Ok(Inbound::Operation {
+                            request_id: id.to_string(),
+                            name,
+                            paras: body.get("params").cloned().unwrap_or(Json::Null),
+                            respond: std::sync::Arc::new(move |r| {
+                                Some(Reply {
+                                    topic: topic.clone(),
+                                    payload: operation_response(r),
+                                })
+                            }),
+                        })
+                    }
+                    None => Ok(Inbound::Notified {
+                        inbound: Box::new(Inbound::Ignored("gateway RPC without a method".into())),
+                        ack: ack(false, "no method"),
                     }),
                 }
             }

@@ -419,12 +419,33 @@ fn deletion_and_renaming_notifications_are_acknowledged() {
     assert!(
         matches!(*inbound, Inbound::Renamed { ref from, ref to } if from == "Old name" && to == "New name")
     );
-    let Ok(Inbound::Notified { ack, .. }) =
-        tb.parse("v1/devices/me/rpc/request/17", br#"{"method":"reboot"}"#)
+    // Any other method is one of the gateway's own operations (`gateway_` prefix optional),
+    // answered in ThingsBoard's service-RPC shape; the daemon decides whether it may run.
+    let Ok(Inbound::Operation {
+        name,
+        paras,
+        respond,
+        ..
+    }) = tb.parse(
+        "v1/devices/me/rpc/request/17",
+        br#"{"method":"gateway_logs","params":{"lines":5}}"#,
+    )
     else {
-        panic!("answered")
+        panic!("an operation")
     };
-    assert!(String::from_utf8_lossy(&ack.payload).contains("unsupported"));
+    assert_eq!((name.as_str(), paras["lines"].as_u64()), ("logs", Some(5)));
+    let ok = respond(&Ok(serde_json::json!("pong"))).unwrap_or_else(|| panic!("answered"));
+    assert_eq!(ok.topic, "v1/devices/me/rpc/response/17");
+    assert_eq!(
+        String::from_utf8_lossy(&ok.payload),
+        r#"{"code":200,"resp":"pong"}"#
+    );
+    let refused = respond(&Err((
+        fieldgate_driver::ErrorCode::Unsupported,
+        "not allowed".into(),
+    )))
+    .unwrap_or_else(|| panic!("answered"));
+    assert!(String::from_utf8_lossy(&refused.payload).contains("not allowed"));
 }
 
 /// `keys = "service.property"`: telemetry, attribute requests and attribute writes name the
