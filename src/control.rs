@@ -7,6 +7,7 @@
 //! while the platform is unreachable. The same file holds the client side and the
 //! human-readable rendering used by the CLI.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -48,23 +49,7 @@ impl StatusSource {
             .await
             .ok()
             .and_then(Result::ok);
-        let oldest_age_s = match depth.and_then(|d| d.oldest_seq) {
-            Some(seq) => {
-                match tokio::time::timeout(Duration::from_secs(2), self.store.scan(seq - 1, 1))
-                    .await
-                {
-                    Ok(Ok(rows)) => rows.first().and_then(|r| Record::decode(r).ok()).map(|r| {
-                        let ts = match &r {
-                            Record::Report(r) => r.ts_ms,
-                            Record::Status(s) => s.ts_ms,
-                        };
-                        now.saturating_sub(ts) / 1000
-                    }),
-                    _ => None,
-                }
-            }
-            None => None,
-        };
+        let oldest_age_s = oldest_age_s(&self.store, depth.and_then(|d| d.oldest_seq), now).await;
         let since = m.uplink_since_ms.load(Ordering::Relaxed);
         let children: Vec<Json> = self
             .registry
@@ -118,7 +103,22 @@ impl StatusSource {
             }))
             .map(|(b, mut j)| {
                 if let (Some(c), Json::Object(m)) = (counters.get(&b.name), &mut j) {
-                    m.insert("skipped".into(), json!(c));
+                    // What the bus did (polls, failed polls, overruns) apart from what it
+                    // skipped (noise, bad frames, malformed lines).
+                    let (activity, skipped): (Vec<_>, Vec<_>) =
+                        c.iter().partition(|(k, _)| ACTIVITY.contains(&k.as_str()));
+                    if !activity.is_empty() {
+                        m.insert(
+                            "activity".into(),
+                            json!(activity.into_iter().collect::<BTreeMap<_, _>>()),
+                        );
+                    }
+                    if !skipped.is_empty() {
+                        m.insert(
+                            "skipped".into(),
+                            json!(skipped.into_iter().collect::<BTreeMap<_, _>>()),
+                        );
+                    }
                 }
                 j
             })
@@ -175,6 +175,24 @@ const REQUEST_TIME: Duration = Duration::from_secs(1);
 /// request is at most `MAX_REQUEST` bytes, at most `MAX_CLIENTS` are served at once, each for
 /// at most `CLIENT_TIME`, and a failing `accept` (out of file descriptors) is retried, never
 /// the end of the socket.
+/// Bus counters that say what a bus did (`activity`), not what it skipped.
+pub const ACTIVITY: &[&str] = &["polls", "poll_errors", "overruns"];
+
+/// Age in seconds of the queued record `oldest_seq` (the oldest), read from the store.
+pub async fn oldest_age_s(store: &Store, oldest_seq: Option<u64>, now: u64) -> Option<u64> {
+    let seq = oldest_seq?;
+    match tokio::time::timeout(Duration::from_secs(2), store.scan(seq - 1, 1)).await {
+        Ok(Ok(rows)) => rows.first().and_then(|r| Record::decode(r).ok()).map(|r| {
+            let ts = match &r {
+                Record::Report(r) => r.ts_ms,
+                Record::Status(s) => s.ts_ms,
+            };
+            now.saturating_sub(ts) / 1000
+        }),
+        _ => None,
+    }
+}
+
 pub async fn serve(dir: PathBuf, source: StatusSource) {
     let path = dir.join(SOCKET_NAME);
     if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -354,8 +372,19 @@ pub fn render(j: &Json) -> String {
                 format!(" · skipped: {}", parts.join(" "))
             })
             .unwrap_or_default();
+        let activity = b["activity"]
+            .as_object()
+            .map(|m| {
+                format!(
+                    " · polls {} · failed {} · overruns {}",
+                    m.get("polls").and_then(Json::as_u64).unwrap_or(0),
+                    m.get("poll_errors").and_then(Json::as_u64).unwrap_or(0),
+                    m.get("overruns").and_then(Json::as_u64).unwrap_or(0)
+                )
+            })
+            .unwrap_or_default();
         out.push(format!(
-            "bus       {} ({} {}){skipped}",
+            "bus       {} ({} {}){activity}{skipped}",
             b["name"].as_str().unwrap_or("?"),
             b["driver"].as_str().unwrap_or("?"),
             b["endpoint"].as_str().unwrap_or("?")

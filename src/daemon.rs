@@ -149,6 +149,7 @@ pub async fn serve(
         .map(|r| r.platform_deleted())
         .unwrap_or_default();
     sup.apply(&cfg, &excluded).await;
+    seed_bus_counters(&cfg, &metrics);
     let router = Router::new(cfg.platform.command_timeout, metrics.clone());
     router.update(targets(&cfg, &sup));
     let watchdog = tokio::spawn(service::supervise(
@@ -297,6 +298,7 @@ pub async fn serve(
             cfg = new;
             cfg_text = text;
             apply(&cfg, &registry, &store, &mut sup, &router).await;
+            seed_bus_counters(&cfg, &metrics);
             rules_tx.send_replace(Arc::new(rule_set(&cfg)));
             status_cfg.send_replace(Arc::new(cfg.clone()));
             if platform_changed {
@@ -519,6 +521,27 @@ async fn operation(
         )),
     };
     (result, Then::Nothing)
+}
+
+/// Every Modbus bus's activity counters exist from the start (zeros), so the gateway's own
+/// telemetry names them from its first report (a Sparkplug NBIRTH must); buses no longer
+/// configured are forgotten.
+fn seed_bus_counters(cfg: &Config, metrics: &Metrics) {
+    use crate::config::BusKind;
+    if let Ok(mut m) = metrics.bus_counters.lock() {
+        m.retain(|bus, _| cfg.buses.iter().any(|b| &b.name == bus));
+        for b in &cfg.buses {
+            if matches!(
+                b.kind,
+                BusKind::ModbusTcp { .. } | BusKind::ModbusRtu { .. }
+            ) {
+                let c = m.entry(b.name.clone()).or_default();
+                for key in control::ACTIVITY {
+                    c.entry(key.to_string()).or_insert(0);
+                }
+            }
+        }
+    }
 }
 
 /// Each configured child's report rules.

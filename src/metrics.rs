@@ -19,6 +19,11 @@ pub struct Metrics {
     pub connects: AtomicU64,
     /// Records in the queue, as of the last status refresh.
     pub queue_records: AtomicU64,
+    /// Age of the oldest queued record in seconds, as of the last status refresh.
+    pub queue_oldest_age_s: AtomicU64,
+    /// Platform requests for children answered done, and refused or failed (busy included).
+    pub requests_done: AtomicU64,
+    pub requests_failed: AtomicU64,
     /// Records acknowledged by the broker and removed from the queue.
     pub delivered: AtomicU64,
     /// Records dropped because the queue was at `max_bytes` (oldest telemetry first) or the

@@ -100,6 +100,7 @@ impl Router {
             if busy.unwrap_or(false) {
                 warn!(request_id = %rid, limit = MAX_IN_FLIGHT, "platform requests beyond the limit are answered busy (counted as `requests_busy`; logged once a minute)");
             }
+            self.metrics.requests_failed.fetch_add(1, Ordering::Relaxed);
             return respond(&CommandOutcome::Failed {
                 code: ErrorCode::Busy,
                 message: format!("the gateway is handling {MAX_IN_FLIGHT} requests already"),
@@ -113,6 +114,7 @@ impl Router {
                 if let Some(n) = self.refused_log.hit() {
                     warn!(request_id = %rid, code = ?code, reason = %message, refused = n, "platform request refused (count since the last such line; at most one a minute while they keep coming, each at debug)");
                 }
+                self.metrics.requests_failed.fetch_add(1, Ordering::Relaxed);
                 return respond(&CommandOutcome::Failed { code, message });
             }
         };
@@ -136,6 +138,7 @@ impl Router {
             if let Some(n) = self.refused_log.hit() {
                 warn!(request_id = %rid, child = %child, refused = n, "command refused: bus queue full (count since the last refusal line; at most one a minute)");
             }
+            self.metrics.requests_failed.fetch_add(1, Ordering::Relaxed);
             return respond(&o);
         }
         let reply = reply.clone();
@@ -155,6 +158,11 @@ impl Router {
                     message: "no answer before the deadline".into(),
                 },
             };
+            let counter = match &outcome {
+                CommandOutcome::Done(_) => &metrics.requests_done,
+                CommandOutcome::Failed { .. } => &metrics.requests_failed,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             match &outcome {
                 CommandOutcome::Done(_) => {
                     info!(request_id = %rid, child = %child, "platform request done")

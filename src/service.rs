@@ -69,6 +69,32 @@ pub fn init_logging(default_level: &str, target: LogTarget) {
         .try_init();
 }
 
+/// This process's resident memory (KiB) and CPU time used so far (ms, user + system), from
+/// /proc; zeros where it cannot be read. /proc reports CPU in USER_HZ, 100 per second on
+/// Linux whatever the kernel's own tick.
+pub fn process_usage() -> (u64, u64) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    // Fields after the command name (which may hold spaces): state is the 3rd field, utime
+    // and stime the 14th and 15th.
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.get(s.rfind(')')? + 2..)?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks * 10)
+        })
+        .unwrap_or(0);
+    (rss, cpu)
+}
+
 fn notify(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         debug!(error = %e, "sd_notify failed");
@@ -153,6 +179,11 @@ pub async fn supervise(metrics: Arc<Metrics>, registry: Arc<Mutex<Registry>>, st
         let queued = match tokio::time::timeout(every, store.depth()).await {
             Ok(Ok(d)) => {
                 metrics.queue_records.store(d.records, Ordering::Relaxed);
+                let age =
+                    crate::control::oldest_age_s(&store, d.oldest_seq, fieldgate_driver::now_ms())
+                        .await
+                        .unwrap_or(0);
+                metrics.queue_oldest_age_s.store(age, Ordering::Relaxed);
                 Some(d.records)
             }
             _ => None,

@@ -66,6 +66,36 @@ fn iotda_operations_config_apply_and_rollback() {
         p.reports().iter().any(|(d, _)| d == "energy-meter_m1")
     });
 
+    // Health as the gateway's own telemetry (service "gateway", every report_interval).
+    let own = |key: &str| -> Option<u64> {
+        p.messages()
+            .iter()
+            .rev()
+            .filter(|m| m.topic == "$oc/devices/gw/sys/properties/report")
+            .find_map(|m| m.json["services"][0]["properties"][key].as_u64())
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "bus activity in the health report",
+        || own("bus.plant.polls").unwrap_or(0) > 0,
+    );
+    for key in [
+        "rss_kib",
+        "cpu_ms",
+        "queue_oldest_age_s",
+        "dropped_full",
+        "connects",
+        "requests_done",
+        "requests_failed",
+        "children_offline",
+        "bus.plant.poll_errors",
+        "bus.plant.overruns",
+    ] {
+        assert!(own(key).is_some(), "{key} in the gateway's own report");
+    }
+    assert!(own("rss_kib").unwrap_or(0) > 1000, "RSS in KiB");
+    assert_eq!(own("connects"), Some(1));
+
     let pong = ask_iotda(&p, "1", "ping", json!({}));
     assert_eq!(pong["result_code"], 0, "{pong}");
     assert_eq!(pong["paras"]["pong"], true, "{pong}");

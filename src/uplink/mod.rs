@@ -590,7 +590,8 @@ impl Uplink {
                 s.control
                     .extend(self.dialect.on_connect(&view, version, now_ms()));
                 self.reconcile_children(s, children).await;
-                self.report_own(s, children);
+                // The same values the births carry (the process's RSS moves in between).
+                s.control.extend(self.dialect.own(&own, now_ms()));
                 s.want_fill = true;
                 Ok(())
             }
@@ -1027,6 +1028,43 @@ impl Uplink {
             ("children_online".to_string(), Value::UInt(online as u64)),
             ("children_total".to_string(), Value::UInt(total as u64)),
         ]);
+        // Health: what a fleet operator watches without logging in.
+        let m = &self.metrics;
+        let n = |a: &std::sync::atomic::AtomicU64| Value::UInt(a.load(Ordering::Relaxed));
+        for (k, v) in [
+            (
+                "children_offline",
+                Value::UInt(total.saturating_sub(online) as u64),
+            ),
+            ("queue_oldest_age_s", n(&m.queue_oldest_age_s)),
+            ("dropped_full", n(&m.dropped_full)),
+            ("dropped_expired", n(&m.dropped_expired)),
+            ("dropped_store_error", n(&m.dropped_store_error)),
+            ("dropped_corrupt", n(&m.dropped_corrupt)),
+            ("dropped_orphan", n(&m.dropped_orphan)),
+            ("dropped_unsendable", n(&m.dropped_unsendable)),
+            ("delivered", n(&m.delivered)),
+            ("connects", n(&m.connects)),
+            ("connect_attempts", n(&m.connect_attempts)),
+            ("requests_done", n(&m.requests_done)),
+            ("requests_failed", n(&m.requests_failed)),
+            ("requests_busy", n(&m.requests_busy)),
+            ("inbound_rejected", n(&m.inbound_rejected)),
+        ] {
+            props.insert(k.to_string(), v);
+        }
+        if let Ok(buses) = m.bus_counters.lock() {
+            for (bus, counters) in buses.iter() {
+                for key in crate::control::ACTIVITY {
+                    if let Some(v) = counters.get(*key) {
+                        props.insert(format!("bus.{bus}.{key}"), Value::UInt(*v));
+                    }
+                }
+            }
+        }
+        let (rss_kib, cpu_ms) = crate::service::process_usage();
+        props.insert("rss_kib".to_string(), Value::UInt(rss_kib));
+        props.insert("cpu_ms".to_string(), Value::UInt(cpu_ms));
         // The outcome of the last remote config change, once there was one.
         if let Some(note) = self
             .metrics

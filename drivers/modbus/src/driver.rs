@@ -168,6 +168,20 @@ struct BusTask {
     last_io: Instant,
     /// An RTU exchange failed at this instant: settle the line before reopening.
     unsettled: Option<Instant>,
+    /// Polls done, polls that failed, poll slots skipped (overruns): the gateway's health
+    /// telemetry, sent as `Event::Counters` at most every `COUNTERS_EVERY`.
+    activity: Activity,
+}
+
+/// How often a bus says what it did.
+const COUNTERS_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct Activity {
+    polls: u64,
+    poll_errors: u64,
+    overruns: u64,
+    sent: Instant,
 }
 
 impl BusTask {
@@ -197,6 +211,12 @@ impl BusTask {
             conn: None,
             next_connect: start,
             connect_error: None,
+            activity: Activity {
+                polls: 0,
+                poll_errors: 0,
+                overruns: 0,
+                sent: start,
+            },
             rx: Arc::new(AtomicU64::new(0)),
             last_io: start,
             unsettled: None,
@@ -489,6 +509,22 @@ impl BusTask {
 
         let now = Instant::now();
         let missed = dev.schedule.advance(now);
+        self.activity.polls += 1;
+        self.activity.poll_errors += u64::from(failure.is_some());
+        self.activity.overruns += missed;
+        if now.duration_since(self.activity.sent) >= COUNTERS_EVERY {
+            self.activity.sent = now;
+            // Never waits: a full channel only delays the figures to the next time.
+            let _ = ctx.events.try_send(Event::Counters {
+                bus: bus.clone(),
+                counters: BTreeMap::from([
+                    ("polls".to_string(), self.activity.polls),
+                    ("poll_errors".to_string(), self.activity.poll_errors),
+                    ("overruns".to_string(), self.activity.overruns),
+                ]),
+            });
+        }
+        let dev = &mut self.devices[idx];
         if missed > 0 {
             if let Some(count) = dev.overruns.hit(missed, now) {
                 warn!(bus = %bus, device = %dev.spec.node_id, missed = count, total = dev.schedule.overruns(), period = ?dev.schedule.period(), "poll overrun: slots skipped (count since the last such line; at most one a minute while it lasts)");
