@@ -287,3 +287,193 @@ fn thingsboard_gateway_rpcs() {
     let code = gw.child.wait().ok().and_then(|s| s.code());
     assert_eq!(code, Some(79), "{}", gw.log().join("\n"));
 }
+
+/// OceanConnect: a `cloudReq` without `deviceId` (or with the gateway's) is an operation;
+/// answered by `deviceRsp` with the result as `body`.
+#[test]
+fn oceanconnect_cloud_requests_to_the_gateway() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start(dir.path());
+    let p = TestPlatform::start_on(broker.port, "gw_oc", "/huawei/v1/devices/gw_oc/#");
+    let sim = meter_sim();
+    let cfg = meter_config(
+        dir.path(),
+        &format!(
+            "dialect = \"oceanconnect\"\nhost = \"127.0.0.1\"\nport = {}\ntls = false\ndevice_id = \"gw_oc\"\nsecret = \"{SECRET}\"",
+            broker.port
+        ),
+        sim.port,
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap_or_default()
+        + "\n[remote]\nallow = [\"ping\", \"config_get\"]\n";
+    std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
+    let gw = Gateway::start(&cfg);
+    let data = "/huawei/v1/devices/gw_oc/data/json";
+    wait_until(Duration::from_secs(20), "data", || {
+        p.messages().iter().any(|m| m.topic == data)
+    });
+    let ask = |mid: u64, cmd: &str, device: Option<&str>| -> Json {
+        let mut req = json!({"msgType": "cloudReq", "serviceId": "gateway", "mid": mid, "cmd": cmd, "paras": {}});
+        if let Some(d) = device {
+            req["deviceId"] = json!(d);
+        }
+        p.send(
+            "/huawei/v1/devices/gw_oc/command/json",
+            req.to_string().as_bytes(),
+        );
+        let mut got = None;
+        wait_until(Duration::from_secs(15), cmd, || {
+            got = p
+                .messages()
+                .into_iter()
+                .find(|m| {
+                    m.topic == data && m.json["msgType"] == "deviceRsp" && m.json["mid"] == mid
+                })
+                .map(|m| m.json);
+            got.is_some()
+        });
+        got.unwrap_or_default()
+    };
+    let pong = ask(7001, "ping", None);
+    assert_eq!(
+        (pong["errcode"].as_u64(), pong["body"]["pong"].as_bool()),
+        (Some(0), Some(true)),
+        "{pong}"
+    );
+    let own = ask(7002, "config_get", Some("gw_oc"));
+    assert_eq!(own["errcode"], 0, "{own}");
+    assert!(!own.to_string().contains(SECRET), "{own}");
+    let refused = ask(7003, "logs", None);
+    assert_eq!(refused["errcode"], 8, "{refused}");
+    drop(gw);
+}
+
+/// AllThingsTalk: a command to a gateway asset named after an operation runs it; the
+/// result is that asset's new state (`{"value":…,"at":…}`).
+#[test]
+fn allthingstalk_gateway_asset_commands() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start(dir.path());
+    let p = TestPlatform::start_on(broker.port, "gw-att", "client/acc1/out/#");
+    let sim = meter_sim();
+    let cfg = meter_config(
+        dir.path(),
+        &format!(
+            "dialect = \"allthingstalk\"\nhost = \"127.0.0.1\"\nport = {}\ntls = false\ndevice_id = \"gw-att\"\naccount = \"acc1\"\nsecret = \"{SECRET}\"",
+            broker.port
+        ),
+        sim.port,
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap_or_default()
+        + "\n[remote]\nallow = [\"ping\", \"logs\"]\n";
+    std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
+    let gw = Gateway::start(&cfg);
+    let out = "client/acc1/out/gateway/gw-att";
+    wait_until(Duration::from_secs(20), "states", || {
+        p.messages()
+            .iter()
+            .any(|m| m.topic.starts_with(&format!("{out}/device/")))
+    });
+    let ask = |asset: &str, value: &str| -> Json {
+        let before = p.messages().len();
+        p.send(
+            &format!("client/acc1/in/gateway/gw-att/asset/{asset}/command"),
+            value.as_bytes(),
+        );
+        let topic = format!("{out}/asset/{asset}/state");
+        let mut got = None;
+        wait_until(Duration::from_secs(15), asset, || {
+            got = p.messages()[before..]
+                .iter()
+                .find(|m| m.topic == topic)
+                .map(|m| m.json.clone());
+            got.is_some()
+        });
+        got.unwrap_or_default()
+    };
+    let pong = ask("ping", "true");
+    assert_eq!(pong["value"]["pong"], true, "{pong}");
+    assert!(
+        pong["at"].as_str().unwrap_or_default().ends_with('Z'),
+        "{pong}"
+    );
+    let logs = ask("logs", r#"{"value": {"lines": 5}}"#);
+    assert!(
+        logs["value"]["lines"]
+            .as_array()
+            .is_some_and(|l| l.len() <= 5),
+        "{logs}"
+    );
+    let refused = ask("status", "true");
+    assert!(
+        refused["value"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not allowed"),
+        "{refused}"
+    );
+    drop(gw);
+}
+
+/// Sparkplug: `Node Control/Restart Bus` and `Node Control/Reboot` in an NCMD (born in the
+/// NBIRTH) run `restart_bus` and `restart`; Sparkplug commands have no answer, so the effect
+/// and the log show it. Not allowed: logged as refused, nothing happens.
+#[test]
+fn sparkplug_node_control() {
+    use fieldgate::uplink::dialect::sparkplug::{metric, Payload, REBOOT, RESTART_BUS};
+    use fieldgate_driver::Value;
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start(dir.path());
+    let p = TestPlatform::start_on(broker.port, "host", "spBv1.0/#");
+    let sim = meter_sim();
+    let cfg = meter_config(
+        dir.path(),
+        &format!(
+            "dialect = \"sparkplug\"\nhost = \"127.0.0.1\"\nport = {}\ntls = false\ndevice_id = \"gw1\"\ngroup_id = \"G\"\nsecret = \"{SECRET}\"",
+            broker.port
+        ),
+        sim.port,
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap_or_default()
+        + "\n[remote]\nallow = [\"restart_bus\"]\n";
+    std::fs::write(&cfg, &text).unwrap_or_else(|e| panic!("{e}"));
+    let mut gw = Gateway::start(&cfg);
+    wait_until(Duration::from_secs(20), "NBIRTH", || {
+        p.raw().iter().any(|(t, _)| t == "spBv1.0/G/NBIRTH/gw1")
+    });
+    let nbirth = p
+        .raw()
+        .into_iter()
+        .find(|(t, _)| t == "spBv1.0/G/NBIRTH/gw1")
+        .and_then(|(_, b)| Payload::decode(b.as_slice()).ok())
+        .unwrap_or_default();
+    for name in [REBOOT, RESTART_BUS] {
+        assert!(
+            nbirth
+                .metrics
+                .iter()
+                .any(|m| m.name.as_deref() == Some(name)),
+            "{name} born in the NBIRTH"
+        );
+    }
+    let ncmd = |name: &str, v: Value| {
+        let pl = Payload {
+            timestamp: Some(1),
+            metrics: vec![metric(name, &v, 1)],
+            ..Default::default()
+        };
+        p.send("spBv1.0/G/NCMD/gw1", &pl.encode_to_vec());
+    };
+    ncmd(RESTART_BUS, Value::Text("plant".into()));
+    wait_until(Duration::from_secs(10), "the bus restarted", || {
+        gw.count(&["bus restarted on the platform's request"]) == 1
+    });
+    ncmd(REBOOT, Value::Bool(true));
+    wait_until(Duration::from_secs(10), "refused", || {
+        gw.count(&["platform operation refused", "restart"]) >= 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(gw.running(), "`restart` is not in allow");
+    drop(gw);
+}

@@ -454,6 +454,10 @@ impl Uplink {
             self.metrics.uplink_beat.fetch_add(1, Ordering::Relaxed);
             let step: Result<(), StepError> = tokio::select! {
                 _ = self.shutdown.changed() => {
+                    // Answers already made (a `restart` operation's) still go out.
+                    while let Ok(reply) = reply_rx.try_recv() {
+                        self.queue_reply(&mut s, Out::new(reply.topic, reply.payload));
+                    }
                     self.close(client, &mut link, &mut s, reader).await;
                     return End::Shutdown;
                 }
@@ -1089,6 +1093,12 @@ impl Uplink {
         reader: &mut Reader,
     ) {
         if s.connected {
+            while s.delivery.room() {
+                let Some(o) = s.replies.pop_front() else {
+                    break;
+                };
+                hand(client, s, o, Msg::default());
+            }
             self.settle(client, link, s, reader, Duration::from_secs(2))
                 .await;
             // What the platform must hear before a deliberate goodbye (Sparkplug: NDEATH — a

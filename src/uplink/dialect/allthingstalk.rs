@@ -160,6 +160,37 @@ impl super::Dialect for AllThingsTalk {
         }
         let value =
             command_value(payload).ok_or_else(|| ParseError::new("command value is not UTF-8"))?;
+        if device.is_none() && crate::config::OPERATIONS.contains(&asset.as_str()) {
+            // A gateway asset named after one of its own operations: run it; the result is the
+            // asset's new state, as a complex value (`{"value":…,"at":…}`).
+            let topic = self.state_topic(None, &asset);
+            let paras = match value {
+                Json::Object(m) => Json::Object(m),
+                Json::Null => Json::Object(serde_json::Map::new()),
+                other => serde_json::json!({ "value": other }),
+            };
+            return Ok(Inbound::Operation {
+                request_id: format!("att-{}", fieldgate_driver::now_ms()),
+                name: asset,
+                paras,
+                respond: Arc::new(move |r| {
+                    let value = match r {
+                        Ok(result) => result.clone(),
+                        Err((code, message)) => {
+                            serde_json::json!({"error": format!("{code:?}"), "message": message})
+                        }
+                    };
+                    let (y, mo, d, h, mi, sec, _) = super::utc(fieldgate_driver::now_ms());
+                    let at = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{sec:02}Z");
+                    Some(Reply {
+                        topic: topic.clone(),
+                        payload: serde_json::json!({"value": value, "at": at})
+                            .to_string()
+                            .into_bytes(),
+                    })
+                }),
+            });
+        }
         let confirm = {
             let topic = self.state_topic(device.as_deref(), &asset);
             let asset = asset.clone();

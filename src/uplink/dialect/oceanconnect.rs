@@ -90,6 +90,17 @@ pub fn device_rsp(mid: &Json, o: &CommandOutcome) -> Vec<u8> {
         .into_bytes()
 }
 
+/// `deviceRsp` for one of the gateway's own operations: the result as `body`.
+pub fn operation_rsp(mid: &Json, r: &super::OpResult) -> Vec<u8> {
+    let (code, body) = match r {
+        Ok(result) => (0, result.clone()),
+        Err((code, message)) => (result_code(*code), json!({"result": message})),
+    };
+    json!({"msgType": "deviceRsp", "mid": mid, "errcode": code, "body": body})
+        .to_string()
+        .into_bytes()
+}
+
 impl super::Dialect for OceanConnect {
     fn connect(&mut self, secret: &str, now_ms: u64) -> Connect {
         let hour = hour_stamp(now_ms);
@@ -229,6 +240,22 @@ impl super::Dialect for OceanConnect {
         let paras = body.get("paras").cloned().unwrap_or(Json::Null);
         if !(paras.is_object() || paras.is_null()) {
             return Err(refuse("`paras` must be an object"));
+        }
+        let device = body.get("deviceId").and_then(Json::as_str);
+        if device.is_none_or(|d| d == self.id) {
+            // For the gateway itself: one of its own operations, named by `cmd`.
+            let (topic, mid2) = (self.data.clone(), mid.clone());
+            return Ok(Inbound::Operation {
+                request_id: mid.to_string(),
+                name: cmd.to_string(),
+                paras,
+                respond: Arc::new(move |r| {
+                    Some(Reply {
+                        topic: topic.clone(),
+                        payload: operation_rsp(&mid2, r),
+                    })
+                }),
+            });
         }
         Ok(Inbound::Request {
             request: Request::Command {

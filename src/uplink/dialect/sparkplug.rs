@@ -30,6 +30,11 @@ use crate::queue::Record;
 
 pub const NAMESPACE: &str = "spBv1.0";
 pub const REBIRTH: &str = "Node Control/Rebirth";
+/// The spec's node restart command: the gateway's `restart` operation.
+pub const REBOOT: &str = "Node Control/Reboot";
+/// A custom node command: restart one bus (String value: its name), the `restart_bus`
+/// operation.
+pub const RESTART_BUS: &str = "Node Control/Restart Bus";
 pub const MAX_INBOUND: usize = 256 * 1024;
 
 /// `org.eclipse.tahu.protobuf.Payload`.
@@ -390,6 +395,8 @@ impl Sparkplug {
         let mut metrics = vec![
             self.bd_seq_metric(now_ms),
             self.birth_metric("", REBIRTH, &Value::Bool(false), now_ms),
+            self.birth_metric("", REBOOT, &Value::Bool(false), now_ms),
+            self.birth_metric("", RESTART_BUS, &Value::Text(String::new()), now_ms),
         ];
         let own: Vec<(String, Value)> = self
             .own
@@ -659,10 +666,30 @@ impl super::Dialect for Sparkplug {
                 self.command_name("", m).as_deref() == Some(REBIRTH)
                     && m.value == Some(MetricValue::Boolean(true))
             });
-            return Ok(if rebirth {
-                Inbound::Rebirth
-            } else {
-                Inbound::Ignored("NCMD without a rebirth request".into())
+            if rebirth {
+                return Ok(Inbound::Rebirth);
+            }
+            // Node control as the gateway's own operations. Sparkplug commands have no
+            // answer: the operation's effect is what a host sees (and it is logged).
+            let op = p.metrics.iter().find_map(|m| {
+                match (self.command_name("", m).as_deref(), &m.value) {
+                    (Some(REBOOT), Some(MetricValue::Boolean(true))) => {
+                        Some(("restart", Json::Object(serde_json::Map::new())))
+                    }
+                    (Some(RESTART_BUS), Some(MetricValue::String(bus))) => {
+                        Some(("restart_bus", serde_json::json!({ "bus": bus })))
+                    }
+                    _ => None,
+                }
+            });
+            return Ok(match op {
+                Some((name, paras)) => Inbound::Operation {
+                    request_id: format!("ncmd-{}", p.seq.unwrap_or(0)),
+                    name: name.to_string(),
+                    paras,
+                    respond: std::sync::Arc::new(|_| None),
+                },
+                None => Inbound::Ignored("NCMD without a known node control".into()),
             });
         }
         let prefix = format!("{}/", self.topic("DCMD", None));

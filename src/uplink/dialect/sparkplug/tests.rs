@@ -279,8 +279,34 @@ fn ncmd_rebirth_and_dcmd_writes() {
         s.parse("spBv1.0/Plant 1/NCMD/gw-7", &rb),
         Ok(Inbound::Rebirth)
     ));
-    let other = cmd(vec![Metric {
+    // Node control as the gateway's own operations (no answer: Sparkplug has none).
+    let reboot = cmd(vec![Metric {
         name: Some("Node Control/Reboot".into()),
+        value: Some(MetricValue::Boolean(true)),
+        ..Default::default()
+    }]);
+    let Ok(Inbound::Operation { name, respond, .. }) =
+        s.parse("spBv1.0/Plant 1/NCMD/gw-7", &reboot)
+    else {
+        panic!("an operation")
+    };
+    assert_eq!(name, "restart");
+    assert!(respond(&Ok(serde_json::Value::Null)).is_none());
+    let bus = cmd(vec![Metric {
+        name: Some(RESTART_BUS.into()),
+        value: Some(MetricValue::String("plant".into())),
+        ..Default::default()
+    }]);
+    let Ok(Inbound::Operation { name, paras, .. }) = s.parse("spBv1.0/Plant 1/NCMD/gw-7", &bus)
+    else {
+        panic!("an operation")
+    };
+    assert_eq!(
+        (name.as_str(), paras["bus"].as_str()),
+        ("restart_bus", Some("plant"))
+    );
+    let other = cmd(vec![Metric {
+        name: Some("Node Control/Next Server".into()),
         value: Some(MetricValue::Boolean(true)),
         ..Default::default()
     }]);
