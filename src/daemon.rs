@@ -9,7 +9,6 @@
 //! commits what they produced, then the uplink waits briefly for outstanding acknowledgements
 //! and disconnects cleanly.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::config::{self, Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Spec};
-use crate::router::{Router, Target};
+use crate::router::Router;
 use crate::store::{Store, StoreError};
 use crate::supervisor::Supervisor;
 use crate::uplink::{Uplink, UplinkEvent};
@@ -78,23 +77,6 @@ fn specs(cfg: &Config) -> Vec<Spec> {
         .collect()
 }
 
-fn targets(cfg: &Config, sup: &Supervisor) -> HashMap<String, Target> {
-    cfg.devices
-        .iter()
-        .filter_map(|d| {
-            Some((
-                d.node_id.clone(),
-                Target {
-                    bus: sup.commands(&d.bus)?,
-                    points: d.points.clone(),
-                    commands: d.commands.clone(),
-                    declared: d.declared.clone(),
-                },
-            ))
-        })
-        .collect()
-}
-
 /// Run the gateway until `stop` completes or SIGTERM/SIGINT arrives; SIGHUP reloads
 /// `config_path` (when there is one). Then stop gracefully.
 pub async fn serve(
@@ -143,15 +125,14 @@ pub async fn serve(
         rules_rx,
         never_rx,
     ));
-    let mut sup = Supervisor::new(events_tx);
+    let router = Router::new(cfg.platform.command_timeout, metrics.clone());
+    let mut sup = Supervisor::new(events_tx, router.clone());
     let excluded = registry
         .lock()
         .map(|r| r.platform_deleted())
         .unwrap_or_default();
     sup.apply(&cfg, &excluded).await;
     seed_bus_counters(&cfg, &metrics);
-    let router = Router::new(cfg.platform.command_timeout, metrics.clone());
-    router.update(targets(&cfg, &sup));
     let watchdog = tokio::spawn(service::supervise(
         metrics.clone(),
         registry.clone(),
@@ -235,7 +216,6 @@ pub async fn serve(
                     info!(node_id = %node, "stopping the polling of a child the platform deleted");
                     let excluded = registry.lock().map(|r| r.platform_deleted()).unwrap_or_default();
                     sup.apply(&cfg, &excluded).await;
-                    router.update(targets(&cfg, &sup));
                 }
                 UplinkEvent::Operation(asked) => {
                     let ctx = OpContext {
@@ -245,7 +225,7 @@ pub async fn serve(
                         status: &status_source,
                         started,
                     };
-                    let (result, then) = operation(&asked, ctx, &mut sup, &router).await;
+                    let (result, then) = operation(&asked, ctx, &mut sup).await;
                     match &result {
                         Ok(_) => info!(request_id = %asked.request_id, operation = %asked.name, "platform operation done"),
                         Err((code, why)) => warn!(request_id = %asked.request_id, operation = %asked.name, code = ?code, reason = %why, "platform operation refused"),
@@ -297,7 +277,7 @@ pub async fn serve(
             let platform_changed = new.platform != cfg.platform;
             cfg = new;
             cfg_text = text;
-            apply(&cfg, &registry, &store, &mut sup, &router).await;
+            apply(&cfg, &registry, &store, &mut sup).await;
             seed_bus_counters(&cfg, &metrics);
             rules_tx.send_replace(Arc::new(rule_set(&cfg)));
             status_cfg.send_replace(Arc::new(cfg.clone()));
@@ -415,7 +395,6 @@ async fn operation(
     asked: &crate::remote::Asked,
     ctx: OpContext<'_>,
     sup: &mut Supervisor,
-    router: &Router,
 ) -> (crate::uplink::dialect::OpResult, Then) {
     use fieldgate_driver::ErrorCode;
     use serde_json::json;
@@ -457,10 +436,7 @@ async fn operation(
             "toml": crate::remote::redact(ctx.cfg_text),
         })),
         "restart_bus" => match asked.paras.get("bus").and_then(serde_json::Value::as_str) {
-            Some(bus) if sup.restart_bus(bus).await => {
-                router.update(targets(ctx.cfg, sup));
-                Ok(json!({"restarted": bus}))
-            }
+            Some(bus) if sup.restart_bus(bus).await => Ok(json!({"restarted": bus})),
             Some(bus) => Err((
                 ErrorCode::BadValue,
                 format!("no bus named `{}`", fieldgate_driver::escape_controls(bus)),
@@ -582,13 +558,7 @@ fn reload(path: Option<&Path>, running: &Config) -> Option<Config> {
 }
 
 /// Reconcile the registry, the store, the buses and the routes with a new config.
-async fn apply(
-    cfg: &Config,
-    registry: &Mutex<Registry>,
-    store: &Store,
-    sup: &mut Supervisor,
-    router: &Router,
-) {
+async fn apply(cfg: &Config, registry: &Mutex<Registry>, store: &Store, sup: &mut Supervisor) {
     let (changes, excluded, forget) = match registry.lock() {
         Ok(mut r) => {
             let ch = r.apply(&specs(cfg));
@@ -613,6 +583,5 @@ async fn apply(
         }
     }
     let touched = sup.apply(cfg, &excluded).await;
-    router.update(targets(cfg, sup));
     info!(added = ?changes.added, removed = ?changes.removed, replaced = ?changes.replaced, buses_restarted = ?touched, "config reloaded");
 }

@@ -60,6 +60,17 @@ impl Router {
     }
 
     /// Replace the routing table (at start and after every reload): node id → target.
+    /// The children that have a route now, sorted (for `status` and tests).
+    pub fn routed(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .targets
+            .read()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
     pub fn update(&self, targets: HashMap<String, Target>) {
         if let Ok(mut t) = self.targets.write() {
             *t = targets;
@@ -344,5 +355,257 @@ impl Router {
             }
         };
         Ok((target, cmd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The allow-list where it lives: every refusal of `Router::check` and every accepted
+    //! form, for a Modbus child (points, commands over points) and a child whose driver takes
+    //! declared commands and answers for any service (serial, BLE, exec).
+    use super::*;
+    use crate::registry::Spec;
+    use fieldgate_driver::{ParamKind, ParamSpec, Value};
+    use fieldgate_modbus::point::{DataType, Table};
+    use serde_json::json;
+
+    fn spec(node: &str) -> Spec {
+        Spec {
+            node_id: node.into(),
+            name: node.into(),
+            product_id: "p".into(),
+            bus: "b".into(),
+            writable: Vec::new(),
+        }
+    }
+
+    /// Children: `meter` (Modbus; device id `d-meter`), `inst` (declared commands, no points;
+    /// `d-inst`), `gone` (known to the platform, not polled; `d-gone`).
+    fn world() -> (Router, Mutex<Registry>, mpsc::Receiver<CommandRequest>) {
+        let mut reg = Registry::new(&[spec("meter"), spec("inst"), spec("gone")]);
+        for n in ["meter", "inst", "gone"] {
+            reg.confirm(n, &format!("d-{n}"));
+        }
+        let limit = PointSpec {
+            writable: true,
+            min: Some(0.0),
+            max: Some(500.0),
+            scale: Some(0.1),
+            ..PointSpec::new("control", "limit", Table::Holding, 4, DataType::U16)
+        };
+        let volts = PointSpec::new("energy", "voltage", Table::Input, 0, DataType::U16);
+        let dup_a = PointSpec {
+            writable: true,
+            ..PointSpec::new("a", "mode", Table::Holding, 8, DataType::U16)
+        };
+        let dup_b = PointSpec {
+            writable: true,
+            ..PointSpec::new("b", "mode", Table::Holding, 9, DataType::U16)
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let meter = Target {
+            bus: tx.clone(),
+            points: vec![limit, volts, dup_a, dup_b].into(),
+            commands: vec![
+                CommandSpec {
+                    service: "control".into(),
+                    name: "set_limit".into(),
+                    point: 0,
+                    value: None,
+                },
+                CommandSpec {
+                    service: "control".into(),
+                    name: "zero".into(),
+                    point: 0,
+                    value: Some(Value::Float(0.0)),
+                },
+            ]
+            .into(),
+            declared: Vec::new().into(),
+        };
+        let inst = Target {
+            bus: tx,
+            points: Vec::new().into(),
+            commands: Vec::new().into(),
+            declared: vec![DeclaredCommand {
+                service: "scale".into(),
+                name: "tare".into(),
+                params: vec![ParamSpec {
+                    name: "n".into(),
+                    kind: ParamKind::Int {
+                        min: Some(1),
+                        max: Some(9),
+                    },
+                }],
+            }]
+            .into(),
+        };
+        let router = Router::new(Duration::from_secs(1), Arc::new(Metrics::default()));
+        router.update(HashMap::from([
+            ("meter".to_string(), meter),
+            ("inst".to_string(), inst),
+        ]));
+        (router, Mutex::new(reg), rx)
+    }
+
+    fn cmd(dev: Option<&str>, name: &str, paras: Json) -> Request {
+        Request::Command {
+            request_id: "r".into(),
+            device_id: dev.map(str::to_string),
+            service: None,
+            name: name.into(),
+            paras,
+        }
+    }
+
+    fn set(dev: &str, services: Vec<(&str, Json)>) -> Request {
+        Request::Set {
+            request_id: "r".into(),
+            device_id: Some(dev.into()),
+            services: services
+                .into_iter()
+                .map(|(s, p)| (s.to_string(), p.as_object().cloned().unwrap_or_default()))
+                .collect(),
+        }
+    }
+
+    fn get(dev: &str, service: Option<&str>) -> Request {
+        Request::Get {
+            request_id: "r".into(),
+            device_id: Some(dev.into()),
+            service: service.map(str::to_string),
+        }
+    }
+
+    use serde_json::Value as Json;
+
+    #[test]
+    fn every_refusal_has_its_code() {
+        let (router, reg, _rx) = world();
+        let refused = [
+            (cmd(None, "x", json!({})), ErrorCode::Unsupported),
+            (
+                cmd(Some("d-nobody"), "x", json!({})),
+                ErrorCode::UnknownChild,
+            ),
+            (cmd(Some("d-gone"), "x", json!({})), ErrorCode::UnknownChild),
+            (
+                cmd(Some("d-meter"), "undeclared", json!({})),
+                ErrorCode::Unsupported,
+            ),
+            (
+                cmd(Some("d-meter"), "set_limit", json!({})),
+                ErrorCode::BadValue,
+            ),
+            (
+                cmd(Some("d-meter"), "set_limit", json!({"value": 501})),
+                ErrorCode::BadValue,
+            ),
+            (
+                cmd(Some("d-meter"), "set_limit", json!({"value": "x"})),
+                ErrorCode::BadValue,
+            ),
+            (
+                cmd(Some("d-inst"), "tare", json!({"n": 10})),
+                ErrorCode::BadValue,
+            ),
+            (cmd(Some("d-inst"), "tare", json!({})), ErrorCode::BadValue),
+            (get("d-meter", Some("nope")), ErrorCode::UnknownPoint),
+            (set("d-meter", vec![]), ErrorCode::Unsupported),
+            (
+                set(
+                    "d-meter",
+                    vec![("control", json!({"limit": 1})), ("energy", json!({}))],
+                ),
+                ErrorCode::Unsupported,
+            ),
+            (
+                set("d-meter", vec![("control", json!({}))]),
+                ErrorCode::BadValue,
+            ),
+            (
+                set("d-meter", vec![("control", json!({"nope": 1}))]),
+                ErrorCode::UnknownPoint,
+            ),
+            (
+                set("d-meter", vec![("", json!({"mode": 1}))]),
+                ErrorCode::UnknownPoint,
+            ),
+            (
+                set("d-meter", vec![("energy", json!({"voltage": 1}))]),
+                ErrorCode::NotWritable,
+            ),
+            (
+                set("d-meter", vec![("control", json!({"limit": -1}))]),
+                ErrorCode::BadValue,
+            ),
+            (
+                set("d-inst", vec![("scale", json!({"w": 1}))]),
+                ErrorCode::UnknownPoint,
+            ),
+        ];
+        for (req, code) in refused {
+            match router.check(&req, &reg) {
+                Err((c, why)) => assert_eq!(c, code, "{req:?}: {why}"),
+                Ok((_, c)) => panic!("{req:?} was accepted as {c:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_accepted_form_becomes_its_command() {
+        let (router, reg, _rx) = world();
+        let ok = |req: Request| match router.check(&req, &reg) {
+            Ok((_, c)) => c,
+            Err(e) => panic!("{req:?} refused: {e:?}"),
+        };
+        assert_eq!(
+            ok(cmd(Some("d-meter"), "set_limit", json!({"value": 42.5}))),
+            Command::Invoke {
+                child: "meter".into(),
+                service: "control".into(),
+                name: "set_limit".into(),
+                params: BTreeMap::from([("value".to_string(), Value::Float(42.5))]),
+            }
+        );
+        // A fixed value needs no parameter.
+        assert!(matches!(
+            ok(cmd(Some("d-meter"), "zero", json!({}))),
+            Command::Invoke { ref params, .. } if params["value"] == Value::Float(0.0)
+        ));
+        assert_eq!(
+            ok(cmd(Some("d-inst"), "tare", json!({"n": 3}))),
+            Command::Invoke {
+                child: "inst".into(),
+                service: "scale".into(),
+                name: "tare".into(),
+                params: BTreeMap::from([("n".to_string(), Value::Int(3))]),
+            }
+        );
+        assert_eq!(
+            ok(get("d-meter", Some("energy"))),
+            Command::GetProperties {
+                child: "meter".into(),
+                service: Some("energy".into())
+            }
+        );
+        // A child without points answers for any service it is asked about.
+        assert!(matches!(
+            ok(get("d-inst", Some("anything"))),
+            Command::GetProperties { .. }
+        ));
+        // A property named without its service (ThingsBoard attributes) finds its point.
+        assert_eq!(
+            ok(set("d-meter", vec![("", json!({"limit": 12.5}))])),
+            Command::SetProperties {
+                child: "meter".into(),
+                service: "control".into(),
+                properties: BTreeMap::from([("limit".to_string(), Value::Float(12.5))]),
+            }
+        );
+        assert!(matches!(
+            ok(set("d-meter", vec![("a", json!({"mode": 2}))])),
+            Command::SetProperties { ref service, .. } if service == "a"
+        ));
     }
 }

@@ -1,7 +1,9 @@
 //! The supervisor: one driver task per configured bus, restarted with backoff when it fails —
 //! one broken bus never stops the others or the daemon. Applying a new config restarts only
 //! the buses whose settings or devices changed; the others keep polling without a gap. Each bus
-//! has a bounded command channel that outlives restarts (the router holds its sender).
+//! has a bounded command channel. The supervisor is the one source of what a child may be
+//! asked: after every change of the running buses it hands the router each polled child's
+//! route (its bus's channel, points, commands), so no caller has to remember to.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -15,6 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::config::{Bus, BusKind, Config, Device};
+use crate::router::{Router, Target};
 
 /// Commands waiting for one bus at most.
 const COMMAND_QUEUE: usize = 16;
@@ -30,6 +33,7 @@ struct Running {
 pub struct Supervisor {
     events: mpsc::Sender<Event>,
     buses: BTreeMap<String, Running>,
+    router: Router,
 }
 
 #[cfg(feature = "ble")]
@@ -140,11 +144,36 @@ fn build(bus: &Bus, devices_cfg: &[Device]) -> Box<dyn Driver> {
 }
 
 impl Supervisor {
-    pub fn new(events: mpsc::Sender<Event>) -> Self {
+    pub fn new(events: mpsc::Sender<Event>, router: Router) -> Self {
         Supervisor {
             events,
             buses: BTreeMap::new(),
+            router,
         }
+    }
+
+    /// Hand the router the route of every child polled now: the children of the running
+    /// buses, with their bus's command channel. A child removed, or deleted by the platform,
+    /// has no route (the router answers it is not polled).
+    fn sync_routes(&self) {
+        let routes: std::collections::HashMap<String, Target> = self
+            .buses
+            .values()
+            .flat_map(|r| {
+                r.spec.1.iter().map(|d| {
+                    (
+                        d.node_id.clone(),
+                        Target {
+                            bus: r.commands.clone(),
+                            points: d.points.clone(),
+                            commands: d.commands.clone(),
+                            declared: d.declared.clone(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        self.router.update(routes);
     }
 
     /// Make the running buses match `cfg`, leaving out `excluded` children (deleted by the
@@ -191,6 +220,7 @@ impl Supervisor {
             }
             touched.push(name.to_string());
         }
+        self.sync_routes();
         touched
     }
 
@@ -226,6 +256,7 @@ impl Supervisor {
         stop(r).await;
         info!(bus = %name, "bus restarted on the platform's request");
         self.start(spec);
+        self.sync_routes();
         true
     }
 
@@ -338,5 +369,81 @@ fn forward(inner: &mpsc::Sender<CommandRequest>, req: CommandRequest) {
             code,
             message: msg.into(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The supervisor as the one source of routes: only changed buses restart, every change
+    //! hands the router exactly the children that are polled now.
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            r#"
+[platform]
+dialect = "iotda"
+host = "127.0.0.1"
+device_id = "gw"
+secret = "s"
+tls = false
+
+[[bus]]
+name = "a"
+driver = "modbus-tcp"
+endpoint = "127.0.0.1:1"
+
+[[bus]]
+name = "b"
+driver = "modbus-tcp"
+endpoint = "127.0.0.1:1"
+
+[profile.p]
+[[profile.p.point]]
+property = "v"
+address = "holding:0"
+
+[[device]]
+node_id = "m1"
+bus = "a"
+profile = "p"
+
+[[device]]
+node_id = "m2"
+bus = "b"
+profile = "p"
+{extra}
+"#
+        );
+        crate::config::parse(&text, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn only_changed_buses_restart_and_routes_follow_every_change() {
+        let (tx, _rx) = mpsc::channel(64);
+        let router = Router::new(
+            Duration::from_secs(1),
+            std::sync::Arc::new(crate::metrics::Metrics::default()),
+        );
+        let mut sup = Supervisor::new(tx, router.clone());
+        let none = BTreeSet::new();
+        let c = cfg("");
+        assert_eq!(sup.apply(&c, &none).await, vec!["a", "b"]);
+        assert_eq!(router.routed(), vec!["m1", "m2"]);
+        assert!(sup.apply(&c, &none).await.is_empty(), "nothing changed");
+        // A third child on bus b: only b restarts; the route appears.
+        let more = cfg("[[device]]\nnode_id = \"m3\"\nbus = \"b\"\nprofile = \"p\"\n");
+        assert_eq!(sup.apply(&more, &none).await, vec!["b"]);
+        assert_eq!(router.routed(), vec!["m1", "m2", "m3"]);
+        // A child the platform deleted is not polled and has no route.
+        let deleted = BTreeSet::from(["m2".to_string()]);
+        assert_eq!(sup.apply(&more, &deleted).await, vec!["b"]);
+        assert_eq!(router.routed(), vec!["m1", "m3"]);
+        // restart_bus: an unknown bus is refused; a known one keeps its routes.
+        assert!(!sup.restart_bus("nope").await);
+        assert!(sup.restart_bus("a").await);
+        assert_eq!(router.routed(), vec!["m1", "m3"]);
+        sup.stop_all().await;
     }
 }

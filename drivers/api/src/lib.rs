@@ -11,6 +11,7 @@ mod episode;
 mod health;
 pub mod params;
 mod schedule;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use episode::Episode;

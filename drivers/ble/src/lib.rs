@@ -10,7 +10,7 @@ pub mod driver;
 #[cfg(feature = "bluez")]
 pub mod scan;
 pub mod spec;
-#[cfg(feature = "bluez")]
+#[cfg(all(feature = "bluez", feature = "testing"))]
 pub mod testing;
 
 pub use decode::Format;

@@ -9,6 +9,7 @@ pub mod instrument;
 pub mod parse;
 pub mod port;
 pub mod sniff;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use instrument::{AsciiBus, AsciiDevice, Instrument, SerialAsciiDriver, TemplateCommand};
