@@ -40,34 +40,61 @@ pub fn spawn(mut ev: EventLoop, tx: mpsc::Sender<LinkEvent>) -> JoinHandle<()> {
     })
 }
 
-/// Why a connection ended or failed, in the words an engineer at the cabinet searches for.
-/// `connected`: it had been up (a CONNACK arrived).
-pub fn cause(e: &ConnectionError, connected: bool) -> String {
+/// Why a connection ended or failed, in the words an engineer at the cabinet searches for;
+/// one variant per cause (the session logs a failure once, until the cause changes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Down {
+    #[error("not authorised: the broker refused the credentials")]
+    NotAuthorised,
+    #[error("refused by the broker: {0}")]
+    Refused(String),
+    #[error("timed out: no CONNACK within connect_timeout")]
+    NoConnAck,
+    #[error("timed out writing to the broker")]
+    WriteTimeout,
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("connection refused (nothing listening)")]
+    ConnectionRefused,
+    #[error("TCP connect timed out")]
+    TcpTimeout,
+    #[error("connection closed by the peer: {0}")]
+    Closed(String),
+    #[error("DNS: {0}")]
+    Dns(String),
+    #[error("I/O: {0}")]
+    Io(String),
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    #[error("the broker answered CONNECT with {0}")]
+    NotConnAck(String),
+    #[error("the session closed the client")]
+    RequestsDone,
+}
+
+/// Why a connection ended or failed. `connected`: it had been up (a CONNACK arrived).
+pub fn cause(e: &ConnectionError, connected: bool) -> Down {
     use std::io::ErrorKind;
     match e {
         ConnectionError::ConnectionRefused(
             ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword,
-        ) => "not authorised: the broker refused the credentials".to_string(),
-        ConnectionError::ConnectionRefused(code) => format!("refused by the broker: {code:?}"),
-        ConnectionError::NetworkTimeout if !connected => {
-            "timed out: no CONNACK within connect_timeout".to_string()
-        }
-        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => {
-            "timed out writing to the broker".to_string()
-        }
-        ConnectionError::Tls(t) => format!("TLS: {t}"),
+        ) => Down::NotAuthorised,
+        ConnectionError::ConnectionRefused(code) => Down::Refused(format!("{code:?}")),
+        ConnectionError::NetworkTimeout if !connected => Down::NoConnAck,
+        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => Down::WriteTimeout,
+        ConnectionError::Tls(t) => Down::Tls(t.to_string()),
         ConnectionError::Io(io) => match io.kind() {
-            ErrorKind::ConnectionRefused => "connection refused (nothing listening)".to_string(),
-            ErrorKind::TimedOut => "TCP connect timed out".to_string(),
+            ErrorKind::ConnectionRefused => Down::ConnectionRefused,
+            ErrorKind::TimedOut => Down::TcpTimeout,
             ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof => {
-                format!("connection closed by the peer: {io}")
+                Down::Closed(io.to_string())
             }
-            _ if !connected && looks_like_dns(io) => format!("DNS: {io}"),
-            _ => format!("I/O: {io}"),
+            _ if !connected && looks_like_dns(io) => Down::Dns(io.to_string()),
+            _ => Down::Io(io.to_string()),
         },
-        ConnectionError::MqttState(s) => format!("MQTT: {s}"),
-        ConnectionError::NotConnAck(p) => format!("the broker answered CONNECT with {p:?}"),
-        ConnectionError::RequestsDone => "the session closed the client".to_string(),
+        ConnectionError::MqttState(s) => Down::Mqtt(s.to_string()),
+        ConnectionError::NotConnAck(p) => Down::NotConnAck(format!("{p:?}")),
+        ConnectionError::RequestsDone => Down::RequestsDone,
     }
 }
 
@@ -105,15 +132,24 @@ mod tests {
 
     #[test]
     fn causes_name_what_went_wrong() {
-        assert!(cause(
+        let auth = cause(
             &ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized),
-            false
-        )
-        .starts_with("not authorised"));
-        assert!(cause(&ConnectionError::NetworkTimeout, false).contains("connect_timeout"));
+            false,
+        );
+        assert_eq!(auth, Down::NotAuthorised);
+        assert!(auth.to_string().starts_with("not authorised"));
+        assert!(cause(&ConnectionError::NetworkTimeout, false)
+            .to_string()
+            .contains("connect_timeout"));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(cause(&ConnectionError::Io(refused), false).contains("refused"));
+        assert_eq!(
+            cause(&ConnectionError::Io(refused), false),
+            Down::ConnectionRefused
+        );
         let dns = std::io::Error::other("failed to lookup address information");
-        assert!(cause(&ConnectionError::Io(dns), false).starts_with("DNS"));
+        assert!(matches!(
+            cause(&ConnectionError::Io(dns), false),
+            Down::Dns(_)
+        ));
     }
 }

@@ -112,11 +112,25 @@ pub enum UplinkEvent {
     Operation(crate::remote::Asked),
 }
 
+/// Why a session could not start or ended; one variant per cause, compared to say a
+/// repeated failure once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Cause {
+    #[error("cannot read the device secret: {0}")]
+    Secret(String),
+    #[error("TLS settings: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Link(link::Down),
+    #[error("the connection task stopped")]
+    TaskStopped,
+}
+
 enum End {
     Shutdown,
     /// `unacked`: records sent whose PUBACK never came; they are sent again.
     Lost {
-        cause: String,
+        cause: Cause,
         was_connected: bool,
         unacked: usize,
         /// The attempt's CONNECT reached the broker (see `link::connect_sent`).
@@ -251,7 +265,7 @@ impl Uplink {
             store: self.store.clone(),
             events: self.events.clone(),
         };
-        let mut last_cause = String::new();
+        let mut last_cause: Option<Cause> = None;
         // Dialect state kept across restarts (Sparkplug's bdSeq).
         if let Some((key, _)) = self.dialect.state() {
             match self.store.get_meta(key).await {
@@ -272,9 +286,9 @@ impl Uplink {
             let (client, eventloop) = match self.client() {
                 Ok(c) => c,
                 Err(e) => {
-                    if e != last_cause {
+                    if last_cause.as_ref() != Some(&e) {
                         error!(error = %e, "cannot build the MQTT session; retrying");
-                        last_cause = e;
+                        last_cause = Some(e);
                     }
                     if self.pause(backoff.next()).await {
                         break;
@@ -315,16 +329,16 @@ impl Uplink {
                     }
                     let pause = backoff.next();
                     if !was_connected {
-                        if cause != last_cause {
+                        if last_cause.as_ref() != Some(&cause) {
                             warn!(error = %cause, retry_in = ?pause, "cannot connect to the platform (retrying with backoff; further identical failures are logged at debug)");
                         } else {
                             debug!(error = %cause, retry_in = ?pause, "still cannot connect to the platform");
                         }
                     }
                     if let Ok(mut e) = self.metrics.uplink_error.lock() {
-                        e.clone_from(&cause);
+                        *e = cause.to_string();
                     }
-                    last_cause = if was_connected { String::new() } else { cause };
+                    last_cause = if was_connected { None } else { Some(cause) };
                     if self.pause(pause).await {
                         break;
                     }
@@ -370,12 +384,12 @@ impl Uplink {
         (window, window + CONTROL_ROOM)
     }
 
-    fn client(&mut self) -> Result<(AsyncClient, EventLoop), String> {
+    fn client(&mut self) -> Result<(AsyncClient, EventLoop), Cause> {
         let secret = self
             .platform
             .secret
             .load()
-            .map_err(|e| format!("cannot read the device secret: {e}"))?;
+            .map_err(|e| Cause::Secret(e.to_string()))?;
         let c = self.dialect.connect(secret.expose(), now_ms());
         let (_, limit) = self.limits();
         let p = &self.platform;
@@ -470,9 +484,9 @@ impl Uplink {
                         let cause = match down {
                             Some(LinkEvent::Down(e)) => {
                                 connect_sent = s.connected || link::connect_sent(&e);
-                                link::cause(&e, s.connected)
+                                Cause::Link(link::cause(&e, s.connected))
                             }
-                            _ => "the connection task stopped".to_string(),
+                            _ => Cause::TaskStopped,
                         };
                         let unacked = s.delivery.reset();
                         if let Err(e) = reader.reset().await {
