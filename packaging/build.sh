@@ -20,6 +20,10 @@ archs=("$@")
 [ "${#archs[@]}" -eq 0 ] && archs=(amd64 arm64 armhf)
 
 host_arch=$(dpkg --print-architecture)
+# FG_PROFILE: the cargo profile (default `release`; CI checks with `dev`, see check.sh).
+profile=${FG_PROFILE:-release}
+profile_dir=$profile
+[ "$profile" = dev ] && profile_dir=debug
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 target_dir=${CARGO_TARGET_DIR:-target}
 
@@ -108,15 +112,15 @@ done
 bin_of() {
   local arch=$1
   if [ "$arch" = "$host_arch" ]; then
-    echo "$target_dir/release/fieldgate"
+    echo "$target_dir/$profile_dir/fieldgate"
   else
-    echo "$target_dir/$(triple_of "$arch")/release/fieldgate"
+    echo "$target_dir/$(triple_of "$arch")/$profile_dir/fieldgate"
   fi
 }
 for arch in "${archs[@]}"; do
   echo "== build $arch"
   if [ "$arch" = "$host_arch" ]; then
-    cargo build --release --locked --bin fieldgate --features ble
+    cargo build --profile "$profile" --locked --bin fieldgate --features ble
     continue
   fi
   triple=$(triple_of "$arch")
@@ -130,7 +134,7 @@ for arch in "${archs[@]}"; do
       PKG_CONFIG_ALLOW_CROSS=1 \
       PKG_CONFIG_SYSROOT_DIR="$root" \
       PKG_CONFIG_LIBDIR="$root/usr/lib/$ma/pkgconfig:$root/usr/share/pkgconfig" \
-      cargo build --release --locked --bin fieldgate --features ble --target "$triple"
+      cargo build --profile "$profile" --locked --bin fieldgate --features ble --target "$triple"
 done
 
 rm -rf dist && mkdir -p dist
