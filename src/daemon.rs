@@ -133,7 +133,7 @@ pub async fn serve(
         .unwrap_or_default();
     sup.apply(&cfg, &excluded).await;
     seed_bus_counters(&cfg, &metrics);
-    let watchdog = tokio::spawn(service::supervise(
+    let watchdog = tokio::spawn(service::watchdog(
         metrics.clone(),
         registry.clone(),
         store.clone(),

@@ -21,6 +21,8 @@ use tracing::{error, info, warn};
 pub mod reader;
 mod wire;
 
+pub use wire::BodyError;
+
 use crate::metrics::{Metrics, Streak};
 use crate::registry::Registry;
 use crate::report::{ChildRules, Keep, Stage};
@@ -62,21 +64,21 @@ impl Record {
         }
     }
 
-    pub fn decode(row: &Row) -> Result<Record, String> {
+    pub fn decode(row: &Row) -> Result<Record, BodyError> {
         let Some((&v, rest)) = row.body.split_first() else {
-            return Err("empty body".into());
+            return Err(BodyError::Empty);
         };
         match (v, row.kind) {
             (wire::V2, KIND_REPORT) => wire::decode_report(rest).map(Record::Report),
             (wire::V2, KIND_STATUS) => wire::decode_status(rest).map(Record::Status),
             (BODY_V1, KIND_REPORT) => serde_json::from_slice(rest)
                 .map(Record::Report)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| BodyError::Json(e.to_string())),
             (BODY_V1, KIND_STATUS) => serde_json::from_slice(rest)
                 .map(Record::Status)
-                .map_err(|e| e.to_string()),
-            (BODY_V1 | wire::V2, k) => Err(format!("unknown record kind {k}")),
-            (v, _) => Err(format!("unknown body version {v}")),
+                .map_err(|e| BodyError::Json(e.to_string())),
+            (BODY_V1 | wire::V2, k) => Err(BodyError::Kind(k)),
+            (v, _) => Err(BodyError::Version(v)),
         }
     }
 }
@@ -403,7 +405,7 @@ mod tests {
         assert_eq!(Record::decode(&stored), Ok(r));
         let mut bad = stored.clone();
         bad.body[0] = 9;
-        assert!(Record::decode(&bad).unwrap_err().contains("version"));
+        assert_eq!(Record::decode(&bad), Err(BodyError::Version(9)));
         bad.body = vec![];
         assert!(Record::decode(&bad).is_err());
         let mut bad = stored;

@@ -167,7 +167,7 @@ pub fn summary(metrics: &Metrics, registry: &Mutex<Registry>, queued: Option<u64
 
 /// Refresh STATUS= and, when systemd asked for a watchdog, ping it while the daemon is alive:
 /// the uplink's beat counter moved and the store thread answered within the period.
-pub async fn supervise(metrics: Arc<Metrics>, registry: Arc<Mutex<Registry>>, store: Store) {
+pub async fn watchdog(metrics: Arc<Metrics>, registry: Arc<Mutex<Registry>>, store: Store) {
     let watchdog = sd_notify::watchdog_enabled();
     let every = watchdog.map_or(Duration::from_secs(5), |w| {
         (w / 3).max(Duration::from_millis(200))

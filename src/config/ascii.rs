@@ -36,23 +36,31 @@ impl PartialEq for AsciiProfile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAsciiProfile {
+    /// The platform product id of children of this model (default: the profile's name).
     #[serde(default)]
     product_id: Option<String>,
+    /// The service of the fields below (default `data`).
     #[serde(default)]
     service: Option<String>,
     #[serde(default)]
     #[allow(dead_code)]
     description: Option<String>,
+    /// What to send to ask for a reading; none: the instrument streams.
     #[serde(default)]
     request: Option<Spanned<String>>,
+    /// A frame is this device's answer only if this regex matches it.
     #[serde(default, rename = "match")]
     matcher: Option<Spanned<String>>,
+    /// Named captures that fields take their values from…
     #[serde(default)]
     regex: Option<Spanned<String>>,
+    /// …or a separator that fields take their values from by index.
     #[serde(default)]
     split: Option<Spanned<String>>,
+    /// A checksum each frame must carry: `nmea`, `xor8` or `sum8`.
     #[serde(default)]
     checksum: Option<Spanned<String>>,
+    /// A streaming instrument silent this long is OFFLINE.
     #[serde(default)]
     stale_after: Option<Spanned<Dur>>,
 }
@@ -60,7 +68,9 @@ struct RawAsciiProfile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawField {
+    /// The property name on the platform.
     property: Spanned<String>,
+    /// The field's service, when not the profile's.
     #[serde(default)]
     service: Option<String>,
     /// A regex group: its name, or its number as a string ("1").
@@ -69,10 +79,13 @@ struct RawField {
     /// With `split`: the 0-based field number.
     #[serde(default)]
     index: Option<Spanned<usize>>,
+    /// The value's type: `float`, `int`, `bool` or `string`.
     #[serde(rename = "type", default)]
     kind: Option<Spanned<String>>,
+    /// Engineering value = parsed × scale + offset.
     #[serde(default)]
     scale: Option<f64>,
+    /// Engineering value = parsed × scale + offset.
     #[serde(default)]
     offset: Option<f64>,
     #[serde(default)]
@@ -83,7 +96,9 @@ struct RawField {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTemplate {
+    /// The platform's command name.
     name: Spanned<String>,
+    /// The command's service, when not the profile's.
     #[serde(default)]
     service: Option<String>,
     /// What is written to the line, with `{param}` placeholders.
@@ -91,6 +106,7 @@ struct RawTemplate {
     /// A regex the instrument's reply must match; without it nothing is awaited.
     #[serde(default)]
     expect: Option<Spanned<String>>,
+    /// Typed parameters the template's placeholders take.
     #[serde(default)]
     params: Vec<RawParam>,
 }

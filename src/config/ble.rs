@@ -19,8 +19,10 @@ use super::Checker;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBleProfile {
+    /// The platform product id of children of this model (default: the profile's name).
     #[serde(default)]
     product_id: Option<String>,
+    /// The service of the values below (default `data`).
     #[serde(default)]
     service: Option<String>,
     #[serde(default)]
@@ -29,6 +31,7 @@ struct RawBleProfile {
     /// Advertisement sensors: auto, bthome, ruuvi, atc.
     #[serde(default)]
     format: Option<Spanned<String>>,
+    /// A device not heard from this long is OFFLINE.
     #[serde(default)]
     stale_after: Option<Spanned<Dur>>,
 }
@@ -36,16 +39,23 @@ struct RawBleProfile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawChar {
+    /// The property name on the platform.
     property: Spanned<String>,
+    /// The characteristic's service, when not the profile's.
     #[serde(default)]
     service: Option<String>,
+    /// The GATT characteristic's UUID.
     uuid: Spanned<String>,
+    /// How its bytes decode: `u8`, `i8`, `u16`, `i16`, `u32`, `i32`, `f32`, `bool`, `string`.
     #[serde(rename = "type")]
     kind: Spanned<String>,
+    /// Engineering value = decoded × scale + offset.
     #[serde(default)]
     scale: Option<f64>,
+    /// Engineering value = decoded × scale + offset.
     #[serde(default)]
     offset: Option<f64>,
+    /// Subscribe to notifications instead of reading each poll.
     #[serde(default)]
     notify: bool,
     #[serde(default)]
@@ -56,15 +66,20 @@ struct RawChar {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBleCommand {
+    /// The platform's command name.
     name: Spanned<String>,
+    /// The command's service, when not the profile's.
     #[serde(default)]
     service: Option<String>,
     /// The characteristic written with the command's `value`.
     characteristic: Spanned<String>,
+    /// How the written value encodes.
     #[serde(rename = "type")]
     kind: Spanned<String>,
+    /// The smallest value a command may write.
     #[serde(default)]
     min: Option<f64>,
+    /// The largest value a command may write.
     #[serde(default)]
     max: Option<f64>,
 }

@@ -19,8 +19,10 @@ use super::Checker;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawExecProfile {
+    /// The platform product id of children of this model (default: the profile's name).
     #[serde(default)]
     product_id: Option<String>,
+    /// The default service of its commands.
     #[serde(default)]
     service: Option<String>,
     #[serde(default)]
@@ -31,9 +33,12 @@ struct RawExecProfile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawExecCommand {
+    /// The platform's command name.
     name: Spanned<String>,
+    /// The command's service, when not the profile's.
     #[serde(default)]
     service: Option<String>,
+    /// Typed parameters handed to the program.
     #[serde(default)]
     params: Vec<RawParam>,
 }

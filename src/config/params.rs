@@ -11,13 +11,18 @@ use super::Checker;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawParam {
+    /// The parameter's name in the platform's request.
     name: String,
+    /// `int`, `float`, `bool` or `string`.
     #[serde(rename = "type")]
     kind: String,
+    /// Numbers: the smallest value allowed.
     #[serde(default)]
     min: Option<f64>,
+    /// Numbers: the largest value allowed.
     #[serde(default)]
     max: Option<f64>,
+    /// Strings: the longest value allowed, in characters.
     #[serde(default)]
     max_len: Option<usize>,
     /// Text parameters: a regex the whole value must match.

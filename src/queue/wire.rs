@@ -75,42 +75,78 @@ pub fn encode_status(s: &DeviceStatus) -> Vec<u8> {
     out
 }
 
+/// Why a stored body cannot be read; one variant per cause. The record is then counted as
+/// `corrupt`, never a crash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("empty body")]
+    Empty,
+    #[error("truncated")]
+    Truncated,
+    #[error("varint overflow")]
+    VarintOverflow,
+    #[error("varint too long")]
+    VarintTooLong,
+    #[error("length overflow")]
+    LengthOverflow,
+    #[error("string runs past the end")]
+    StringPastEnd,
+    #[error("string is not UTF-8")]
+    NotUtf8,
+    #[error("truncated float")]
+    TruncatedFloat,
+    #[error("unknown value tag {0}")]
+    ValueTag(u8),
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+    #[error("property count runs past the end")]
+    CountPastEnd,
+    #[error("bad online flag {0}")]
+    OnlineFlag(u8),
+    #[error("unknown record kind {0}")]
+    Kind(u8),
+    #[error("unknown body version {0}")]
+    Version(u8),
+    #[error("JSON body (v1): {0}")]
+    Json(String),
+}
+
 struct Reader<'a> {
     b: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Result<u8, String> {
-        let (&x, rest) = self.b.split_first().ok_or("truncated")?;
+    fn byte(&mut self) -> Result<u8, BodyError> {
+        let (&x, rest) = self.b.split_first().ok_or(BodyError::Truncated)?;
         self.b = rest;
         Ok(x)
     }
 
-    fn varint(&mut self) -> Result<u64, String> {
+    fn varint(&mut self) -> Result<u64, BodyError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
             v |= u64::from(b & 0x7f)
                 .checked_shl(shift)
-                .ok_or("varint overflow")?;
+                .ok_or(BodyError::VarintOverflow)?;
             if b & 0x80 == 0 {
                 return Ok(v);
             }
         }
-        Err("varint too long".into())
+        Err(BodyError::VarintTooLong)
     }
 
-    fn string(&mut self) -> Result<String, String> {
-        let n = usize::try_from(self.varint()?).map_err(|_| "length overflow")?;
+    fn string(&mut self) -> Result<String, BodyError> {
+        let n = usize::try_from(self.varint()?).map_err(|_| BodyError::LengthOverflow)?;
         if n > self.b.len() {
-            return Err("string runs past the end".into());
+            return Err(BodyError::StringPastEnd);
         }
         let (s, rest) = self.b.split_at(n);
         self.b = rest;
-        String::from_utf8(s.to_vec()).map_err(|_| "string is not UTF-8".into())
+        String::from_utf8(s.to_vec()).map_err(|_| BodyError::NotUtf8)
     }
 
-    fn value(&mut self) -> Result<Value, String> {
+    fn value(&mut self) -> Result<Value, BodyError> {
         Ok(match self.byte()? {
             0 => Value::Bool(false),
             1 => Value::Bool(true),
@@ -121,7 +157,7 @@ impl<'a> Reader<'a> {
             3 => Value::UInt(self.varint()?),
             4 => {
                 if self.b.len() < 8 {
-                    return Err("truncated float".into());
+                    return Err(BodyError::TruncatedFloat);
                 }
                 let (f, rest) = self.b.split_at(8);
                 self.b = rest;
@@ -130,21 +166,21 @@ impl<'a> Reader<'a> {
                 Value::Float(f64::from_le_bytes(a))
             }
             5 => Value::Text(self.string()?),
-            t => return Err(format!("unknown value tag {t}")),
+            t => return Err(BodyError::ValueTag(t)),
         })
     }
 
-    fn done(&self) -> Result<(), String> {
+    fn done(&self) -> Result<(), BodyError> {
         if self.b.is_empty() {
             Ok(())
         } else {
-            Err(format!("{} trailing bytes", self.b.len()))
+            Err(BodyError::Trailing(self.b.len()))
         }
     }
 }
 
 /// Decode a v2 report body (after the version byte).
-pub fn decode_report(b: &[u8]) -> Result<Report, String> {
+pub fn decode_report(b: &[u8]) -> Result<Report, BodyError> {
     let mut r = Reader { b };
     let child = r.string()?;
     let service = r.string()?;
@@ -152,7 +188,7 @@ pub fn decode_report(b: &[u8]) -> Result<Report, String> {
     let n = r.varint()?;
     // Each property needs at least two bytes: refuse counts the body cannot hold.
     if n > r.b.len() as u64 {
-        return Err("property count runs past the end".into());
+        return Err(BodyError::CountPastEnd);
     }
     let mut properties = BTreeMap::new();
     for _ in 0..n {
@@ -170,13 +206,13 @@ pub fn decode_report(b: &[u8]) -> Result<Report, String> {
 }
 
 /// Decode a v2 status body (after the version byte).
-pub fn decode_status(b: &[u8]) -> Result<DeviceStatus, String> {
+pub fn decode_status(b: &[u8]) -> Result<DeviceStatus, BodyError> {
     let mut r = Reader { b };
     let child = r.string()?;
     let online = match r.byte()? {
         0 => false,
         1 => true,
-        x => return Err(format!("bad online flag {x}")),
+        x => return Err(BodyError::OnlineFlag(x)),
     };
     let reason = r.string()?;
     let ts_ms = r.varint()?;
