@@ -83,11 +83,15 @@ pub fn logs(paras: &Json) -> OpResult {
             format!("{h:02}:{mi:02}:{s:02}.{ms:03} {}", l.text)
         })
         .collect();
-    let mut truncated = false;
-    while out.iter().map(|l| l.len() + 4).sum::<usize>() > MAX_RESULT && !out.is_empty() {
-        out.remove(0);
-        truncated = true;
+    // The oldest lines go first when the answer would be too large.
+    let mut size: usize = out.iter().map(|l| l.len() + 4).sum();
+    let mut drop = 0;
+    while size > MAX_RESULT && drop < out.len() {
+        size -= out[drop].len() + 4;
+        drop += 1;
     }
+    let truncated = drop > 0;
+    out.drain(..drop);
     Ok(json!({"lines": out, "count": out.len(), "truncated": truncated}))
 }
 

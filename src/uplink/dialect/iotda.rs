@@ -593,18 +593,10 @@ fn flatten(out: &BTreeMap<String, BTreeMap<String, Value>>) -> Json {
 
 /// Body of `commands/response`.
 pub fn command_response(o: &CommandOutcome) -> Vec<u8> {
-    match o {
-        CommandOutcome::Done(out) => {
-            json!({"result_code": 0, "response_name": "COMMAND_RESPONSE", "paras": flatten(out)})
-        }
-        CommandOutcome::Failed { code, message } => json!({
-            "result_code": result_code(*code),
-            "response_name": "COMMAND_RESPONSE",
-            "paras": {"error": code_name(*code), "message": message},
-        }),
-    }
-    .to_string()
-    .into_bytes()
+    operation_response(&match o {
+        CommandOutcome::Done(out) => Ok(flatten(out)),
+        CommandOutcome::Failed { code, message } => Err((*code, message.clone())),
+    })
 }
 
 /// Body of `properties/set/response`.
@@ -617,7 +609,8 @@ pub fn set_response(o: &CommandOutcome) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Body of a command response for one of the gateway's own operations: the result as `paras`.
+/// Body of a command response: the result as `paras` (a child's command: the values read
+/// back; one of the gateway's own operations: its result).
 pub fn operation_response(r: &super::OpResult) -> Vec<u8> {
     match r {
         Ok(result) => {

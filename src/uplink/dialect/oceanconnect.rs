@@ -73,24 +73,23 @@ impl OceanConnect {
 /// The command answer: `errcode` 0 on success (IoTDA's result codes otherwise), `body` the
 /// values read back or the reason.
 pub fn device_rsp(mid: &Json, o: &CommandOutcome) -> Vec<u8> {
-    let (code, body) = match o {
-        CommandOutcome::Done(by_service) => {
-            let mut m = Map::new();
-            for props in by_service.values() {
-                m.extend(props.iter().map(|(k, v)| (k.clone(), v.to_json())));
+    operation_rsp(
+        mid,
+        &match o {
+            CommandOutcome::Done(by_service) => {
+                let mut m = Map::new();
+                for props in by_service.values() {
+                    m.extend(props.iter().map(|(k, v)| (k.clone(), v.to_json())));
+                }
+                Ok(Json::Object(m))
             }
-            (0, Json::Object(m))
-        }
-        CommandOutcome::Failed { code, message } => {
-            (result_code(*code), json!({"result": message}))
-        }
-    };
-    json!({"msgType": "deviceRsp", "mid": mid, "errcode": code, "body": body})
-        .to_string()
-        .into_bytes()
+            CommandOutcome::Failed { code, message } => Err((*code, message.clone())),
+        },
+    )
 }
 
-/// `deviceRsp` for one of the gateway's own operations: the result as `body`.
+/// `deviceRsp`: the result as `body` (a child's command: the values read back; one of the
+/// gateway's own operations: its result).
 pub fn operation_rsp(mid: &Json, r: &super::OpResult) -> Vec<u8> {
     let (code, body) = match r {
         Ok(result) => (0, result.clone()),
