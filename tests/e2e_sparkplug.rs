@@ -35,6 +35,12 @@ fn bd_seq(p: &Payload) -> Option<MetricValue> {
     value(p, "bdSeq")
 }
 
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn counters(p: &TestPlatform, dev: &str) -> Vec<u64> {
     let mut out = Vec::new();
     for (t, b) in p.raw() {
@@ -400,7 +406,13 @@ fn qos0_loses_nothing_when_the_link_swallows_what_was_written() {
         c.sort_unstable();
         c.dedup();
         let gaps: Vec<&[u64]> = c.windows(2).filter(|w| w[1] != w[0] + 1).collect();
-        assert!(gaps.is_empty(), "{dev}: readings lost at {gaps:?}");
+        assert!(
+            gaps.is_empty(),
+            "{dev}: readings lost at {gaps:?}; the observing platform had {} session(s); gateway log:\n{}\nbroker log:\n{}",
+            p.sessions.load(std::sync::atomic::Ordering::SeqCst),
+            tail(&gw.log().join("\n"), 60),
+            tail(&broker.log(), 40)
+        );
     }
     let qos_of = |kind: &str| -> Vec<u8> {
         p.messages()

@@ -92,18 +92,22 @@ impl Mosquitto {
         panic!("mosquitto would not start on any free port");
     }
 
+    /// Start and wait until *this* mosquitto says it runs and the port answers: another
+    /// test's listener that took the port meanwhile must not pass for ours (ours then exits
+    /// with "Address already in use").
     fn try_launch(&mut self) -> bool {
+        let runs = self.runs();
         self.spawn();
         let end = Instant::now() + Duration::from_secs(10);
         while Instant::now() < end {
-            if port_open(self.port) {
-                return true;
-            }
             if let Some(c) = self.child.as_mut() {
                 if matches!(c.try_wait(), Ok(Some(_))) {
                     self.child = None;
                     return false;
                 }
+            }
+            if self.runs() > runs && port_open(self.port) {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -111,18 +115,33 @@ impl Mosquitto {
     }
 
     fn launch(&mut self) {
+        let runs = self.runs();
         self.spawn();
         let port = self.port;
         wait_until(Duration::from_secs(10), "mosquitto listening", || {
-            port_open(port)
+            self.runs() > runs && port_open(port)
         });
+    }
+
+    /// The broker's own log (connections, drops: "Outgoing messages are being dropped").
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// How many times a mosquitto logged that it runs in this directory.
+    fn runs(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(" running"))
+            .count()
     }
 
     fn spawn(&mut self) {
         let conf = self.dir.join("mosquitto.conf");
         let body = format!(
-            "user {}\nper_listener_settings false\nallow_anonymous true\nset_tcp_nodelay true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nlog_type error\nlistener {} 127.0.0.1\n{}\n",
+            "user {}\nper_listener_settings false\nallow_anonymous true\nset_tcp_nodelay true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nqueue_qos0_messages true\nlog_dest file {}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nconnection_messages true\nlistener {} 127.0.0.1\n{}\n",
             current_user(),
+            self.dir.display(),
             self.dir.display(),
             self.port,
             self.extra
@@ -392,6 +411,9 @@ pub struct TestPlatform {
     /// While false, add requests are recorded but not answered (a platform that is slow).
     pub answer_adds: Arc<std::sync::atomic::AtomicBool>,
     pub client: AsyncClient,
+    /// CONNACKs the platform's own client received: more than one means it was away for a
+    /// while, and QoS 0 messages published meanwhile were not for it.
+    pub sessions: Arc<std::sync::atomic::AtomicUsize>,
     rt: tokio::runtime::Runtime,
     gw: String,
 }
@@ -420,10 +442,13 @@ impl TestPlatform {
         let answer2 = answer_adds.clone();
         let subscribed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sub2 = subscribed.clone();
+        let sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sessions2 = sessions.clone();
         rt.spawn(async move {
             loop {
                 match ev.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        sessions2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let _ = c2.subscribe(filter.clone(), QoS::AtLeastOnce).await;
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -456,6 +481,7 @@ impl TestPlatform {
             received,
             answer_adds,
             client,
+            sessions,
             rt,
             gw: gw.to_string(),
         }
@@ -968,6 +994,7 @@ async fn delayed(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     let mut cut_w = cut.clone();
+    let cut_seen = cut.clone();
     let writer = tokio::spawn(async move {
         let write = async {
             while let Some((at, bytes)) = rx.recv().await {
@@ -977,6 +1004,10 @@ async fn delayed(
                     .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
                 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                // A cut drops what was held, even when the stall ends at the same moment.
+                if cut_seen.has_changed().unwrap_or(true) {
+                    return false;
                 }
                 if w.write_all(&bytes).await.is_err() {
                     return false;
