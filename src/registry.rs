@@ -328,13 +328,23 @@ impl Registry {
             let Some(svc) = c.last_values.get_mut(&r.service) else {
                 return;
             };
+            // Both maps are sorted: walk them side by side (every reading updates the same
+            // names) instead of searching each one; names not seen before are added after.
+            let mut fresh = Vec::new();
+            let mut slots = svc.iter_mut().peekable();
             for (k, v) in &r.properties {
-                if let Some(slot) = svc.get_mut(k) {
-                    slot.clone_from(v);
-                } else if kept < MAX_LAST_VALUES {
-                    svc.insert(k.clone(), v.clone());
-                    kept += 1;
+                while slots.next_if(|(s, _)| s.as_str() < k.as_str()).is_some() {}
+                match slots.next_if(|(s, _)| *s == k) {
+                    Some((_, slot)) => slot.clone_from(v),
+                    None => fresh.push((k, v)),
                 }
+            }
+            for (k, v) in fresh {
+                if kept >= MAX_LAST_VALUES {
+                    break;
+                }
+                svc.insert(k.clone(), v.clone());
+                kept += 1;
             }
         }
     }
@@ -362,6 +372,46 @@ mod tests {
             bus: "b".into(),
             writable: Vec::new(),
         }
+    }
+
+    fn reading(props: &[(&str, i64)]) -> Report {
+        Report {
+            child: "a".into(),
+            service: "s".into(),
+            properties: props
+                .iter()
+                .map(|(k, v)| (k.to_string(), fieldgate_driver::Value::Int(*v)))
+                .collect(),
+            ts_ms: 1,
+        }
+    }
+
+    #[test]
+    fn latest_values_follow_every_reading_up_to_the_cap() {
+        let mut r = Registry::new(&[spec("a", "p")]);
+        r.record(&reading(&[("b", 1), ("d", 2)]));
+        r.record(&reading(&[("a", 3), ("b", 4), ("c", 5), ("e", 6)]));
+        r.record(&reading(&[("d", 7)]));
+        let got: Vec<(String, i64)> = r.children["a"].last_values["s"]
+            .iter()
+            .filter_map(|(k, v)| match v {
+                fieldgate_driver::Value::Int(i) => Some((k.clone(), *i)),
+                _ => None,
+            })
+            .collect();
+        let want = [("a", 3), ("b", 4), ("c", 5), ("d", 7), ("e", 6)];
+        assert_eq!(got, want.map(|(k, v)| (k.to_string(), v)));
+        // At the cap: known names still update, new ones are not kept.
+        let many: Vec<(String, i64)> = (0..MAX_LAST_VALUES + 10)
+            .map(|i| (format!("n{i:04}"), 0))
+            .collect();
+        let many: Vec<(&str, i64)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        r.record(&reading(&many));
+        r.record(&reading(&[("a", 9), ("zz", 1)]));
+        let svc = &r.children["a"].last_values["s"];
+        assert_eq!(svc.len(), MAX_LAST_VALUES);
+        assert_eq!(svc.get("a"), Some(&fieldgate_driver::Value::Int(9)));
+        assert_eq!(svc.get("zz"), None);
     }
 
     #[test]

@@ -498,8 +498,15 @@ fn serve(mut conn: Connection, mut q: Bounded, mut rx: mpsc::Receiver<Req>) {
                 deletes_since_vacuum += seqs.len();
                 let r = q.delete(&mut conn, &seqs);
                 // Give freed pages back to the file system as the queue drains: every 100,000
-                // deletions, and whenever the queue becomes empty.
-                if deletes_since_vacuum >= 100_000 || (q.records == 0 && deletes_since_vacuum > 0) {
+                // deletions, and whenever the queue becomes empty with more than
+                // `VACUUM_FREE_PAGES` free. Not for less: a live queue empties many times a
+                // second, its few free pages are reused by the next readings, and a vacuum
+                // moves pages, which makes SQLite prepare every statement again.
+                if deletes_since_vacuum >= 100_000
+                    || (q.records == 0
+                        && deletes_since_vacuum > 0
+                        && free_pages(&conn) > VACUUM_FREE_PAGES)
+                {
                     deletes_since_vacuum = 0;
                     if let Err(e) = incremental_vacuum(&conn) {
                         warn!(error = %e, "incremental vacuum failed");
@@ -607,6 +614,16 @@ fn take(
         }
     }
     Ok(out)
+}
+
+/// Free pages a drained queue keeps for the next readings (256 KiB of 4 KiB pages).
+const VACUUM_FREE_PAGES: i64 = 64;
+
+/// Pages on the file's free list (0 when it cannot be read: then no vacuum).
+fn free_pages(conn: &Connection) -> i64 {
+    conn.prepare_cached("PRAGMA freelist_count")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .unwrap_or(0)
 }
 
 /// `PRAGMA incremental_vacuum` frees one page per step: step it to the end (rusqlite's

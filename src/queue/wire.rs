@@ -190,12 +190,14 @@ pub fn decode_report(b: &[u8]) -> Result<Report, BodyError> {
     if n > r.b.len() as u64 {
         return Err(BodyError::CountPastEnd);
     }
-    let mut properties = BTreeMap::new();
+    // Written from a map, so sorted: collected and built in one pass, not searched per key.
+    let mut list = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
     for _ in 0..n {
         let k = r.string()?;
         let v = r.value()?;
-        properties.insert(k, v);
+        list.push((k, v));
     }
+    let properties = BTreeMap::from_iter(list);
     r.done()?;
     Ok(Report {
         child,

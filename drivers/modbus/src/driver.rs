@@ -485,19 +485,21 @@ impl BusTask {
                 .map_err(|_| DriverError::ChannelClosed)?;
         }
         if failure.is_none() {
-            let mut by_service: BTreeMap<&str, BTreeMap<String, Value>> = BTreeMap::new();
+            // Collected, then each map built in one pass (sorted once, not searched per
+            // point); a name given twice keeps the later value, as inserting would.
+            let mut by_service: BTreeMap<&str, Vec<(String, Value)>> = BTreeMap::new();
             for (i, v) in values {
                 let p = &dev.spec.points[i];
                 by_service
                     .entry(p.service.as_str())
                     .or_default()
-                    .insert(p.property.clone(), v);
+                    .push((p.property.clone(), v));
             }
             for (service, properties) in by_service {
                 let r = Report {
                     child: dev.spec.node_id.clone(),
                     service: service.to_string(),
-                    properties,
+                    properties: BTreeMap::from_iter(properties),
                     ts_ms: started,
                 };
                 ctx.events

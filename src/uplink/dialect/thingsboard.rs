@@ -91,6 +91,30 @@ impl ThingsBoard {
         }
     }
 
+    /// `{"ts":…,"values":{…}}` for one reading, written directly: the same text serde_json
+    /// prints for it (keys sorted, non-finite floats as null), without building it first.
+    fn entry(&self, r: &fieldgate_driver::Report) -> Vec<u8> {
+        use std::io::Write;
+        let mut out = Vec::with_capacity(32 + r.properties.len() * 24);
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{{\"ts\":{},\"values\":{{", r.ts_ms);
+        // `service.property` keys share their prefix: they sort like the properties.
+        for (i, (k, v)) in r.properties.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            if self.service_keys {
+                fieldgate_driver::write_json_str(&mut out, &self.key(&r.service, k));
+            } else {
+                fieldgate_driver::write_json_str(&mut out, k);
+            }
+            out.push(b':');
+            v.write_json(&mut out);
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+
     /// The platform's keys as one write: bare property names (the router finds each one's
     /// point), or `service.property`, all of one service.
     fn write_of(&self, props: Map<String, Json>) -> Vec<(String, Map<String, Json>)> {
@@ -261,40 +285,43 @@ impl super::Dialect for ThingsBoard {
             };
             return (vec![out], 1);
         }
-        let mut body: Map<String, Json> = Map::new();
+        // Entries serialised once, straight from the values (no intermediate JSON tree),
+        // grouped by device in the order serde_json writes an object's keys (sorted).
+        let mut body: BTreeMap<&str, Vec<Vec<u8>>> = BTreeMap::new();
         let mut size = 2;
         let mut n = 0;
         for (_, dev, r) in recs {
             let Record::Report(r) = r else { break };
-            let vals: Map<String, Json> = if self.service_keys {
-                r.properties
-                    .iter()
-                    .map(|(k, v)| (self.key(&r.service, k), v.to_json()))
-                    .collect()
-            } else {
-                values(&r.properties)
-            };
-            let entry = json!({"ts": r.ts_ms, "values": vals});
-            let add = entry.to_string().len() + dev.len() + 8;
+            let entry = self.entry(r);
+            let add = entry.len() + dev.len() + 8;
             if n > 0
                 && (size + add > max_bytes
-                    || (!body.contains_key(dev) && body.len() >= MAX_TELEMETRY_DEVICES))
+                    || (!body.contains_key(dev.as_str()) && body.len() >= MAX_TELEMETRY_DEVICES))
             {
                 break;
             }
             size += add;
             n += 1;
-            if let Json::Array(list) = body
-                .entry(dev.clone())
-                .or_insert_with(|| Json::Array(Vec::new()))
-            {
-                list.push(entry);
-            }
+            body.entry(dev.as_str()).or_default().push(entry);
         }
-        (
-            vec![Out::new(TELEMETRY, Json::Object(body).to_string())],
-            n.max(1),
-        )
+        let mut out = Vec::with_capacity(size + 16);
+        out.push(b'{');
+        for (i, (dev, entries)) in body.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            fieldgate_driver::write_json_str(&mut out, dev);
+            out.extend_from_slice(b":[");
+            for (j, e) in entries.iter().enumerate() {
+                if j > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(e);
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
+        (vec![Out::new(TELEMETRY, out)], n.max(1))
     }
 
     fn own(&mut self, props: &BTreeMap<String, Value>, _now_ms: u64) -> Vec<Out> {

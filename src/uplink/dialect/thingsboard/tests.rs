@@ -492,3 +492,63 @@ fn service_keys_name_the_service() {
     assert_eq!(services[0].0, "hvac");
     assert_eq!(services[0].1["setpoint"], json!(21));
 }
+
+mod direct_writer {
+    //! The telemetry body is written directly from the values; it must be the very text
+    //! serde_json prints for the same object (escapes, floats, NaN as null, key order).
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            any::<u64>().prop_map(Value::UInt),
+            any::<f64>().prop_map(Value::Float),
+            "\\PC{0,8}|[\"\\\\\u{0}-\u{1f}]{0,3}".prop_map(Value::Text),
+        ]
+    }
+
+    fn expected(tb: &ThingsBoard, recs: &[(u64, String, Record)]) -> String {
+        let mut body = Map::new();
+        for (_, dev, r) in recs {
+            let Record::Report(r) = r else { continue };
+            let vals: Map<String, Json> = r
+                .properties
+                .iter()
+                .map(|(k, v)| (tb.key(&r.service, k), v.to_json()))
+                .collect();
+            if let Json::Array(list) = body
+                .entry(dev.clone())
+                .or_insert_with(|| Json::Array(Vec::new()))
+            {
+                list.push(json!({"ts": r.ts_ms, "values": vals}));
+            }
+        }
+        Json::Object(body).to_string()
+    }
+
+    proptest! {
+        #[test]
+        fn telemetry_is_what_serde_json_prints(
+            recs in proptest::collection::vec(
+                ("[ab\"é\\\\]{1,3}", any::<u64>(), "[a-z.\"\\-]{1,3}",
+                 proptest::collection::btree_map("[a-z0-9\" \\\\\u{1}-]{1,4}", value(), 1..6)),
+                1..6),
+            service_keys in any::<bool>(),
+        ) {
+            let mut tb = ThingsBoard::new("gw", Auth::Token);
+            tb.service_keys = service_keys;
+            let recs: Vec<(u64, String, Record)> = recs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (dev, ts, service, properties))| {
+                    (i as u64, dev, Record::Report(Report { child: "c".into(), service, properties, ts_ms: ts }))
+                })
+                .collect();
+            let (out, n) = tb.pack(&recs, 1 << 20, 0);
+            prop_assert_eq!(n, recs.len());
+            prop_assert_eq!(String::from_utf8_lossy(&out[0].payload), expected(&tb, &recs));
+        }
+    }
+}
