@@ -8,7 +8,8 @@
 //! the same run — the CPU the broker spent carrying the same messages.
 //!
 //! Run: `cargo bench --bench soak` (FG_SOAK_S=1800 for the 30-minute target; FG_SOAK_RATES
-//! = "1000,100" for the poll periods in ms). Asserts nothing about time or size.
+//! = "1000,100" for the poll periods in ms; FG_BIN=path/to/fieldgate to run another build, e.g.
+//! an older commit's, as a baseline). Asserts nothing about time or size.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -29,13 +30,18 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Resident set size of `pid`, in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
+/// One field of `/proc/{pid}/status`, in KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Resident set size of `pid`, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
 }
 
 /// CPU time (user + system) of `pid`, in seconds.
@@ -131,15 +137,19 @@ fn run(poll_ms: u64, secs: u64) {
         Instant::now(),
     );
     let mut samples = Vec::new();
-    while t0.elapsed() < Duration::from_secs(secs) {
+    // Anonymous memory (the heap, stacks) apart from file-backed pages (the binary's code).
+    let mut anon = Vec::new();
+    let sample = |samples: &mut Vec<(f64, f64)>, anon: &mut Vec<f64>| {
         if let Some(r) = rss_kib(pid) {
             samples.push((t0.elapsed().as_secs_f64(), r as f64));
+            anon.push(status_kib(pid, "RssAnon:").unwrap_or(0) as f64);
         }
+    };
+    while t0.elapsed() < Duration::from_secs(secs) {
+        sample(&mut samples, &mut anon);
         std::thread::sleep(Duration::from_secs(5));
     }
-    if let Some(r) = rss_kib(pid) {
-        samples.push((t0.elapsed().as_secs_f64(), r as f64));
-    }
+    sample(&mut samples, &mut anon);
     let wall = t0.elapsed().as_secs_f64();
     let points = (delivered(&cfg) - d0) as f64 * POINTS as f64;
     let cpu = cpu_s(pid).unwrap_or(0.0) - c0;
@@ -149,6 +159,12 @@ fn run(poll_ms: u64, secs: u64) {
     let max = samples.iter().map(|s| s.1).fold(0.0, f64::max);
     let end = samples.last().map_or(0.0, |s| s.1);
     let q = status(&cfg);
+    let anon_max = anon.iter().copied().fold(0.0, f64::max);
+    // The largest rise between samples that the end still holds (a step that stays).
+    let stays = samples
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1).min(end - w[0].1))
+        .fold(0.0, f64::max);
     println!(
         "{} devices × {POINTS} points every {poll_ms} ms, {wall:.0} s: RSS start {:.1} MB, max {:.1} MB, end {:.1} MB ({:+.1} %), slope {:+.2} MB/h; {:.0} points/s delivered, {:.0} points per CPU-second (daemon {cpu:.1} CPU-s = {:.0} % of a core; broker baseline {broker_cpu:.1} CPU-s); queue at end {} records",
         DEVICES,
@@ -161,6 +177,13 @@ fn run(poll_ms: u64, secs: u64) {
         if cpu > 0.0 { points / cpu } else { 0.0 },
         cpu / wall * 100.0,
         q["queue"]["records"],
+    );
+    println!(
+        "  of which anonymous (heap, stacks): start {:.1} MB, max {:.1} MB, end {:.1} MB; largest step that stays {:.1} MB",
+        mb(anon.first().copied().unwrap_or(0.0)),
+        mb(anon_max),
+        mb(anon.last().copied().unwrap_or(0.0)),
+        mb(stays.max(0.0)),
     );
     drop(gw);
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fieldgate_modbus::probe::{self, Presence};
 use fieldgate_modbus::Transport;
-use fieldgate_serial::{Parity, PortSettings};
+use fieldgate_port::{Parity, PortSettings};
 
 use crate::cli::{BleProbe, Line, ModbusProbe, SerialProbe};
 
@@ -37,11 +37,11 @@ fn target(line: Line, timeout: Duration) -> Result<(Transport, String), String> 
             let port = PortSettings {
                 path,
                 baud: line.baud,
-                parity: Parity::parse(&line.parity)?,
+                parity: Parity::parse(&line.parity).map_err(|e| e.to_string())?,
                 data_bits: line.data_bits,
                 stop_bits: line.stop_bits,
             };
-            port.validate()?;
+            port.validate().map_err(|e| e.to_string())?;
             let t = Transport::Rtu {
                 port,
                 settle: timeout,
@@ -172,10 +172,10 @@ pub fn serial(cmd: SerialProbe) -> Result<(), String> {
         gap,
         duration,
     } = cmd;
-    let settings = fieldgate_serial::PortSettings {
+    let settings = PortSettings {
         path: port,
         baud,
-        parity: fieldgate_serial::Parity::parse(&parity)?,
+        parity: Parity::parse(&parity).map_err(|e| e.to_string())?,
         data_bits,
         stop_bits,
     };
@@ -189,7 +189,7 @@ pub fn serial(cmd: SerialProbe) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let stream = fieldgate_serial::open(&settings).map_err(|e| e.to_string())?;
+        let stream = fieldgate_port::open(&settings).map_err(|e| e.to_string())?;
         println!(
             "sniffing {} at {baud} {data_bits}{}{stop_bits}, frames end after {gap:?} of silence",
             settings.path,

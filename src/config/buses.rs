@@ -210,7 +210,7 @@ impl Checker<'_> {
             Some(p) => match Parity::parse(p.get_ref()) {
                 Ok(p) => p,
                 Err(e) => {
-                    self.err(Some(p.span()), format!("{path}.parity"), e);
+                    self.err(Some(p.span()), format!("{path}.parity"), e.to_string());
                     ok = false;
                     Parity::None
                 }
@@ -227,14 +227,14 @@ impl Checker<'_> {
             stop_bits: b.stop_bits.as_ref().map_or(1, |v| *v.get_ref()),
         };
         if let Err(e) = s.validate() {
-            let (key, span) = if e.starts_with("baud") {
-                ("baud", b.baud.as_ref().map(|v| v.span()))
-            } else if e.starts_with("data") {
-                ("data_bits", b.data_bits.as_ref().map(|v| v.span()))
-            } else {
-                ("stop_bits", b.stop_bits.as_ref().map(|v| v.span()))
+            let (key, span) = match e {
+                SettingsError::Baud(_) => ("baud", b.baud.as_ref().map(|v| v.span())),
+                SettingsError::DataBits(_) => ("data_bits", b.data_bits.as_ref().map(|v| v.span())),
+                SettingsError::StopBits(_) | SettingsError::Parity(_) => {
+                    ("stop_bits", b.stop_bits.as_ref().map(|v| v.span()))
+                }
             };
-            self.err(span, format!("{path}.{key}"), e);
+            self.err(span, format!("{path}.{key}"), e.to_string());
             ok = false;
         }
         ok.then_some(s)

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use fieldgate_driver::DeclaredCommand;
 use fieldgate_modbus::point::{parse_location, CommandSpec, DataType, Order, PointSpec};
+use fieldgate_port::{Parity, PortSettings, SettingsError};
 use fieldgate_serial::frame::Framing;
-use fieldgate_serial::{Parity, PortSettings};
 
 pub use ascii::AsciiProfile;
 pub use ble::BleProfile;

@@ -634,7 +634,11 @@ impl Gateway {
     }
 
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        // FG_BIN: another build of the daemon (a benchmark's baseline from an older commit).
+        let bin = std::env::var_os("FG_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fieldgate")));
+        let mut child = Command::new(bin)
             .args(["run", "-c"])
             .arg(config)
             .env(

@@ -24,7 +24,7 @@ use fieldgate_driver::{
     now_ms, Command, CommandOutcome, CommandRequest, Driver, DriverContext, DriverError,
     DriverFuture, Episode, ErrorCode, Event, Health, Report, Schedule, Value,
 };
-use fieldgate_serial::{Parity, PortSettings};
+use fieldgate_port::{Parity, PortSettings};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio_modbus::client::{Client, Context, Reader, Writer};
 use tokio_modbus::slave::{Slave, SlaveContext};
@@ -298,7 +298,7 @@ impl BusTask {
                         tokio_modbus::client::tcp::connect(addr).await
                     }
                     Transport::Rtu { port, settle } => {
-                        let mut stream = fieldgate_serial::open(port)
+                        let mut stream = fieldgate_port::open(port)
                             .map_err(|e| std::io::Error::other(e.to_string()))?;
                         if let Some(failed_at) = unsettled {
                             let dropped =

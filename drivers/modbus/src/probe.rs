@@ -44,7 +44,7 @@ pub async fn connect(target: &Transport, timeout: Duration) -> Result<Context, P
     match target {
         Transport::Tcp(endpoint) => connect_tcp(endpoint, timeout).await,
         Transport::Rtu { port, .. } => {
-            let stream = fieldgate_serial::open(port)
+            let stream = fieldgate_port::open(port)
                 .map_err(|e| ProbeError::Connect(port.path.clone(), e.to_string()))?;
             stream
                 .clear(ClearBuffer::All)

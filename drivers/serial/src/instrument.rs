@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::frame::{Framer, Framing, Junk};
 use crate::parse::{parse_frame, Checksum, Extract, FieldSpec, FrameError};
-use crate::port::PortSettings;
+use fieldgate_port::PortSettings;
 
 /// A serial-instrument bus: the port and how frames are cut.
 #[derive(Debug, Clone)]
@@ -293,7 +293,7 @@ impl Task {
     }
 
     async fn open(&mut self, ctx: &DriverContext) -> Result<(), DriverError> {
-        match crate::port::open(&self.bus.port) {
+        match fieldgate_port::open(&self.bus.port) {
             Ok(p) => {
                 let _ = p.clear(ClearBuffer::All);
                 info!(bus = %self.bus.name, port = %self.bus.port.path, "serial port open");

@@ -1,4 +1,7 @@
-//! Port settings (baud, parity, data and stop bits) and opening a port.
+//! Serial port settings as the config and the CLI name them (baud, parity, data and stop
+//! bits), the line timing Modbus RTU derives from them, and opening a port with tokio-serial.
+//! A room of its own so the Modbus driver shares it with the serial-instrument driver without
+//! depending on that driver's regex and checksum code.
 
 use std::time::Duration;
 
@@ -11,13 +14,26 @@ pub enum Parity {
     Odd,
 }
 
+/// Settings that cannot describe a serial line; one variant per rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("unknown parity `{0}` (none, even, odd)")]
+    Parity(String),
+    #[error("baud {0} is out of range (50..=4000000)")]
+    Baud(u32),
+    #[error("data bits {0} must be 5..=8")]
+    DataBits(u8),
+    #[error("stop bits {0} must be 1 or 2")]
+    StopBits(u8),
+}
+
 impl Parity {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SettingsError> {
         match s {
             "none" | "N" | "n" => Ok(Parity::None),
             "even" | "E" | "e" => Ok(Parity::Even),
             "odd" | "O" | "o" => Ok(Parity::Odd),
-            other => Err(format!("unknown parity `{other}` (none, even, odd)")),
+            other => Err(SettingsError::Parity(other.to_string())),
         }
     }
 }
@@ -33,15 +49,15 @@ pub struct PortSettings {
 
 impl PortSettings {
     /// Check the numbers before touching the device.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         if !(50..=4_000_000).contains(&self.baud) {
-            return Err(format!("baud {} is out of range (50..=4000000)", self.baud));
+            return Err(SettingsError::Baud(self.baud));
         }
         if !(5..=8).contains(&self.data_bits) {
-            return Err(format!("data bits {} must be 5..=8", self.data_bits));
+            return Err(SettingsError::DataBits(self.data_bits));
         }
         if !(1..=2).contains(&self.stop_bits) {
-            return Err(format!("stop bits {} must be 1 or 2", self.stop_bits));
+            return Err(SettingsError::StopBits(self.stop_bits));
         }
         Ok(())
     }
@@ -70,8 +86,8 @@ impl PortSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
-    #[error("{0}")]
-    Settings(String),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error("cannot open {path}: {source}")]
     Open {
         path: String,
@@ -80,7 +96,7 @@ pub enum PortError {
 }
 
 pub fn open(s: &PortSettings) -> Result<SerialStream, PortError> {
-    s.validate().map_err(PortError::Settings)?;
+    s.validate()?;
     let data_bits = match s.data_bits {
         5 => DataBits::Five,
         6 => DataBits::Six,
@@ -141,7 +157,13 @@ mod tests {
         assert!(s(10, Parity::None).validate().is_err());
         let mut bad = s(9600, Parity::None);
         bad.data_bits = 9;
-        assert!(bad.validate().unwrap_err().contains("data bits"));
-        assert!(Parity::parse("mark").is_err());
+        assert_eq!(bad.validate(), Err(SettingsError::DataBits(9)));
+        assert!(bad
+            .validate()
+            .is_err_and(|e| e.to_string().contains("data bits")));
+        assert_eq!(
+            Parity::parse("mark"),
+            Err(SettingsError::Parity("mark".into()))
+        );
     }
 }
