@@ -1,47 +1,90 @@
 //! `fieldgate modbus read|scan` (TCP or RTU) and `fieldgate serial sniff`: run the driver crates'
 //! probes and format what they found for a person with a laptop at the cabinet.
 
-use fieldgate_modbus::point::{parse_location, DataType, Order, PointSpec};
+use fieldgate_modbus::point::{parse_location, DataType, Order, PointError, PointSpec};
 use std::time::Duration;
 
 use fieldgate_modbus::probe::{self, Presence};
 use fieldgate_modbus::Transport;
-use fieldgate_port::{Parity, PortSettings};
+use fieldgate_port::{Parity, PortError, PortSettings, SettingsError};
 
 use crate::cli::{BleProbe, Line, ModbusProbe, SerialProbe};
 
-fn units(spec: &str) -> Result<Vec<u8>, String> {
+/// Why a probe could not run or got no answer; one variant per cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("bad unit `{0}` (unit ids are 0..=255)")]
+    BadUnit(String),
+    #[error("empty range `{0}`")]
+    EmptyRange(String),
+    #[error("no unit ids given")]
+    NoUnits,
+    #[error("give --endpoint host:port (TCP) or --port /dev/tty… (RTU)")]
+    NoTarget,
+    #[error(transparent)]
+    Point(#[from] PointError),
+    /// The point's own rules (`PointSpec::validate`), e.g. a write to a read-only table.
+    #[error("{0}")]
+    PointRule(String),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Modbus(#[from] probe::ProbeError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("reading the port: {0}")]
+    Sniff(std::io::Error),
+    #[error("BLE scan: {0}")]
+    Ble(String),
+    #[error(
+        "this fieldgate was built without BLE support (cargo feature `ble`; the packages have it)"
+    )]
+    NoBle,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ProbeError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ProbeError::Runtime)
+}
+
+fn units(spec: &str) -> Result<Vec<u8>, ProbeError> {
     let mut out = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let (a, b): (u8, u8) = (
-            a.trim().parse().map_err(|_| format!("bad unit `{a}`"))?,
-            b.trim().parse().map_err(|_| format!("bad unit `{b}`"))?,
-        );
+        let unit = |s: &str| {
+            s.trim()
+                .parse::<u8>()
+                .map_err(|_| ProbeError::BadUnit(s.to_string()))
+        };
+        let (a, b) = (unit(a)?, unit(b)?);
         if a > b {
-            return Err(format!("empty range `{part}`"));
+            return Err(ProbeError::EmptyRange(part.to_string()));
         }
         out.extend(a..=b);
     }
     if out.is_empty() {
-        return Err("no unit ids given".into());
+        return Err(ProbeError::NoUnits);
     }
     Ok(out)
 }
 
 /// The probe's transport, and how to name it in the output.
-fn target(line: Line, timeout: Duration) -> Result<(Transport, String), String> {
+fn target(line: Line, timeout: Duration) -> Result<(Transport, String), ProbeError> {
     match (line.endpoint, line.port) {
         (Some(e), _) => Ok((Transport::Tcp(e.clone()), e)),
         (None, Some(path)) => {
             let port = PortSettings {
                 path,
                 baud: line.baud,
-                parity: Parity::parse(&line.parity).map_err(|e| e.to_string())?,
+                parity: Parity::parse(&line.parity)?,
                 data_bits: line.data_bits,
                 stop_bits: line.stop_bits,
             };
-            port.validate().map_err(|e| e.to_string())?;
+            port.validate()?;
             let t = Transport::Rtu {
                 port,
                 settle: timeout,
@@ -49,11 +92,11 @@ fn target(line: Line, timeout: Duration) -> Result<(Transport, String), String> 
             let name = t.describe();
             Ok((t, name))
         }
-        (None, None) => Err("give --endpoint host:port (TCP) or --port /dev/tty… (RTU)".into()),
+        (None, None) => Err(ProbeError::NoTarget),
     }
 }
 
-fn point(address: &str, dtype: &str, length: Option<u16>) -> Result<PointSpec, String> {
+fn point(address: &str, dtype: &str, length: Option<u16>) -> Result<PointSpec, ProbeError> {
     let (table, address) = parse_location(address)?;
     let dtype = if table.is_bits() {
         DataType::Bool
@@ -65,11 +108,8 @@ fn point(address: &str, dtype: &str, length: Option<u16>) -> Result<PointSpec, S
     Ok(p)
 }
 
-pub fn modbus(cmd: ModbusProbe) -> Result<String, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+pub fn modbus(cmd: ModbusProbe) -> Result<String, ProbeError> {
+    let rt = runtime()?;
     rt.block_on(async move {
         match cmd {
             ModbusProbe::Read {
@@ -91,15 +131,11 @@ pub fn modbus(cmd: ModbusProbe) -> Result<String, String> {
                 p.scale = scale;
                 p.offset = offset;
                 if let Some(e) = p.validate().into_iter().next() {
-                    return Err(e);
+                    return Err(ProbeError::PointRule(e));
                 }
                 let (target, endpoint) = target(line, timeout)?;
-                let mut ctx = probe::connect(&target, timeout)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let r = probe::read(&mut ctx, unit, &p, count, timeout)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut ctx = probe::connect(&target, timeout).await?;
+                let r = probe::read(&mut ctx, unit, &p, count, timeout).await?;
                 let mut lines = vec![format!("{endpoint} unit {unit} {}:{}", p.table, p.address)];
                 for (i, w) in r.words.iter().enumerate() {
                     lines.push(format!(
@@ -132,9 +168,7 @@ pub fn modbus(cmd: ModbusProbe) -> Result<String, String> {
                 let ids = units(&spec)?;
                 let p = point(&address, "u16", None)?;
                 let (target, endpoint) = target(line, timeout)?;
-                let found = probe::scan(&target, ids.iter().copied(), &p, timeout)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let found = probe::scan(&target, ids.iter().copied(), &p, timeout).await?;
                 let mut lines = Vec::new();
                 let mut n = 0;
                 for (unit, presence) in &found {
@@ -162,7 +196,7 @@ pub fn modbus(cmd: ModbusProbe) -> Result<String, String> {
     })
 }
 
-pub fn serial(cmd: SerialProbe) -> Result<(), String> {
+pub fn serial(cmd: SerialProbe) -> Result<(), ProbeError> {
     let SerialProbe::Sniff {
         port,
         baud,
@@ -175,7 +209,7 @@ pub fn serial(cmd: SerialProbe) -> Result<(), String> {
     let settings = PortSettings {
         path: port,
         baud,
-        parity: Parity::parse(&parity).map_err(|e| e.to_string())?,
+        parity: Parity::parse(&parity)?,
         data_bits,
         stop_bits,
     };
@@ -184,12 +218,9 @@ pub fn serial(cmd: SerialProbe) -> Result<(), String> {
             .char_time(3.5)
             .max(std::time::Duration::from_millis(1))
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = runtime()?;
     rt.block_on(async move {
-        let stream = fieldgate_port::open(&settings).map_err(|e| e.to_string())?;
+        let stream = fieldgate_port::open(&settings)?;
         println!(
             "sniffing {} at {baud} {data_bits}{}{stop_bits}, frames end after {gap:?} of silence",
             settings.path,
@@ -206,7 +237,7 @@ pub fn serial(cmd: SerialProbe) -> Result<(), String> {
             );
         });
         tokio::select! {
-            r = sniff => r.map_err(|e| e.to_string()),
+            r = sniff => r.map_err(ProbeError::Sniff),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
@@ -214,13 +245,12 @@ pub fn serial(cmd: SerialProbe) -> Result<(), String> {
 
 /// `fieldgate ble scan`: every device heard, with RSSI and what the daemon's decoders make of it.
 #[cfg(feature = "ble")]
-pub fn ble(cmd: BleProbe) -> Result<String, String> {
+pub fn ble(cmd: BleProbe) -> Result<String, ProbeError> {
     let BleProbe::Scan { adapter, duration } = cmd;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let seen = rt.block_on(fieldgate_ble::scan::scan(adapter.as_deref(), duration))?;
+    let rt = runtime()?;
+    let seen = rt
+        .block_on(fieldgate_ble::scan::scan(adapter.as_deref(), duration))
+        .map_err(ProbeError::Ble)?;
     let mut lines = vec![format!(
         "{} device(s) heard on {} in {duration:?}",
         seen.len(),
@@ -257,23 +287,20 @@ pub fn ble(cmd: BleProbe) -> Result<String, String> {
 }
 
 #[cfg(not(feature = "ble"))]
-pub fn ble(_cmd: BleProbe) -> Result<String, String> {
-    Err(
-        "this fieldgate was built without BLE support (cargo feature `ble`; the packages have it)"
-            .into(),
-    )
+pub fn ble(_cmd: BleProbe) -> Result<String, ProbeError> {
+    Err(ProbeError::NoBle)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::units;
+    use super::{units, ProbeError};
 
     #[test]
     fn unit_lists() {
-        assert_eq!(units("1-3,7"), Ok(vec![1, 2, 3, 7]));
-        assert_eq!(units("5"), Ok(vec![5]));
-        assert!(units("3-1").is_err());
-        assert!(units("1-300").is_err());
-        assert!(units("").is_err());
+        assert_eq!(units("1-3,7").ok(), Some(vec![1, 2, 3, 7]));
+        assert_eq!(units("5").ok(), Some(vec![5]));
+        assert!(matches!(units("3-1"), Err(ProbeError::EmptyRange(r)) if r == "3-1"));
+        assert!(matches!(units("1-300"), Err(ProbeError::BadUnit(u)) if u == "300"));
+        assert!(matches!(units(""), Err(ProbeError::NoUnits)));
     }
 }

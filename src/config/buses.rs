@@ -210,7 +210,7 @@ impl Checker<'_> {
             Some(p) => match Parity::parse(p.get_ref()) {
                 Ok(p) => p,
                 Err(e) => {
-                    self.err(Some(p.span()), format!("{path}.parity"), e.to_string());
+                    self.err(Some(p.span()), format!("{path}.parity"), e);
                     ok = false;
                     Parity::None
                 }
@@ -234,7 +234,7 @@ impl Checker<'_> {
                     ("stop_bits", b.stop_bits.as_ref().map(|v| v.span()))
                 }
             };
-            self.err(span, format!("{path}.{key}"), e.to_string());
+            self.err(span, format!("{path}.{key}"), e);
             ok = false;
         }
         ok.then_some(s)

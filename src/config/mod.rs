@@ -493,14 +493,14 @@ impl<'a> Checker<'a> {
         &mut self,
         span: Option<Range<usize>>,
         path: impl Into<String>,
-        message: impl Into<String>,
+        message: impl std::fmt::Display,
     ) {
         let (line, column) = span.map_or((1, 1), |s| self.pos(s.start));
         self.diags.push(Diagnostic {
             line,
             column,
             path: path.into(),
-            message: message.into(),
+            message: message.to_string(),
         });
     }
 

@@ -48,29 +48,46 @@ impl fmt::Display for Table {
     }
 }
 
+/// A point's address, type or order as the config writes it, refused; one variant per cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PointError {
+    #[error("address `{0}` must be `table:number`, e.g. `holding:0` (tables: coil, discrete, input, holding)")]
+    NoTable(String),
+    #[error("unknown Modbus table `{0}` (expected coil, discrete, input or holding)")]
+    UnknownTable(String),
+    #[error("address `{0}` is not a whole number")]
+    NotANumber(String),
+    #[error("address {0} is out of range (0..=65535, 0-based protocol address)")]
+    AddressRange(u32),
+    #[error("string length {0} registers is out of range (1..=125)")]
+    StringLength(u16),
+    #[error("type `string` needs `length` (in registers)")]
+    StringNeedsLength,
+    #[error(
+        "unknown type `{0}` (expected bool, u16, i16, u32, i32, u64, i64, f32, f64 or string)"
+    )]
+    UnknownType(String),
+    #[error("unknown order `{0}` (expected big or little)")]
+    UnknownOrder(String),
+}
+
 /// Parse `table:address`, e.g. `holding:0`, `input:30`, `coil:3`, `discrete:7`.
-pub fn parse_location(s: &str) -> Result<(Table, u16), String> {
-    let (t, a) = s.split_once(':').ok_or_else(|| {
-        format!("address `{s}` must be `table:number`, e.g. `holding:0` (tables: coil, discrete, input, holding)")
-    })?;
+pub fn parse_location(s: &str) -> Result<(Table, u16), PointError> {
+    let (t, a) = s
+        .split_once(':')
+        .ok_or_else(|| PointError::NoTable(s.to_string()))?;
     let table = match t.trim() {
         "coil" | "coils" => Table::Coil,
         "discrete" | "discrete_input" => Table::Discrete,
         "input" | "input_register" => Table::Input,
         "holding" | "holding_register" => Table::Holding,
-        other => {
-            return Err(format!(
-                "unknown Modbus table `{other}` (expected coil, discrete, input or holding)"
-            ))
-        }
+        other => return Err(PointError::UnknownTable(other.to_string())),
     };
     let a = a.trim();
     let addr: u32 = a
         .parse()
-        .map_err(|_| format!("address `{a}` is not a whole number"))?;
-    let addr = u16::try_from(addr).map_err(|_| {
-        format!("address {addr} is out of range (0..=65535, 0-based protocol address)")
-    })?;
+        .map_err(|_| PointError::NotANumber(a.to_string()))?;
+    let addr = u16::try_from(addr).map_err(|_| PointError::AddressRange(addr))?;
     Ok((table, addr))
 }
 
@@ -93,7 +110,7 @@ pub enum DataType {
 }
 
 impl DataType {
-    pub fn parse(s: &str, len: Option<u16>) -> Result<Self, String> {
+    pub fn parse(s: &str, len: Option<u16>) -> Result<Self, PointError> {
         Ok(match s {
             "bool" | "bit" => DataType::Bool,
             "u16" => DataType::U16,
@@ -106,14 +123,10 @@ impl DataType {
             "f64" => DataType::F64,
             "string" => match len {
                 Some(len) if (1..=125).contains(&len) => DataType::String { len },
-                Some(len) => return Err(format!("string length {len} registers is out of range (1..=125)")),
-                None => return Err("type `string` needs `length` (in registers)".into()),
+                Some(len) => return Err(PointError::StringLength(len)),
+                None => return Err(PointError::StringNeedsLength),
             },
-            other => {
-                return Err(format!(
-                    "unknown type `{other}` (expected bool, u16, i16, u32, i32, u64, i64, f32, f64 or string)"
-                ))
-            }
+            other => return Err(PointError::UnknownType(other.to_string())),
         })
     }
 
@@ -141,11 +154,11 @@ pub enum Order {
 }
 
 impl Order {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, PointError> {
         match s {
             "big" => Ok(Order::Big),
             "little" => Ok(Order::Little),
-            other => Err(format!("unknown order `{other}` (expected big or little)")),
+            other => Err(PointError::UnknownOrder(other.to_string())),
         }
     }
 }
@@ -395,18 +408,37 @@ mod tests {
     fn locations_parse_and_reject() {
         assert_eq!(parse_location("holding:0"), Ok((Table::Holding, 0)));
         assert_eq!(parse_location("coil:65535"), Ok((Table::Coil, 65535)));
-        assert!(parse_location("holding:65536")
-            .unwrap_err()
+        assert_eq!(
+            parse_location("holding:65536"),
+            Err(PointError::AddressRange(65536))
+        );
+        assert_eq!(
+            parse_location("holding"),
+            Err(PointError::NoTable("holding".into()))
+        );
+        assert_eq!(
+            parse_location("register:1"),
+            Err(PointError::UnknownTable("register".into()))
+        );
+        assert_eq!(
+            parse_location("input:-1"),
+            Err(PointError::NotANumber("-1".into()))
+        );
+        assert!(PointError::AddressRange(65536)
+            .to_string()
             .contains("out of range"));
-        assert!(parse_location("holding")
-            .unwrap_err()
-            .contains("table:number"));
-        assert!(parse_location("register:1")
-            .unwrap_err()
-            .contains("unknown Modbus table"));
-        assert!(parse_location("input:-1")
-            .unwrap_err()
-            .contains("not a whole number"));
+        assert_eq!(
+            DataType::parse("string", None),
+            Err(PointError::StringNeedsLength)
+        );
+        assert_eq!(
+            DataType::parse("string", Some(126)),
+            Err(PointError::StringLength(126))
+        );
+        assert_eq!(
+            Order::parse("middle"),
+            Err(PointError::UnknownOrder("middle".into()))
+        );
     }
 
     #[test]
@@ -435,8 +467,9 @@ mod tests {
             DataType::parse("string", Some(8)),
             Ok(DataType::String { len: 8 })
         );
-        assert!(DataType::parse("float", None)
-            .unwrap_err()
-            .contains("unknown type"));
+        assert_eq!(
+            DataType::parse("float", None),
+            Err(PointError::UnknownType("float".into()))
+        );
     }
 }
