@@ -242,7 +242,9 @@ impl Router {
                     .iter()
                     .find(|c| &c.name == name && service.as_ref().is_none_or(|s| s == &c.service))
                 {
-                    let params = d.check(paras).map_err(|why| (ErrorCode::BadValue, why))?;
+                    let params = d
+                        .check(paras)
+                        .map_err(|why| (ErrorCode::BadValue, why.to_string()))?;
                     return Ok((
                         target.clone(),
                         Command::Invoke {

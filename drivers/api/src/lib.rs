@@ -16,7 +16,7 @@ pub mod testing;
 
 pub use episode::Episode;
 pub use health::{send_status, Health};
-pub use params::{DeclaredCommand, ParamKind, ParamSpec, Pattern};
+pub use params::{DeclaredCommand, ParamError, ParamKind, ParamSpec, Pattern};
 pub use schedule::Schedule;
 
 use std::collections::BTreeMap;

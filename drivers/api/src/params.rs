@@ -9,6 +9,40 @@ use serde_json::Value as Json;
 
 use crate::Value;
 
+/// Why a declaration or a platform's parameter was refused; one variant per cause. The text is
+/// what the platform's answer says.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParamError {
+    #[error("not a valid regex: {0}")]
+    Regex(String),
+    #[error("unknown parameter type `{0}` (int, float, bool, string)")]
+    UnknownType(String),
+    #[error("`{0}` must be a whole number, got {1}")]
+    NotWhole(String, String),
+    #[error("`{name}` = {value} is outside {range}")]
+    OutOfRange {
+        name: String,
+        value: String,
+        range: String,
+    },
+    #[error("`{0}` must be a finite number")]
+    NotFinite(String),
+    #[error("`{0}` is longer than {1} characters")]
+    TooLong(String, usize),
+    #[error("`{0}` must be printable ASCII")]
+    NotPrintable(String),
+    #[error("`{0}` must match `{1}`")]
+    NoMatch(String, String),
+    #[error("`{0}` must be {1}, got {2}")]
+    WrongType(String, &'static str, String),
+    #[error("parameters must be an object, got {0}")]
+    NotAnObject(String),
+    #[error("command `{0}` has no parameter `{1}`")]
+    Unknown(String, String),
+    #[error("command `{0}` needs `{1}`")]
+    Missing(String, String),
+}
+
 /// The type and bounds of one parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParamKind {
@@ -35,10 +69,10 @@ pub struct Pattern(regex::Regex);
 
 impl Pattern {
     /// Compile `src` anchored at both ends (`^(?:src)$`).
-    pub fn new(src: &str) -> Result<Self, String> {
+    pub fn new(src: &str) -> Result<Self, ParamError> {
         regex::Regex::new(&format!("^(?:{src})$"))
             .map(Pattern)
-            .map_err(|e| format!("not a valid regex: {e}"))
+            .map_err(|e| ParamError::Regex(e.to_string()))
     }
 
     pub fn is_match(&self, s: &str) -> bool {
@@ -75,7 +109,7 @@ pub struct DeclaredCommand {
 }
 
 impl ParamKind {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ParamError> {
         Ok(match s {
             "int" => ParamKind::Int {
                 min: None,
@@ -90,27 +124,28 @@ impl ParamKind {
                 max_len: 32,
                 pattern: None,
             },
-            other => {
-                return Err(format!(
-                    "unknown parameter type `{other}` (int, float, bool, string)"
-                ))
-            }
+            other => return Err(ParamError::UnknownType(other.to_string())),
         })
     }
 }
 
 impl ParamSpec {
     /// Check one platform value; the error says why in words for the platform's answer.
-    pub fn check(&self, v: &Json) -> Result<Value, String> {
+    pub fn check(&self, v: &Json) -> Result<Value, ParamError> {
         let name = &self.name;
+        let outside = |value: String, range: String| ParamError::OutOfRange {
+            name: name.clone(),
+            value,
+            range,
+        };
         match (&self.kind, v) {
             (ParamKind::Bool, Json::Bool(b)) => Ok(Value::Bool(*b)),
             (ParamKind::Int { min, max }, Json::Number(n)) => {
                 let i = n
                     .as_i64()
-                    .ok_or_else(|| format!("`{name}` must be a whole number, got {n}"))?;
+                    .ok_or_else(|| ParamError::NotWhole(name.clone(), n.to_string()))?;
                 if min.is_some_and(|m| i < m) || max.is_some_and(|m| i > m) {
-                    return Err(format!("`{name}` = {i} is outside {}", range(min, max)));
+                    return Err(outside(i.to_string(), range(min, max)));
                 }
                 Ok(Value::Int(i))
             }
@@ -118,25 +153,29 @@ impl ParamSpec {
                 let f = n
                     .as_f64()
                     .filter(|f| f.is_finite())
-                    .ok_or_else(|| format!("`{name}` must be a finite number"))?;
+                    .ok_or_else(|| ParamError::NotFinite(name.clone()))?;
                 if min.is_some_and(|m| f < m) || max.is_some_and(|m| f > m) {
-                    return Err(format!("`{name}` = {f} is outside {}", range(min, max)));
+                    return Err(outside(f.to_string(), range(min, max)));
                 }
                 Ok(Value::Float(f))
             }
             (ParamKind::Text { max_len, pattern }, Json::String(s)) => {
                 if s.len() > *max_len {
-                    return Err(format!("`{name}` is longer than {max_len} characters"));
+                    return Err(ParamError::TooLong(name.clone(), *max_len));
                 }
                 if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-                    return Err(format!("`{name}` must be printable ASCII"));
+                    return Err(ParamError::NotPrintable(name.clone()));
                 }
                 if let Some(p) = pattern.as_ref().filter(|p| !p.is_match(s)) {
-                    return Err(format!("`{name}` must match `{}`", p.as_str()));
+                    return Err(ParamError::NoMatch(name.clone(), p.as_str().to_string()));
                 }
                 Ok(Value::Text(s.clone()))
             }
-            (kind, other) => Err(format!("`{name}` must be {}, got {other}", kind_name(kind))),
+            (kind, other) => Err(ParamError::WrongType(
+                name.clone(),
+                kind_name(kind),
+                other.to_string(),
+            )),
         }
     }
 }
@@ -144,27 +183,24 @@ impl ParamSpec {
 impl DeclaredCommand {
     /// Check the platform's parameters (a JSON object, or null for none): every declared one
     /// present and valid, nothing else.
-    pub fn check(&self, paras: &Json) -> Result<BTreeMap<String, Value>, String> {
+    pub fn check(&self, paras: &Json) -> Result<BTreeMap<String, Value>, ParamError> {
         let empty = serde_json::Map::new();
         let paras = match paras {
             Json::Object(m) => m,
             Json::Null => &empty,
-            other => return Err(format!("parameters must be an object, got {other}")),
+            other => return Err(ParamError::NotAnObject(other.to_string())),
         };
         if let Some(extra) = paras
             .keys()
             .find(|k| !self.params.iter().any(|p| &p.name == *k))
         {
-            return Err(format!(
-                "command `{}` has no parameter `{extra}`",
-                self.name
-            ));
+            return Err(ParamError::Unknown(self.name.clone(), extra.clone()));
         }
         let mut out = BTreeMap::new();
         for p in &self.params {
             let v = paras
                 .get(&p.name)
-                .ok_or_else(|| format!("command `{}` needs `{}`", self.name, p.name))?;
+                .ok_or_else(|| ParamError::Missing(self.name.clone(), p.name.clone()))?;
             out.insert(p.name.clone(), p.check(v)?);
         }
         Ok(out)
@@ -245,7 +281,11 @@ mod tests {
             ),
             (json!({"band": 1, "label": "a1"}), "must match"),
         ] {
-            let e = c.check(&paras(bad.clone())).err().unwrap_or_default();
+            let e = c
+                .check(&paras(bad.clone()))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(e.contains(why), "{bad}: {e}");
         }
         let f = ParamSpec {
@@ -255,8 +295,18 @@ mod tests {
                 max: Some(1.0),
             },
         };
-        assert!(f.check(&json!(2.0)).is_err());
-        assert!(c.check(&json!([1])).is_err());
+        assert_eq!(
+            f.check(&json!(2.0)),
+            Err(ParamError::OutOfRange {
+                name: "f".into(),
+                value: "2".into(),
+                range: "..1".into()
+            })
+        );
+        assert_eq!(
+            c.check(&json!([1])),
+            Err(ParamError::NotAnObject("[1]".into()))
+        );
         let none = DeclaredCommand {
             params: Vec::new(),
             ..cmd()
