@@ -74,19 +74,17 @@ impl TemplateCommand {
         &self,
         params: &BTreeMap<String, Value>,
         delimiters: &[u8],
-    ) -> Result<String, String> {
+    ) -> Result<String, TemplateError> {
         let mut out = String::with_capacity(self.template.len() + 16);
         let mut rest = self.template.as_str();
         while let Some(open) = rest.find('{') {
             out.push_str(&rest[..open]);
             let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| "unclosed `{` in template".to_string())?;
+            let close = after.find('}').ok_or(TemplateError::Unclosed)?;
             let name = &after[..close];
             let v = params
                 .get(name)
-                .ok_or_else(|| format!("no value for `{{{name}}}`"))?;
+                .ok_or_else(|| TemplateError::NoValue(name.to_string()))?;
             let text = match v {
                 Value::Bool(b) => u8::from(*b).to_string(),
                 Value::Int(i) => i.to_string(),
@@ -95,11 +93,10 @@ impl TemplateCommand {
                 Value::Text(s) => s.clone(),
             };
             if let Some(b) = text.bytes().find(|b| delimiters.contains(b)) {
-                return Err(format!(
-                    "`{name}` contains {:?}, a framing byte of this bus: refused, it would \
-                     end the command early",
-                    char::from(b)
-                ));
+                return Err(TemplateError::FramingByte {
+                    name: name.to_string(),
+                    byte: char::from(b),
+                });
             }
             out.push_str(&text);
             rest = &after[close + 1..];
@@ -109,15 +106,45 @@ impl TemplateCommand {
     }
 }
 
+/// Why a command template could not be filled; one variant per cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("unclosed `{{` in template")]
+    Unclosed,
+    #[error("no value for `{{{0}}}`")]
+    NoValue(String),
+    #[error("`{name}` contains {byte:?}, a framing byte of this bus: refused, it would end the command early")]
+    FramingByte { name: String, byte: char },
+}
+
+/// Why one request and its answer failed on the line; the text becomes the device's
+/// OFFLINE reason or the command's answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    /// The port is not open (why it could not be opened, when known).
+    #[error("{0}")]
+    NotOpen(String),
+    #[error("write: {0}")]
+    Write(String),
+    #[error("write timed out after {0:?}")]
+    WriteTimeout(Duration),
+    #[error("port closed")]
+    Closed,
+    #[error("read: {0}")]
+    Read(String),
+    #[error("incomplete reply ({0} bytes, no end of frame) within {1:?}")]
+    Incomplete(usize, Duration),
+    #[error("timeout after {0:?}")]
+    Timeout(Duration),
+}
+
 /// Placeholder names in a template, for the config checker.
-pub fn placeholders(template: &str) -> Result<Vec<String>, String> {
+pub fn placeholders(template: &str) -> Result<Vec<String>, TemplateError> {
     let mut out = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| "unclosed `{` in template".to_string())?;
+        let close = after.find('}').ok_or(TemplateError::Unclosed)?;
         out.push(after[..close].to_string());
         rest = &after[close + 1..];
     }
@@ -498,13 +525,14 @@ impl Task {
         out: &[u8],
         want: Option<&Regex>,
         ctx: &DriverContext,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, ExchangeError> {
         let timeout = self.bus.timeout;
         let Some(port) = self.port.as_mut() else {
-            return Err(self
-                .open_error
-                .clone()
-                .unwrap_or_else(|| "port not open".into()));
+            return Err(ExchangeError::NotOpen(
+                self.open_error
+                    .clone()
+                    .unwrap_or_else(|| "port not open".into()),
+            ));
         };
         // Whatever is waiting now cannot be the answer to what we are about to send.
         let _ = port.clear(ClearBuffer::Input);
@@ -512,25 +540,25 @@ impl Task {
         let deadline = Instant::now() + timeout;
         match tokio::time::timeout_at(deadline.into(), port.write_all(out)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("write: {e}")),
-            Err(_) => return Err(format!("write timed out after {timeout:?}")),
+            Ok(Err(e)) => return Err(ExchangeError::Write(e.to_string())),
+            Err(_) => return Err(ExchangeError::WriteTimeout(timeout)),
         }
         let mut buf = [0u8; 512];
         let mut others = Vec::new();
         let result = loop {
             let Some(port) = self.port.as_mut() else {
-                break Err("port not open".to_string());
+                break Err(ExchangeError::NotOpen("port not open".into()));
             };
             let n = match tokio::time::timeout_at(deadline.into(), port.read(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => n,
-                Ok(Ok(_)) => break Err("port closed".into()),
-                Ok(Err(e)) => break Err(format!("read: {e}")),
+                Ok(Ok(_)) => break Err(ExchangeError::Closed),
+                Ok(Err(e)) => break Err(ExchangeError::Read(e.to_string())),
                 Err(_) => {
                     let partial = self.framer.pending();
                     break Err(if partial > 0 {
-                        format!("incomplete reply ({partial} bytes, no end of frame) within {timeout:?}")
+                        ExchangeError::Incomplete(partial, timeout)
                     } else {
-                        format!("timeout after {timeout:?}")
+                        ExchangeError::Timeout(timeout)
                     });
                 }
             };
@@ -574,7 +602,7 @@ impl Task {
                     describe(&e, &frame)
                 })
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         let st = match &outcome {
             Ok(_) => self.devices[idx].health.success(),
@@ -672,7 +700,7 @@ impl Task {
                 };
                 let text = match c.render(params, &self.bus.framing.delimiters()) {
                     Ok(t) => t,
-                    Err(e) => return fail(ErrorCode::BadValue, e),
+                    Err(e) => return fail(ErrorCode::BadValue, e.to_string()),
                 };
                 info!(bus = %self.bus.name, device = %self.devices[idx].spec.node_id, command = %name, "sending command");
                 match &c.expect {
@@ -717,7 +745,7 @@ impl Task {
                         Ok(v) => CommandOutcome::Done(v),
                         Err(e) => fail(ErrorCode::DeviceError, describe(&e, &frame)),
                     },
-                    Err(e) => fail(ErrorCode::DeviceError, e),
+                    Err(e) => fail(ErrorCode::DeviceError, e.to_string()),
                 }
             }
             Command::SetProperties { .. } => fail(
@@ -759,16 +787,26 @@ mod tests {
             ("label".to_string(), Value::Text("A".into())),
         ]);
         assert_eq!(c.render(&p, b"\r\n"), Ok("Z7,A\r\n".to_string()));
-        assert!(c.render(&BTreeMap::new(), b"").is_err());
+        assert_eq!(
+            c.render(&BTreeMap::new(), b""),
+            Err(TemplateError::NoValue("band".into()))
+        );
         // A printable terminator cannot be smuggled in a value.
         let semi = Framing::Terminator(b";".to_vec()).delimiters();
         let p = BTreeMap::from([
             ("band".to_string(), Value::Int(7)),
             ("label".to_string(), Value::Text("A;ZERO".into())),
         ]);
+        assert_eq!(
+            c.render(&p, &semi),
+            Err(TemplateError::FramingByte {
+                name: "label".into(),
+                byte: ';'
+            })
+        );
         assert!(c
             .render(&p, &semi)
-            .is_err_and(|e| e.contains("framing byte")));
+            .is_err_and(|e| e.to_string().contains("framing byte")));
         let stx = Framing::Delimited {
             start: b"<".to_vec(),
             end: b">".to_vec(),
@@ -789,6 +827,6 @@ mod tests {
             placeholders("T{a}x{b}"),
             Ok(vec!["a".to_string(), "b".to_string()])
         );
-        assert!(placeholders("T{a").is_err());
+        assert_eq!(placeholders("T{a"), Err(TemplateError::Unclosed));
     }
 }

@@ -21,16 +21,23 @@ pub enum Checksum {
     Crc16,
 }
 
+/// A field or checksum name the config gives that this crate does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("unknown checksum `{0}` (nmea, xor8, sum8, crc16)")]
+    Checksum(String),
+    #[error("unknown field type `{0}` (float, int, bool, string)")]
+    FieldType(String),
+}
+
 impl Checksum {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
         match s {
             "nmea" => Ok(Checksum::Nmea),
             "xor8" => Ok(Checksum::Xor8),
             "sum8" => Ok(Checksum::Sum8),
             "crc16" => Ok(Checksum::Crc16),
-            other => Err(format!(
-                "unknown checksum `{other}` (nmea, xor8, sum8, crc16)"
-            )),
+            other => Err(SpecError::Checksum(other.to_string())),
         }
     }
 
@@ -106,15 +113,13 @@ pub enum FieldType {
 }
 
 impl FieldType {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
         match s {
             "float" => Ok(FieldType::Float),
             "int" => Ok(FieldType::Int),
             "bool" => Ok(FieldType::Bool),
             "string" => Ok(FieldType::Text),
-            other => Err(format!(
-                "unknown field type `{other}` (float, int, bool, string)"
-            )),
+            other => Err(SpecError::FieldType(other.to_string())),
         }
     }
 }
