@@ -36,8 +36,9 @@ pub enum ProbeError {
     Runtime(std::io::Error),
     #[error("reading the port: {0}")]
     Sniff(std::io::Error),
+    #[cfg(feature = "ble")]
     #[error("BLE scan: {0}")]
-    Ble(String),
+    Ble(#[from] fieldgate_ble::scan::ScanError),
     #[error(
         "this fieldgate was built without BLE support (cargo feature `ble`; the packages have it)"
     )]
@@ -248,9 +249,7 @@ pub fn serial(cmd: SerialProbe) -> Result<(), ProbeError> {
 pub fn ble(cmd: BleProbe) -> Result<String, ProbeError> {
     let BleProbe::Scan { adapter, duration } = cmd;
     let rt = runtime()?;
-    let seen = rt
-        .block_on(fieldgate_ble::scan::scan(adapter.as_deref(), duration))
-        .map_err(ProbeError::Ble)?;
+    let seen = rt.block_on(fieldgate_ble::scan::scan(adapter.as_deref(), duration))?;
     let mut lines = vec![format!(
         "{} device(s) heard on {} in {duration:?}",
         seen.len(),

@@ -44,15 +44,13 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, crate::spec::SpecError> {
         match s {
             "auto" => Ok(Format::Auto),
             "bthome" => Ok(Format::BtHome),
             "ruuvi" => Ok(Format::Ruuvi),
             "atc" | "pvvx" => Ok(Format::Atc),
-            other => Err(format!(
-                "unknown advertisement format `{other}` (auto, bthome, ruuvi, atc)"
-            )),
+            other => Err(crate::spec::SpecError::Format(other.to_string())),
         }
     }
 }

@@ -27,6 +27,32 @@ use tracing::{debug, info, warn};
 use crate::decode::{decode, Props};
 use crate::spec::{decode_char, encode_char, BleBus, BleDevice, GattChar, Kind};
 
+/// Why a GATT session ended; one variant per step. The text is the device's OFFLINE reason
+/// and the answer to commands until it is back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum GattError {
+    #[error("address: {0}")]
+    Address(String),
+    #[error("{0}")]
+    Adapter(String),
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("connect: timeout after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("services: {0}")]
+    Services(String),
+    #[error("characteristics: {0}")]
+    Characteristics(String),
+    #[error("characteristic {0} not found on the device")]
+    Missing(String),
+    #[error("subscribe {0}: {1}")]
+    Subscribe(String, String),
+    #[error("read {0}: timeout")]
+    ReadTimeout(String),
+    #[error("read {0}: {1}")]
+    Read(String, String),
+}
+
 pub struct BleDriver {
     bus: BleBus,
     devices: Vec<BleDevice>,
@@ -338,24 +364,24 @@ async fn gatt_device(
         }
     };
     loop {
-        let session: Result<(), String> = async {
-            let addr: Address = spec.address.parse().map_err(|e| format!("address: {e}"))?;
-            let dev = adapter.device(addr).map_err(|e| e.to_string())?;
+        let session: Result<(), GattError> = async {
+            let addr: Address = spec.address.parse().map_err(|e| GattError::Address(format!("{e}")))?;
+            let dev = adapter.device(addr).map_err(|e| GattError::Adapter(e.to_string()))?;
             {
-                let _turn = radio.acquire().await.map_err(|e| e.to_string())?;
+                let _turn = radio.acquire().await.map_err(|e| GattError::Adapter(e.to_string()))?;
                 match tokio::time::timeout(bus.timeout, dev.connect()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) if e.kind == bluer::ErrorKind::AlreadyConnected => {}
-                    Ok(Err(e)) => return Err(format!("connect: {e}")),
-                    Err(_) => return Err(format!("connect: timeout after {:?}", bus.timeout)),
+                    Ok(Err(e)) => return Err(GattError::Connect(e.to_string())),
+                    Err(_) => return Err(GattError::ConnectTimeout(bus.timeout)),
                 }
             }
             // Find the characteristics by UUID (services may take a moment to resolve).
             let mut found: HashMap<String, bluer::gatt::remote::Characteristic> = HashMap::new();
             let deadline = Instant::now() + bus.timeout.max(Duration::from_secs(2));
             loop {
-                for s in dev.services().await.map_err(|e| format!("services: {e}"))? {
-                    for c in s.characteristics().await.map_err(|e| format!("characteristics: {e}"))? {
+                for s in dev.services().await.map_err(|e| GattError::Services(e.to_string()))? {
+                    for c in s.characteristics().await.map_err(|e| GattError::Characteristics(e.to_string()))? {
                         if let Ok(u) = c.uuid().await {
                             found.insert(u.to_string(), c);
                         }
@@ -364,13 +390,13 @@ async fn gatt_device(
                 let missing = chars.iter().map(|c| &c.uuid).chain(writes.iter().map(|w| &w.uuid)).find(|u| !found.contains_key(*u));
                 match missing {
                     None => break,
-                    Some(u) if Instant::now() >= deadline => return Err(format!("characteristic {u} not found on the device")),
+                    Some(u) if Instant::now() >= deadline => return Err(GattError::Missing(u.clone())),
                     Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
             let mut notifies = futures_util::stream::SelectAll::new();
             for c in chars.iter().filter(|c| c.notify) {
-                let stream = found[&c.uuid].notify().await.map_err(|e| format!("subscribe {}: {e}", c.property))?;
+                let stream = found[&c.uuid].notify().await.map_err(|e| GattError::Subscribe(c.property.clone(), e.to_string()))?;
                 let c2 = c.clone();
                 notifies.push(Box::pin(stream.map(move |v| (c2.clone(), v))));
             }
@@ -384,8 +410,8 @@ async fn gatt_device(
                         let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
                         for c in &polled {
                             let raw = tokio::time::timeout(bus.timeout, found[&c.uuid].read()).await
-                                .map_err(|_| format!("read {}: timeout", c.property))?
-                                .map_err(|e| format!("read {}: {e}", c.property))?;
+                                .map_err(|_| GattError::ReadTimeout(c.property.clone()))?
+                                .map_err(|e| GattError::Read(c.property.clone(), e.to_string()))?;
                             match decode_char(c, &raw) {
                                 Ok(v) => { out.entry(c.service.clone()).or_default().insert(c.property.clone(), v); }
                                 Err(e) => if let Some(n) = rejected.hit(1, Instant::now()) {
@@ -418,7 +444,7 @@ async fn gatt_device(
                                         Ok(Err(e)) => CommandOutcome::Failed { code: ErrorCode::DeviceError, message: format!("write: {e}") },
                                         Err(_) => CommandOutcome::Failed { code: ErrorCode::Timeout, message: "write timed out".into() },
                                     },
-                                    Some(Err(e)) => CommandOutcome::Failed { code: ErrorCode::BadValue, message: e },
+                                    Some(Err(e)) => CommandOutcome::Failed { code: ErrorCode::BadValue, message: e.to_string() },
                                     None => CommandOutcome::Failed { code: ErrorCode::BadValue, message: "needs `value`".into() },
                                 },
                             },
@@ -432,7 +458,7 @@ async fn gatt_device(
         .await;
         let why = match session {
             Ok(()) => return,
-            Err(why) => why,
+            Err(why) => why.to_string(),
         };
         status(health.failure(why.clone())).await;
         if let Ok(addr) = spec.address.parse::<Address>() {

@@ -22,15 +22,24 @@ pub struct Seen {
     pub companies: Vec<u16>,
 }
 
-pub async fn scan(adapter: Option<&str>, duration: Duration) -> Result<Vec<Seen>, String> {
-    let session = bluer::Session::new()
-        .await
-        .map_err(|e| format!("BlueZ: {e}"))?;
+/// Why a scan could not run; one variant per step.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("BlueZ: {0}")]
+    Session(bluer::Error),
+    #[error("adapter: {0}")]
+    Adapter(bluer::Error),
+    #[error("discovery: {0}")]
+    Discovery(bluer::Error),
+}
+
+pub async fn scan(adapter: Option<&str>, duration: Duration) -> Result<Vec<Seen>, ScanError> {
+    let session = bluer::Session::new().await.map_err(ScanError::Session)?;
     let adapter = match adapter {
         Some(n) => session.adapter(n),
         None => session.default_adapter().await,
     }
-    .map_err(|e| format!("adapter: {e}"))?;
+    .map_err(ScanError::Adapter)?;
     let _ = adapter
         .set_discovery_filter(DiscoveryFilter {
             transport: DiscoveryTransport::Le,
@@ -42,7 +51,7 @@ pub async fn scan(adapter: Option<&str>, duration: Duration) -> Result<Vec<Seen>
         adapter
             .discover_devices_with_changes()
             .await
-            .map_err(|e| format!("discovery: {e}"))?,
+            .map_err(ScanError::Discovery)?,
     );
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     let end = Instant::now() + duration;

@@ -34,8 +34,45 @@ pub enum CharType {
     Text,
 }
 
+/// A name in the config this crate does not know, or an address or UUID it cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("unknown characteristic type `{0}` (u8, i8, u16, i16, u32, i32, f32, bool, string)")]
+    CharType(String),
+    #[error("unknown advertisement format `{0}` (auto, bthome, ruuvi, atc)")]
+    Format(String),
+    #[error("`{0}` is not a UUID (16-bit `2a6e` or 128-bit `0000….-…`)")]
+    Uuid(String),
+    #[error("`{0}` is not a Bluetooth address (AA:BB:CC:DD:EE:FF)")]
+    Address(String),
+}
+
+/// A characteristic value that cannot be read as, or written from, its declared type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CharError {
+    #[error("`{property}`: {got} bytes, {kind:?} needs {need}")]
+    Short {
+        property: String,
+        got: usize,
+        kind: CharType,
+        need: usize,
+    },
+    #[error("`{0}`: not UTF-8")]
+    NotUtf8(String),
+    #[error("`{0}`: not a finite number")]
+    NotFinite(String),
+    #[error("{0} is not a whole number in range")]
+    NotWhole(String),
+    #[error("{0} does not fit {1:?}")]
+    DoesNotFit(String, CharType),
+    #[error("{0} is not a number")]
+    NotANumber(String),
+    #[error("{0} is not text")]
+    NotText(String),
+}
+
 impl CharType {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
         Ok(match s {
             "u8" => CharType::U8,
             "i8" => CharType::I8,
@@ -46,11 +83,7 @@ impl CharType {
             "f32" => CharType::F32,
             "bool" => CharType::Bool,
             "string" => CharType::Text,
-            other => {
-                return Err(format!(
-                    "unknown characteristic type `{other}` (u8, i8, u16, i16, u32, i32, f32, bool, string)"
-                ))
-            }
+            other => return Err(SpecError::CharType(other.to_string())),
         })
     }
 
@@ -111,7 +144,7 @@ pub struct BleDevice {
 }
 
 /// Expand a 16-bit UUID (`"2a6e"`, `"0x2A6E"`) or check a 128-bit one; lower-case result.
-pub fn uuid(s: &str) -> Result<String, String> {
+pub fn uuid(s: &str) -> Result<String, SpecError> {
     let t = s.trim().trim_start_matches("0x").to_ascii_lowercase();
     if t.len() == 4 && t.chars().all(|c| c.is_ascii_hexdigit()) {
         return Ok(format!("0000{t}-0000-1000-8000-00805f9b34fb"));
@@ -122,14 +155,12 @@ pub fn uuid(s: &str) -> Result<String, String> {
     if ok {
         Ok(t)
     } else {
-        Err(format!(
-            "`{s}` is not a UUID (16-bit `2a6e` or 128-bit `0000….-…`)"
-        ))
+        Err(SpecError::Uuid(s.to_string()))
     }
 }
 
 /// Check and normalise a device address.
-pub fn address(s: &str) -> Result<String, String> {
+pub fn address(s: &str) -> Result<String, SpecError> {
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() == 6
         && parts
@@ -138,22 +169,20 @@ pub fn address(s: &str) -> Result<String, String> {
     {
         Ok(s.to_ascii_uppercase())
     } else {
-        Err(format!(
-            "`{s}` is not a Bluetooth address (AA:BB:CC:DD:EE:FF)"
-        ))
+        Err(SpecError::Address(s.to_string()))
     }
 }
 
 /// Decode a characteristic value (little-endian, as GATT numbers are).
-pub fn decode_char(c: &GattChar, raw: &[u8]) -> Result<Value, String> {
+pub fn decode_char(c: &GattChar, raw: &[u8]) -> Result<Value, CharError> {
     if let Some(w) = c.kind.width() {
         if raw.len() < w {
-            return Err(format!(
-                "`{}`: {} bytes, {:?} needs {w}",
-                c.property,
-                raw.len(),
-                c.kind
-            ));
+            return Err(CharError::Short {
+                property: c.property.clone(),
+                got: raw.len(),
+                kind: c.kind,
+                need: w,
+            });
         }
     }
     let le = |n: usize| {
@@ -166,7 +195,7 @@ pub fn decode_char(c: &GattChar, raw: &[u8]) -> Result<Value, String> {
         CharType::Text => {
             return String::from_utf8(raw.to_vec())
                 .map(|s| Value::Text(s.trim_end_matches('\0').to_string()))
-                .map_err(|_| format!("`{}`: not UTF-8", c.property))
+                .map_err(|_| CharError::NotUtf8(c.property.clone()))
         }
         CharType::U8 => f64::from(raw[0]),
         CharType::I8 => f64::from(raw[0] as i8),
@@ -177,7 +206,7 @@ pub fn decode_char(c: &GattChar, raw: &[u8]) -> Result<Value, String> {
         CharType::F32 => f64::from(f32::from_bits(le(4))),
     };
     if !x.is_finite() {
-        return Err(format!("`{}`: not a finite number", c.property));
+        return Err(CharError::NotFinite(c.property.clone()));
     }
     Ok(match (c.scale, c.offset) {
         (None, None) if c.kind != CharType::F32 => {
@@ -193,8 +222,8 @@ pub fn decode_char(c: &GattChar, raw: &[u8]) -> Result<Value, String> {
 
 /// Encode a (checked) command value for a characteristic. Whole numbers are converted exactly
 /// (`try_from`), never wrapped or saturated; an f32 must still be finite after the cast.
-pub fn encode_char(kind: CharType, v: &Value) -> Result<Vec<u8>, String> {
-    let int = || -> Result<i128, String> {
+pub fn encode_char(kind: CharType, v: &Value) -> Result<Vec<u8>, CharError> {
+    let int = || -> Result<i128, CharError> {
         match v {
             Value::Int(i) => Ok(i128::from(*i)),
             Value::UInt(u) => Ok(i128::from(*u)),
@@ -203,11 +232,11 @@ pub fn encode_char(kind: CharType, v: &Value) -> Result<Vec<u8>, String> {
             Value::Float(f) if f.fract() == 0.0 && f.abs() < 18_446_744_073_709_551_616.0 => {
                 Ok(*f as i128)
             }
-            other => Err(format!("{other:?} is not a whole number in range")),
+            other => Err(CharError::NotWhole(format!("{other:?}"))),
         }
     };
-    fn fit<T: TryFrom<i128>>(i: i128, kind: CharType) -> Result<T, String> {
-        T::try_from(i).map_err(|_| format!("{i} does not fit {kind:?}"))
+    fn fit<T: TryFrom<i128>>(i: i128, kind: CharType) -> Result<T, CharError> {
+        T::try_from(i).map_err(|_| CharError::DoesNotFit(i.to_string(), kind))
     }
     Ok(match kind {
         CharType::Bool | CharType::U8 => vec![fit::<u8>(int()?, kind)?],
@@ -221,17 +250,17 @@ pub fn encode_char(kind: CharType, v: &Value) -> Result<Vec<u8>, String> {
                 Value::Float(f) => *f,
                 Value::Int(i) => *i as f64,
                 Value::UInt(u) => *u as f64,
-                other => return Err(format!("{other:?} is not a number")),
+                other => return Err(CharError::NotANumber(format!("{other:?}"))),
             };
             let f = x as f32;
             if !f.is_finite() {
-                return Err(format!("{x} does not fit F32"));
+                return Err(CharError::DoesNotFit(x.to_string(), CharType::F32));
             }
             f.to_le_bytes().to_vec()
         }
         CharType::Text => match v {
             Value::Text(s) => s.as_bytes().to_vec(),
-            other => return Err(format!("{other:?} is not text")),
+            other => return Err(CharError::NotText(format!("{other:?}"))),
         },
     })
 }
@@ -246,10 +275,13 @@ mod tests {
             uuid("2A6E"),
             Ok("00002a6e-0000-1000-8000-00805f9b34fb".into())
         );
-        assert!(uuid("12345").is_err());
+        assert_eq!(uuid("12345"), Err(SpecError::Uuid("12345".into())));
         assert!(uuid("6e400001-b5a3-f393-e0a9-e50e24dcca9e").is_ok());
         assert_eq!(address("a4:c1:38:00:11:22"), Ok("A4:C1:38:00:11:22".into()));
-        assert!(address("a4:c1:38").is_err());
+        assert_eq!(
+            address("a4:c1:38"),
+            Err(SpecError::Address("a4:c1:38".into()))
+        );
     }
 
     #[test]
@@ -270,7 +302,10 @@ mod tests {
             encode_char(CharType::U16, &Value::UInt(513)),
             Ok(vec![1, 2])
         );
-        assert!(encode_char(CharType::U8, &Value::Int(300)).is_err());
+        assert_eq!(
+            encode_char(CharType::U8, &Value::Int(300)),
+            Err(CharError::DoesNotFit("300".into(), CharType::U8))
+        );
         assert_eq!(encode_char(CharType::I8, &Value::Int(-1)), Ok(vec![0xFF]));
     }
 
