@@ -17,7 +17,7 @@ pub const EX_CANTCREAT: i32 = 73;
 /// sysexits' EX_IOERR: the store failed with another I/O error (a full disk, say); restarted.
 pub const EX_IOERR: i32 = 74;
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+fn parse_duration(s: &str) -> Result<std::time::Duration, crate::config::DurationError> {
     crate::config::Dur::parse(s)
 }
 

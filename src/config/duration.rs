@@ -14,11 +14,28 @@ pub struct Dur(pub Duration);
 /// The longest duration any key accepts: ten years (3650 days).
 pub const MAX: Duration = Duration::from_secs(3650 * 86_400);
 
+/// Why a text is not a duration; one variant per cause, each naming the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration")]
+    Empty,
+    #[error("`{0}` is not a duration (use e.g. 500ms, 1s, 2m, 1h, 7d)")]
+    NotADuration(String),
+    #[error("`{0}`: number too large")]
+    NumberTooLarge(String),
+    #[error("`{0}` needs a unit (ms, s, m, h, d)")]
+    NoUnit(String),
+    #[error("unknown unit `{unit}` in `{text}` (use ms, s, m, h, d)")]
+    UnknownUnit { unit: String, text: String },
+    #[error("`{0}` is longer than any setting allows (at most 3650d)")]
+    TooLong(String),
+}
+
 impl Dur {
-    pub fn parse(s: &str) -> Result<Duration, String> {
+    pub fn parse(s: &str) -> Result<Duration, DurationError> {
         let s = s.trim();
         if s.is_empty() {
-            return Err("empty duration".into());
+            return Err(DurationError::Empty);
         }
         let mut total = Duration::ZERO;
         let mut rest = s;
@@ -27,13 +44,11 @@ impl Dur {
                 .find(|c: char| !c.is_ascii_digit())
                 .unwrap_or(rest.len());
             if digits == 0 {
-                return Err(format!(
-                    "`{s}` is not a duration (use e.g. 500ms, 1s, 2m, 1h, 7d)"
-                ));
+                return Err(DurationError::NotADuration(s.to_string()));
             }
             let n: u64 = rest[..digits]
                 .parse()
-                .map_err(|_| format!("`{s}`: number too large"))?;
+                .map_err(|_| DurationError::NumberTooLarge(s.to_string()))?;
             rest = &rest[digits..];
             let unit_len = rest
                 .find(|c: char| c.is_ascii_digit())
@@ -46,14 +61,17 @@ impl Dur {
                 "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
                 "h" => Duration::from_secs(n.saturating_mul(3600)),
                 "d" => Duration::from_secs(n.saturating_mul(86400)),
-                "" => return Err(format!("`{s}` needs a unit (ms, s, m, h, d)")),
-                u => return Err(format!("unknown unit `{u}` in `{s}` (use ms, s, m, h, d)")),
+                "" => return Err(DurationError::NoUnit(s.to_string())),
+                u => {
+                    return Err(DurationError::UnknownUnit {
+                        unit: u.to_string(),
+                        text: s.to_string(),
+                    })
+                }
             };
             total = total.saturating_add(d);
             if total > MAX {
-                return Err(format!(
-                    "`{s}` is longer than any setting allows (at most 3650d)"
-                ));
+                return Err(DurationError::TooLong(s.to_string()));
             }
         }
         Ok(total)
@@ -85,8 +103,14 @@ mod tests {
         assert_eq!(Dur::parse("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(Dur::parse("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(Dur::parse("7d"), Ok(Duration::from_secs(7 * 86400)));
-        assert!(Dur::parse("5").unwrap_err().contains("needs a unit"));
-        assert!(Dur::parse("fast").unwrap_err().contains("not a duration"));
+        assert_eq!(Dur::parse("5"), Err(DurationError::NoUnit("5".into())));
+        assert_eq!(
+            Dur::parse("fast"),
+            Err(DurationError::NotADuration("fast".into()))
+        );
+        assert!(DurationError::NoUnit("5".into())
+            .to_string()
+            .contains("needs a unit"));
         assert_eq!(Dur::parse("3650d"), Ok(MAX));
         for huge in [
             "18446744073709551615s",
@@ -95,10 +119,16 @@ mod tests {
             "3650d1ms",
         ] {
             assert!(
-                Dur::parse(huge).unwrap_err().contains("at most 3650d"),
+                Dur::parse(huge).is_err_and(|e| e.to_string().contains("at most 3650d")),
                 "{huge}"
             );
         }
-        assert!(Dur::parse("3 weeks").unwrap_err().contains("unknown unit"));
+        assert_eq!(
+            Dur::parse("3 weeks"),
+            Err(DurationError::UnknownUnit {
+                unit: " weeks".into(),
+                text: "3 weeks".into()
+            })
+        );
     }
 }

@@ -40,10 +40,10 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-pub use duration::Dur;
+pub use duration::{Dur, DurationError};
 pub use remote::{Remote, OPERATIONS};
 use schema::*;
-pub use size::Size;
+pub use size::{Size, SizeError};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]

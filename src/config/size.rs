@@ -8,13 +8,24 @@ use serde::{de, Deserialize, Deserializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
 
+/// Why a text is not a size; one variant per cause, each naming the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("`{0}` is not a size (e.g. 256MiB, 64KiB, 1GB)")]
+    NotASize(String),
+    #[error("unknown size unit `{unit}` in `{text}` (B, KiB, MiB, GiB, kB, MB, GB)")]
+    UnknownUnit { unit: String, text: String },
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+}
+
 impl Size {
-    pub fn parse(s: &str) -> Result<u64, String> {
+    pub fn parse(s: &str) -> Result<u64, SizeError> {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let n: u64 = t[..split]
             .parse()
-            .map_err(|_| format!("`{s}` is not a size (e.g. 256MiB, 64KiB, 1GB)"))?;
+            .map_err(|_| SizeError::NotASize(s.to_string()))?;
         let mult: u64 = match t[split..].trim() {
             "" | "B" => 1,
             "KiB" => 1 << 10,
@@ -24,13 +35,14 @@ impl Size {
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
             u => {
-                return Err(format!(
-                    "unknown size unit `{u}` in `{s}` (B, KiB, MiB, GiB, kB, MB, GB)"
-                ))
+                return Err(SizeError::UnknownUnit {
+                    unit: u.to_string(),
+                    text: s.to_string(),
+                })
             }
         };
         n.checked_mul(mult)
-            .ok_or_else(|| format!("`{s}` is too large"))
+            .ok_or_else(|| SizeError::TooLarge(s.to_string()))
     }
 }
 
@@ -60,7 +72,7 @@ impl<'de> Deserialize<'de> for Size {
 
 #[cfg(test)]
 mod tests {
-    use super::Size;
+    use super::{Size, SizeError};
 
     #[test]
     fn forms() {
@@ -68,9 +80,17 @@ mod tests {
         assert_eq!(Size::parse("64 KiB"), Ok(64 << 10));
         assert_eq!(Size::parse("1GB"), Ok(1_000_000_000));
         assert_eq!(Size::parse("4096"), Ok(4096));
-        assert!(Size::parse("lots").is_err());
-        assert!(Size::parse("5 TB")
-            .unwrap_err()
-            .contains("unknown size unit"));
+        assert_eq!(Size::parse("lots"), Err(SizeError::NotASize("lots".into())));
+        assert_eq!(
+            Size::parse("5 TB"),
+            Err(SizeError::UnknownUnit {
+                unit: "TB".into(),
+                text: "5 TB".into()
+            })
+        );
+        assert_eq!(
+            Size::parse("99999999999GB"),
+            Err(SizeError::TooLarge("99999999999GB".into()))
+        );
     }
 }
