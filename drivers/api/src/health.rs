@@ -8,7 +8,34 @@
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::{now_ms, DeviceStatus, DriverError, Event};
+use std::collections::BTreeMap;
+
+use crate::{now_ms, DeviceStatus, DriverError, Event, Report, Value};
+
+/// Hand one sample of `child` to the daemon: one report per service (services without a
+/// property are skipped), all stamped `ts_ms`. Every driver sends its readings through here.
+pub async fn send_reports(
+    events: &mpsc::Sender<Event>,
+    child: &str,
+    by_service: impl IntoIterator<Item = (String, BTreeMap<String, Value>)>,
+    ts_ms: u64,
+) -> Result<(), DriverError> {
+    for (service, properties) in by_service {
+        if properties.is_empty() {
+            continue;
+        }
+        events
+            .send(Event::Report(Report {
+                child: child.to_string(),
+                service,
+                properties,
+                ts_ms,
+            }))
+            .await
+            .map_err(|_| DriverError::ChannelClosed)?;
+    }
+    Ok(())
+}
 
 /// Publish a status transition (if there is one) with its one log line; `failures` is the
 /// streak behind an OFFLINE, where the driver counts one.
@@ -107,6 +134,31 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn reports_go_one_per_service_and_empty_ones_not_at_all() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let v = |i| BTreeMap::from([("p".to_string(), Value::Int(i))]);
+        let sample = [
+            ("a".to_string(), v(1)),
+            ("empty".to_string(), BTreeMap::new()),
+            ("b".to_string(), v(2)),
+        ];
+        assert!(send_reports(&tx, "m1", sample, 42).await.is_ok());
+        let mut got = Vec::new();
+        while let Ok(Event::Report(r)) = rx.try_recv() {
+            got.push((r.child, r.service, r.ts_ms));
+        }
+        assert_eq!(
+            got,
+            [("m1".into(), "a".into(), 42), ("m1".into(), "b".into(), 42)]
+        );
+        drop(rx);
+        assert!(matches!(
+            send_reports(&tx, "m1", [("a".to_string(), v(1))], 1).await,
+            Err(DriverError::ChannelClosed)
+        ));
+    }
 
     #[test]
     fn transitions_only() {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bluer::{Adapter, AdapterEvent, Address, DiscoveryFilter, DiscoveryTransport, Uuid};
 use fieldgate_driver::{
-    now_ms, send_status, Command, CommandOutcome, CommandRequest, DeviceStatus, Driver,
-    DriverContext, DriverError, DriverFuture, Episode, ErrorCode, Event, Health, Report, Value,
+    now_ms, send_reports, send_status, Command, CommandOutcome, CommandRequest, DeviceStatus,
+    Driver, DriverContext, DriverError, DriverFuture, Episode, ErrorCode, Event, Health, Value,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
@@ -126,15 +126,13 @@ async fn flush(a: &mut Advert, ctx: &DriverContext) -> Result<(), DriverError> {
     };
     a.last_report = Some(now);
     a.last = Some(props.clone());
-    ctx.events
-        .send(Event::Report(Report {
-            child: a.spec.node_id.clone(),
-            service: a.spec.service.clone(),
-            properties: props,
-            ts_ms: now_ms(),
-        }))
-        .await
-        .map_err(|_| DriverError::ChannelClosed)
+    send_reports(
+        &ctx.events,
+        &a.spec.node_id,
+        [(a.spec.service.clone(), props)],
+        now_ms(),
+    )
+    .await
 }
 
 async fn run(
@@ -344,16 +342,8 @@ async fn gatt_device(
         let events = events.clone();
         let node = spec.node_id.clone();
         async move {
-            for (service, properties) in props {
-                let _ = events
-                    .send(Event::Report(Report {
-                        child: node.clone(),
-                        service,
-                        properties,
-                        ts_ms: now_ms(),
-                    }))
-                    .await;
-            }
+            // The daemon gone: the session ends with the shutdown that follows.
+            let _ = send_reports(&events, &node, props, now_ms()).await;
         }
     };
     let status = |st: Option<DeviceStatus>| {

@@ -15,8 +15,8 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
-    escape_controls, now_ms, send_status, Command, CommandOutcome, CommandRequest, DeviceStatus,
-    Driver, DriverContext, DriverError, DriverFuture, ErrorCode, Event, Health, Report,
+    escape_controls, now_ms, send_reports, send_status, Command, CommandOutcome, CommandRequest,
+    DeviceStatus, Driver, DriverContext, DriverError, DriverFuture, ErrorCode, Event, Health,
 };
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -302,15 +302,7 @@ impl Task {
                 // A timestamp from the program is used when it is plausible (not in the future).
                 let now = now_ms();
                 let ts_ms = ts_ms.filter(|t| *t <= now + 60_000).unwrap_or(now);
-                ctx.events
-                    .send(Event::Report(Report {
-                        child,
-                        service,
-                        properties,
-                        ts_ms,
-                    }))
-                    .await
-                    .map_err(|_| DriverError::ChannelClosed)?;
+                send_reports(&ctx.events, &child, [(service, properties)], ts_ms).await?;
             }
             Ok(FromDriver::Status {
                 child,

@@ -21,8 +21,8 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
-    now_ms, Command, CommandOutcome, CommandRequest, Driver, DriverContext, DriverError,
-    DriverFuture, Episode, ErrorCode, Event, Health, Report, Schedule, Value,
+    now_ms, send_reports, Command, CommandOutcome, CommandRequest, Driver, DriverContext,
+    DriverError, DriverFuture, Episode, ErrorCode, Event, Health, Schedule, Value,
 };
 use fieldgate_port::{Parity, PortSettings};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -495,18 +495,11 @@ impl BusTask {
                     .or_default()
                     .push((p.property.clone(), v));
             }
-            for (service, properties) in by_service {
-                let r = Report {
-                    child: dev.spec.node_id.clone(),
-                    service: service.to_string(),
-                    properties: BTreeMap::from_iter(properties),
-                    ts_ms: started,
-                };
-                ctx.events
-                    .send(Event::Report(r))
-                    .await
-                    .map_err(|_| DriverError::ChannelClosed)?;
-            }
+            let by_service: Vec<(String, BTreeMap<String, Value>)> = by_service
+                .into_iter()
+                .map(|(service, properties)| (service.to_string(), BTreeMap::from_iter(properties)))
+                .collect();
+            send_reports(&ctx.events, &dev.spec.node_id, by_service, started).await?;
         }
 
         let now = Instant::now();

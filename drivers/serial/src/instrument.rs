@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
-    now_ms, send_status, Command, CommandOutcome, CommandRequest, DeclaredCommand, Driver,
-    DriverContext, DriverError, DriverFuture, ErrorCode, Event, Health, Report, Schedule, Value,
+    now_ms, send_reports, send_status, Command, CommandOutcome, CommandRequest, DeclaredCommand,
+    Driver, DriverContext, DriverError, DriverFuture, ErrorCode, Event, Health, Schedule, Value,
 };
 use regex::Regex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -487,19 +487,13 @@ impl Task {
         values: BTreeMap<String, BTreeMap<String, Value>>,
         ctx: &DriverContext,
     ) -> Result<(), DriverError> {
-        let ts = now_ms();
-        for (service, properties) in values {
-            ctx.events
-                .send(Event::Report(Report {
-                    child: self.devices[idx].spec.node_id.clone(),
-                    service,
-                    properties,
-                    ts_ms: ts,
-                }))
-                .await
-                .map_err(|_| DriverError::ChannelClosed)?;
-        }
-        Ok(())
+        send_reports(
+            &ctx.events,
+            &self.devices[idx].spec.node_id,
+            values,
+            now_ms(),
+        )
+        .await
     }
 
     /// Stream devices silent past their staleness timeout go OFFLINE.
@@ -610,17 +604,13 @@ impl Task {
         };
         self.status(idx, st, ctx).await?;
         if let Ok(values) = outcome {
-            for (service, properties) in values {
-                ctx.events
-                    .send(Event::Report(Report {
-                        child: self.devices[idx].spec.node_id.clone(),
-                        service,
-                        properties,
-                        ts_ms: started,
-                    }))
-                    .await
-                    .map_err(|_| DriverError::ChannelClosed)?;
-            }
+            send_reports(
+                &ctx.events,
+                &self.devices[idx].spec.node_id,
+                values,
+                started,
+            )
+            .await?;
         }
         let now = Instant::now();
         let d = &mut self.devices[idx];
