@@ -201,8 +201,9 @@ pub struct Platform {
     pub reconnect_max: Duration,
     /// How long one connection attempt may take (TCP, TLS, CONNECT/CONNACK).
     pub connect_timeout: Duration,
-    /// Unacknowledged publishes handed to the MQTT client at once.
-    pub inflight: u16,
+    /// The delivery window (config key `inflight`): data messages published and not yet
+    /// acknowledged, at most. Not the MQTT client's own limit (window + room for answers).
+    pub data_window: u16,
     /// Largest MQTT packet fieldgate sends, in bytes.
     pub max_packet: usize,
     /// A platform request not answered by then gets a timeout answer.

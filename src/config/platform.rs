@@ -317,7 +317,7 @@ impl Checker<'_> {
             reconnect_min,
             reconnect_max,
             connect_timeout: connect_timeout?,
-            inflight: inflight?,
+            data_window: inflight?,
             max_packet: max_packet?,
             command_timeout: command_timeout?,
             replay_rate: p.replay_rate.unwrap_or(defaults::REPLAY_RATE),

@@ -1121,7 +1121,7 @@ fn the_example_config_states_the_real_defaults() {
     assert_eq!(c.gateway.report_interval, defaults::REPORT_INTERVAL);
     assert_eq!(c.gateway.runtime_dir, Path::new(defaults::RUNTIME_DIR));
     assert_eq!(c.platform.keepalive, defaults::KEEPALIVE);
-    assert_eq!(c.platform.inflight, defaults::INFLIGHT);
+    assert_eq!(c.platform.data_window, defaults::INFLIGHT);
     assert_eq!(c.platform.max_packet, defaults::MAX_PACKET);
     assert_eq!(c.platform.command_timeout, defaults::COMMAND_TIMEOUT);
     assert_eq!(c.store.commit_interval, defaults::COMMIT_INTERVAL);

@@ -2,7 +2,7 @@
 //!
 //! The reader owns the cursor (the highest sequence number handed out or passed over), decodes
 //! rows, drops the ones that can never be sent with a counted reason (`corrupt`, `orphan`,
-//! `unsendable`), and keeps the store's in-flight marks right: a row it hands out stays marked
+//! `unsendable`), and keeps the store's marks on taken rows right: a row it hands out stays marked
 //! until its PUBACK deletes it, or until the connection is lost and the row is released to be
 //! sent again. Acknowledged rows are deleted in batches (one transaction per many acks); until
 //! then they stay marked, so no scan sends them again and no bound drops them.

@@ -8,7 +8,7 @@
 //! of the wall clock never expires anything by itself. Every dropped row is counted by reason and
 //! returned to the caller, which logs once per episode — never silently.
 //!
-//! Rows the uplink has taken (in flight, or acknowledged and waiting for their batched delete)
+//! Rows the uplink has taken (sent and unacknowledged, or acknowledged and waiting for their batched delete)
 //! are *marked*: the bounds and expiry pass over them, so a row the platform may already have
 //! is never dropped and counted as lost. Marks live in memory only; a restart sends them again.
 

@@ -5,7 +5,7 @@
 //!   CONNECT per attempt, bounded by `connect_timeout`;
 //! - `delivery`: which records each publish carries, the window, what a PUBACK delivers (pure,
 //!   model-tested);
-//! - `queue::reader`: the cursor, in-flight marks in the store, batched deletes of acknowledged
+//! - `queue::reader`: the cursor, the store's marks on taken rows, batched deletes of acknowledged
 //!   records, counted drops;
 //! - `fit`: every message checked against MQTT's rules and `max_packet`, oversize records split
 //!   by property, unsendable ones counted and skipped;
@@ -380,7 +380,7 @@ impl Uplink {
 
     /// Data messages outstanding at most, and all messages.
     fn limits(&self) -> (usize, usize) {
-        let window = usize::from(self.platform.inflight);
+        let window = usize::from(self.platform.data_window);
         (window, window + CONTROL_ROOM)
     }
 
