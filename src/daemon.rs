@@ -68,7 +68,7 @@ fn specs(cfg: &Config) -> Vec<Spec> {
             product_id: d.product_id.clone(),
             bus: d.bus.clone(),
             writable: d
-                .points
+                .points()
                 .iter()
                 .filter(|p| p.writable)
                 .map(|p| (p.service.clone(), p.property.clone()))

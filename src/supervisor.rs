@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::{Bus, BusKind, Config, Device};
+use crate::config::{Bus, BusKind, Config, Device, DeviceKind};
 use crate::router::{Router, Target};
 
 /// Commands waiting for one bus at most.
@@ -46,7 +46,13 @@ fn ble_driver(bus: &Bus, adapter: Option<String>, devices: &[Device]) -> Box<dyn
         reconnect_min: bus.reconnect_min,
         reconnect_max: bus.reconnect_max,
     };
-    let devices = devices.iter().filter_map(|d| d.ble.clone()).collect();
+    let devices = devices
+        .iter()
+        .filter_map(|d| match &d.kind {
+            DeviceKind::Ble { device, .. } => Some(device.clone()),
+            _ => None,
+        })
+        .collect();
     Box::new(fieldgate_ble::driver::BleDriver::new(spec, devices))
 }
 
@@ -72,14 +78,23 @@ fn ble_driver(bus: &Bus, _adapter: Option<String>, _devices: &[Device]) -> Box<d
 fn build(bus: &Bus, devices_cfg: &[Device]) -> Box<dyn Driver> {
     let devices: Vec<DeviceSpec> = devices_cfg
         .iter()
-        .map(|d| DeviceSpec {
-            node_id: d.node_id.clone(),
-            unit: d.unit,
-            poll: d.poll,
-            points: d.points.clone(),
-            max_gap: d.max_gap,
-            commands: d.commands.clone(),
-            turnaround: d.turnaround,
+        .filter_map(|d| match &d.kind {
+            DeviceKind::Modbus {
+                unit,
+                turnaround,
+                points,
+                max_gap,
+                commands,
+            } => Some(DeviceSpec {
+                node_id: d.node_id.clone(),
+                unit: *unit,
+                poll: d.poll,
+                points: points.clone(),
+                max_gap: *max_gap,
+                commands: commands.clone(),
+                turnaround: *turnaround,
+            }),
+            _ => None,
         })
         .collect();
     let transport = match &bus.kind {
@@ -92,9 +107,12 @@ fn build(bus: &Bus, devices_cfg: &[Device]) -> Box<dyn Driver> {
         BusKind::Exec(e) => {
             let devices = devices_cfg
                 .iter()
-                .map(|d| ExecDevice {
-                    node_id: d.node_id.clone(),
-                    options: d.options.clone(),
+                .filter_map(|d| match &d.kind {
+                    DeviceKind::Exec { options, .. } => Some(ExecDevice {
+                        node_id: d.node_id.clone(),
+                        options: options.clone(),
+                    }),
+                    _ => None,
                 })
                 .collect();
             return Box::new(ExecDriver::new(e.clone(), devices));
@@ -106,12 +124,13 @@ fn build(bus: &Bus, devices_cfg: &[Device]) -> Box<dyn Driver> {
         } => {
             let devices = devices_cfg
                 .iter()
-                .filter_map(|d| {
-                    Some(AsciiDevice {
+                .filter_map(|d| match &d.kind {
+                    DeviceKind::Ascii { instrument, .. } => Some(AsciiDevice {
                         node_id: d.node_id.clone(),
                         poll: d.poll,
-                        instrument: d.ascii.as_ref()?.0.clone(),
-                    })
+                        instrument: instrument.0.clone(),
+                    }),
+                    _ => None,
                 })
                 .collect();
             return Box::new(SerialAsciiDriver::new(
@@ -165,9 +184,9 @@ impl Supervisor {
                         d.node_id.clone(),
                         Target {
                             bus: r.commands.clone(),
-                            points: d.points.clone(),
-                            commands: d.commands.clone(),
-                            declared: d.declared.clone(),
+                            points: d.points(),
+                            commands: d.commands(),
+                            declared: d.declared(),
                         },
                     )
                 })

@@ -156,23 +156,36 @@ impl Checker<'_> {
                     }
                     (None, None) => None,
                 };
+                let kind = match (p.kind, ble, &p.ascii) {
+                    (ProfileKind::Ble, Some(device), _) => DeviceKind::Ble {
+                        device,
+                        declared: p.declared.clone(),
+                    },
+                    (ProfileKind::Ascii, _, Some(instrument)) => DeviceKind::Ascii {
+                        instrument: instrument.clone(),
+                        declared: p.declared.clone(),
+                    },
+                    (ProfileKind::Exec, _, _) => DeviceKind::Exec {
+                        options: d.options.clone().unwrap_or(serde_json::Value::Null),
+                        declared: p.declared.clone(),
+                    },
+                    _ => DeviceKind::Modbus {
+                        unit,
+                        turnaround,
+                        points: p.points.clone(),
+                        max_gap: p.max_gap,
+                        commands: p.commands.clone(),
+                    },
+                };
                 out.push(Device {
                     name: d.name.unwrap_or_else(|| node_id.clone()),
                     node_id,
                     bus: d.bus.into_inner(),
-                    unit,
                     poll,
-                    turnaround,
                     product_id: d.product_id.unwrap_or_else(|| p.product_id.clone()),
                     profile: d.profile.get_ref().clone(),
-                    points: p.points.clone(),
-                    max_gap: p.max_gap,
-                    commands: p.commands.clone(),
-                    ascii: p.ascii.clone(),
-                    declared: p.declared.clone(),
-                    options: d.options.clone().unwrap_or(serde_json::Value::Null),
-                    ble,
                     report: self.child_rules(d.profile.get_ref(), &rule),
+                    kind,
                 });
             }
         }

@@ -278,26 +278,71 @@ pub struct Device {
     pub node_id: String,
     pub name: String,
     pub bus: String,
-    pub unit: u8,
     pub poll: Duration,
-    /// Extra silence before each request to this device (Modbus RTU).
-    pub turnaround: Duration,
     pub product_id: String,
     pub profile: String,
-    pub points: Arc<[PointSpec]>,
-    pub max_gap: u16,
-    /// Commands declared in the profile.
-    pub commands: Arc<[CommandSpec]>,
-    /// A serial instrument's model (its profile has fields, not points).
-    pub ascii: Option<AsciiProfile>,
-    /// Template commands with typed parameters (serial instruments, exec devices).
-    pub declared: Arc<[DeclaredCommand]>,
-    /// Exec devices: handed to the program verbatim.
-    pub options: serde_json::Value,
-    /// BLE devices: address, advertisement format or GATT map.
-    pub ble: Option<fieldgate_ble::BleDevice>,
     /// How its readings are reported (resolved gateway → profile → device → point).
     pub report: Arc<crate::report::ChildRules>,
+    /// What its driver needs to know about it, and only that.
+    pub kind: DeviceKind,
+}
+
+/// One child as its driver sees it: the fields of one kind of bus, never another's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceKind {
+    /// On a Modbus TCP or RTU bus.
+    Modbus {
+        unit: u8,
+        /// Extra silence before each request to this device (RTU).
+        turnaround: Duration,
+        points: Arc<[PointSpec]>,
+        max_gap: u16,
+        /// Commands declared in the profile (point writes by name).
+        commands: Arc<[CommandSpec]>,
+    },
+    /// A serial instrument: its model, and its template commands.
+    Ascii {
+        instrument: AsciiProfile,
+        declared: Arc<[DeclaredCommand]>,
+    },
+    /// A child of an external driver program: options handed over verbatim.
+    Exec {
+        options: serde_json::Value,
+        declared: Arc<[DeclaredCommand]>,
+    },
+    /// A BLE sensor: address, advertisement format or GATT map.
+    Ble {
+        device: fieldgate_ble::BleDevice,
+        declared: Arc<[DeclaredCommand]>,
+    },
+}
+
+impl Device {
+    /// Modbus points (none for other kinds): what the platform may read and write by name.
+    pub fn points(&self) -> Arc<[PointSpec]> {
+        match &self.kind {
+            DeviceKind::Modbus { points, .. } => points.clone(),
+            _ => Arc::from([]),
+        }
+    }
+
+    /// Modbus commands declared in the profile (none for other kinds).
+    pub fn commands(&self) -> Arc<[CommandSpec]> {
+        match &self.kind {
+            DeviceKind::Modbus { commands, .. } => commands.clone(),
+            _ => Arc::from([]),
+        }
+    }
+
+    /// Commands with typed parameters (serial instruments, exec children, BLE writes).
+    pub fn declared(&self) -> Arc<[DeclaredCommand]> {
+        match &self.kind {
+            DeviceKind::Modbus { .. } => Arc::from([]),
+            DeviceKind::Ascii { declared, .. }
+            | DeviceKind::Exec { declared, .. }
+            | DeviceKind::Ble { declared, .. } => declared.clone(),
+        }
+    }
 }
 
 pub const DEFAULT_PATH: &str = "/etc/fieldgate/fieldgate.toml";
@@ -343,9 +388,17 @@ impl Config {
             }
             // A generous estimate of one full report: each property as `"name":-1234567.125,`
             // plus the message's envelope.
-            let names: Vec<&str> = match &d.ascii {
-                Some(a) => a.0.fields.iter().map(|f| f.property.as_str()).collect(),
-                None => d.points.iter().map(|p| p.property.as_str()).collect(),
+            let names: Vec<&str> = match &d.kind {
+                DeviceKind::Ascii { instrument, .. } => instrument
+                    .0
+                    .fields
+                    .iter()
+                    .map(|f| f.property.as_str())
+                    .collect(),
+                DeviceKind::Modbus { points, .. } => {
+                    points.iter().map(|p| p.property.as_str()).collect()
+                }
+                DeviceKind::Exec { .. } | DeviceKind::Ble { .. } => Vec::new(),
             };
             let estimate: usize = 256 + names.iter().map(|n| n.len() + 24).sum::<usize>();
             if estimate > budget {
@@ -396,7 +449,8 @@ impl Config {
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for d in &self.devices {
-            let (Some(a), Some(bus)) = (&d.ascii, self.buses.iter().find(|b| b.name == d.bus))
+            let (DeviceKind::Ascii { instrument: a, .. }, Some(bus)) =
+                (&d.kind, self.buses.iter().find(|b| b.name == d.bus))
             else {
                 continue;
             };

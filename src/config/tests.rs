@@ -160,7 +160,7 @@ fn good_config_parses_with_defaults() {
     );
     assert_eq!(c.platform.keepalive, Duration::from_secs(120));
     assert_eq!(c.devices[0].product_id, "prod");
-    assert_eq!(c.devices[0].points[0].service, "energy");
+    assert_eq!(c.devices[0].points()[0].service, "energy");
     assert_eq!(c.buses[0].offline_after, 3);
     assert_eq!(c.store.commit_interval, Duration::from_millis(50));
 }
@@ -500,7 +500,9 @@ fn modbus_rtu_buses() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(c.devices[0].turnaround, Duration::from_millis(5));
+    assert!(
+        matches!(&c.devices[0].kind, DeviceKind::Modbus { turnaround, .. } if *turnaround == Duration::from_millis(5))
+    );
     // settle defaults to the timeout
     let c = parse(&rtu("timeout = \"400ms\"", ""), Path::new("t.toml"))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -614,18 +616,17 @@ poll = "1s"
 fn serial_instrument_profiles() {
     let c = parse(ASCII, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
     let d = &c.devices[0];
-    let ins = d
-        .ascii
-        .as_ref()
-        .map(|a| a.0.clone())
-        .unwrap_or_else(|| panic!("ascii"));
+    let ins = match &d.kind {
+        DeviceKind::Ascii { instrument, .. } => instrument.0.clone(),
+        other => panic!("ascii: {other:?}"),
+    };
     assert_eq!(ins.request.as_deref(), Some(b"SI\r\n".as_slice()));
     assert_eq!(
         ins.fields[0].source,
         fieldgate_serial::parse::Source::Name("w".into())
     );
-    assert_eq!(d.declared.len(), 1);
-    assert_eq!(d.declared[0].params[0].name, "grams");
+    assert_eq!(d.declared().len(), 1);
+    assert_eq!(d.declared()[0].params[0].name, "grams");
     assert!(
         matches!(&c.buses[0].kind, BusKind::SerialAscii { framing: Framing::Terminator(t), max_frame: 256, .. } if t == b"\r\n")
     );
@@ -789,8 +790,10 @@ fn exec_buses_and_profiles() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(c.devices[0].options, serde_json::json!({"interval": 5}));
-    assert_eq!(c.devices[0].declared[0].name, "set");
+    assert!(
+        matches!(&c.devices[0].kind, DeviceKind::Exec { options, .. } if *options == serde_json::json!({"interval": 5}))
+    );
+    assert_eq!(c.devices[0].declared()[0].name, "set");
     let cases = [
         (
             "command = [\"/usr/bin/python3\", \"/opt/drv.py\"]\n",
@@ -879,7 +882,10 @@ fn ble_buses_and_profiles() {
         .devices
         .iter()
         .find(|d| d.node_id == "valve-1")
-        .and_then(|d| d.ble.clone())
+        .and_then(|d| match &d.kind {
+            DeviceKind::Ble { device, .. } => Some(device.clone()),
+            _ => None,
+        })
         .unwrap_or_else(|| panic!("valve"));
     match &valve.kind {
         fieldgate_ble::Kind::Gatt { chars, commands } => {
