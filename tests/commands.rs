@@ -109,23 +109,9 @@ reconnect_max = "1s"
 [store]
 path = "{dir}/fg.db"
 
-[[bus]]
-name = "a"
-driver = "modbus-tcp"
-endpoint = "127.0.0.1:{pa}"
-timeout = "1s"
-offline_after = 2
-max_backoff = "300ms"
-
-[[bus]]
-name = "b"
-driver = "modbus-tcp"
-endpoint = "127.0.0.1:{pb}"
-timeout = "1s"
-offline_after = 2
-max_backoff = "300ms"
-{PROFILE}{devices}"#,
-        dir = dir.display()
+{buses}{PROFILE}{devices}"#,
+        dir = dir.display(),
+        buses = modbus_bus("a", pa) + &modbus_bus("b", pb),
     );
     let path = dir.join("fieldgate.toml");
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));

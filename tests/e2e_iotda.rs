@@ -33,26 +33,7 @@ reconnect_max = "1s"
 path = "{dir}/fg.db"
 commit_interval = "20ms"
 
-[[bus]]
-name = "a"
-driver = "modbus-tcp"
-endpoint = "127.0.0.1:{pa}"
-timeout = "1s"
-offline_after = 2
-reconnect_min = "100ms"
-reconnect_max = "500ms"
-max_backoff = "500ms"
-
-[[bus]]
-name = "b"
-driver = "modbus-tcp"
-endpoint = "127.0.0.1:{pb}"
-timeout = "1s"
-offline_after = 2
-reconnect_min = "100ms"
-reconnect_max = "500ms"
-max_backoff = "500ms"
-
+{buses}
 [profile.meter]
 product_id = "meter"
 service = "energy"
@@ -97,7 +78,8 @@ profile = "meter"
 unit = 1
 poll = "100ms"
 "#,
-        dir = dir.display()
+        dir = dir.display(),
+        buses = modbus_bus("a", pa) + &modbus_bus("b", pb),
     );
     let path = dir.join("fieldgate.toml");
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));

@@ -706,6 +706,15 @@ pub use fieldgate_serial::testing::PtyPair;
 
 /// Write `dir/name`: a gateway with its runtime dir and store under `dir`, the `[platform]`
 /// lines given, and the rest (buses, profiles, devices) as given.
+/// A `[[bus]]` of a Modbus TCP server on loopback, with the short timings the tests use: a
+/// failed device goes OFFLINE after 2 polls, a lost server is tried again within 0.5 s.
+#[allow(dead_code)]
+pub fn modbus_bus(name: &str, port: u16) -> String {
+    format!(
+        "\n[[bus]]\nname = \"{name}\"\ndriver = \"modbus-tcp\"\nendpoint = \"127.0.0.1:{port}\"\ntimeout = \"1s\"\noffline_after = 2\nreconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\nmax_backoff = \"300ms\"\n"
+    )
+}
+
 pub fn write_config(dir: &Path, name: &str, platform: &str, rest: &str) -> PathBuf {
     let path = dir.join(name);
     let d = dir.display();
