@@ -7,6 +7,9 @@
 //! delivered per second and per CPU-second of the daemon, and — as the baseline measured in
 //! the same run — the CPU the broker spent carrying the same messages.
 //!
+//! First, the poll timing: 50 devices every 100 ms for FG_SOAK_JITTER_S seconds (default 60,
+//! 0 skips it), each device's periods measured where the requests arrive.
+//!
 //! Run: `cargo bench --bench soak` (FG_SOAK_S=1800 for the 30-minute target; FG_SOAK_RATES
 //! = "1000,100" for the poll periods in ms; FG_BIN=path/to/fieldgate to run another build, e.g.
 //! an older commit's, as a baseline). Asserts nothing about time or size.
@@ -58,7 +61,14 @@ fn delivered(cfg: &Path) -> u64 {
     status(cfg)["queue"]["delivered"].as_u64().unwrap_or(0)
 }
 
-fn config(dir: &Path, port: u16, modbus: u16, poll_ms: u64) -> PathBuf {
+fn config(
+    dir: &Path,
+    port: u16,
+    modbus: u16,
+    poll_ms: u64,
+    devices: usize,
+    buses: usize,
+) -> PathBuf {
     let mut text = format!(
         r#"
 [gateway]
@@ -81,16 +91,16 @@ path = "{d}/soak.db"
             "[[profile.meter.point]]\nproperty = \"p{p:03}\"\naddress = \"holding:{p}\"\n"
         ));
     }
-    for b in 0..BUSES {
+    for b in 0..buses {
         text.push_str(&format!(
             "[[bus]]\nname = \"bus{b}\"\ndriver = \"modbus-tcp\"\nendpoint = \"127.0.0.1:{modbus}\"\n"
         ));
     }
-    for d in 0..DEVICES {
+    for d in 0..devices {
         text.push_str(&format!(
             "[[device]]\nnode_id = \"d{d:03}\"\nbus = \"bus{}\"\nprofile = \"meter\"\nunit = {}\npoll = \"{poll_ms}ms\"\n",
-            d % BUSES,
-            1 + d / BUSES
+            d % buses,
+            1 + d / buses
         ));
     }
     let cfg = dir.join(format!("soak-{poll_ms}.toml"));
@@ -122,7 +132,7 @@ fn run(poll_ms: u64, secs: u64) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let broker = Mosquitto::start(dir.path());
     let sim = ModbusSim::new(SimState::default());
-    let cfg = config(dir.path(), broker.port, sim.port, poll_ms);
+    let cfg = config(dir.path(), broker.port, sim.port, poll_ms, DEVICES, BUSES);
     let gw = Gateway::start(&cfg);
     let pid = gw.child.id();
     let broker_pid = broker.pid();
@@ -188,9 +198,67 @@ fn run(poll_ms: u64, secs: u64) {
     drop(gw);
 }
 
+/// Poll timing: 50 devices × 100 points every 100 ms on 5 buses; the simulator notes when
+/// each request arrives, and the spread of each device's periods around 100 ms is printed
+/// (p50, p99, max, as a share of the period).
+fn jitter(secs: u64) {
+    const PERIOD_MS: u64 = 100;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start(dir.path());
+    let sim = ModbusSim::new(SimState {
+        arrivals: Some(std::sync::Mutex::new(std::collections::HashMap::new())),
+        ..SimState::default()
+    });
+    let cfg = config(dir.path(), broker.port, sim.port, PERIOD_MS, 50, 5);
+    let gw = Gateway::start(&cfg);
+    wait_until(Duration::from_secs(30), "first deliveries", || {
+        delivered(&cfg) > 0
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let t0 = Instant::now();
+    if let Some(a) = &sim.state.arrivals {
+        if let Ok(mut a) = a.lock() {
+            a.clear();
+        }
+    }
+    std::thread::sleep(Duration::from_secs(secs));
+    let mut dev: Vec<f64> = Vec::new();
+    let mut devices = 0;
+    if let Some(a) = &sim.state.arrivals {
+        if let Ok(a) = a.lock() {
+            for times in a.values() {
+                devices += 1;
+                for w in times.windows(2) {
+                    let dt = w[1].duration_since(w[0]).as_secs_f64() * 1000.0;
+                    dev.push((dt - PERIOD_MS as f64).abs() / PERIOD_MS as f64 * 100.0);
+                }
+            }
+        }
+    }
+    drop(gw);
+    dev.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        dev.get(((dev.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!(
+        "poll timing, 50 devices × 100 points every {PERIOD_MS} ms, {:.0} s: {} periods of {devices} devices; deviation from the period p50 {:.2} %, p99 {:.2} %, max {:.1} %",
+        t0.elapsed().as_secs_f64(),
+        dev.len(),
+        at(0.5),
+        at(0.99),
+        dev.last().copied().unwrap_or(0.0),
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
+    }
+    let jitter_s = env("FG_SOAK_JITTER_S", 60);
+    if jitter_s > 0 {
+        jitter(jitter_s);
     }
     let secs = env("FG_SOAK_S", 120);
     let rates = std::env::var("FG_SOAK_RATES").unwrap_or_else(|_| "1000,100".into());

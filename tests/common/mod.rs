@@ -221,10 +221,14 @@ pub struct SimState {
     pub only_units: Option<Vec<u8>>,
     /// When true, write requests are recorded but never answered (a device that hangs).
     pub silent_writes: std::sync::atomic::AtomicBool,
+    /// When set, when every request arrived, by (client port, unit): one device's polls.
+    pub arrivals: Option<Mutex<HashMap<(u16, u8), Vec<Instant>>>>,
 }
 
+/// One client connection's view of the simulator (its port tells devices of different buses
+/// with the same unit id apart).
 #[derive(Clone)]
-struct SimService(Arc<SimState>);
+struct SimService(Arc<SimState>, u16);
 
 impl tokio_modbus::server::Service for SimService {
     type Request = SlaveRequest<'static>;
@@ -233,6 +237,13 @@ impl tokio_modbus::server::Service for SimService {
     type Future = std::future::Ready<Result<Option<Response>, ExceptionCode>>;
 
     fn call(&self, req: Self::Request) -> Self::Future {
+        if let Some(a) = &self.0.arrivals {
+            if let Ok(mut a) = a.lock() {
+                a.entry((self.1, req.slave))
+                    .or_default()
+                    .push(Instant::now());
+            }
+        }
         let is_write = matches!(
             req.request,
             Request::WriteSingleCoil(..)
@@ -370,8 +381,8 @@ impl ModbusSim {
                 return;
             };
             let server = Server::new(l);
-            let on_connected = |stream, _addr| {
-                let svc = SimService(state.clone());
+            let on_connected = |stream, addr: std::net::SocketAddr| {
+                let svc = SimService(state.clone(), addr.port());
                 async move { Ok(Some((svc, stream))) }
             };
             let _ = server.serve(&on_connected, |_e| {}).await;
