@@ -222,8 +222,11 @@ pub struct SimState {
     /// When true, write requests are recorded but never answered (a device that hangs).
     pub silent_writes: std::sync::atomic::AtomicBool,
     /// When set, when every request arrived, by (client port, unit): one device's polls.
-    pub arrivals: Option<Mutex<HashMap<(u16, u8), Vec<Instant>>>>,
+    pub arrivals: Option<Mutex<Arrivals>>,
 }
+
+/// Request arrival times by (client port, unit).
+pub type Arrivals = HashMap<(u16, u8), Vec<Instant>>;
 
 /// One client connection's view of the simulator (its port tells devices of different buses
 /// with the same unit id apart).
