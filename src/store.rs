@@ -150,6 +150,9 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
+/// SQLite's page cache per connection, in KiB (as `PRAGMA cache_size`, negative = KiB).
+const PAGE_CACHE_KIB: i64 = -512;
+
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     // Before any pragma: another process (a `fieldgate status` reading, a backup) may hold a
@@ -168,6 +171,9 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The queue appends at one end and reads at the other: a small page cache serves both, and
+    // the kernel's file cache holds the rest. SQLite's default (2 MB) only grows the heap.
+    conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)?;
     let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if ok != "ok" {
         return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
