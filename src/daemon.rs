@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::registry::{Registry, Spec};
 use crate::router::Router;
 use crate::store::{Store, StoreError};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{PollRuntime, Supervisor};
 use crate::uplink::{Uplink, UplinkEvent};
 use crate::{control, queue, service};
 
@@ -126,7 +126,18 @@ pub async fn serve(
         never_rx,
     ));
     let router = Router::new(cfg.platform.command_timeout, metrics.clone());
+    // The bus tasks get a thread of their own; without one they share the main workers.
+    let poll_rt = match PollRuntime::start() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warn!(error = %e, "cannot start the drivers' thread; buses share the main workers");
+            None
+        }
+    };
     let mut sup = Supervisor::new(events_tx, router.clone());
+    if let Some(p) = &poll_rt {
+        sup = sup.on(p.handle());
+    }
     let excluded = registry
         .lock()
         .map(|r| r.platform_deleted())
@@ -309,6 +320,7 @@ pub async fn serve(
     let stop = async {
         sup.stop_all().await;
         drop(sup);
+        drop(poll_rt);
         let _ = ingest.await;
         let _ = uplink.0.await;
     };

@@ -34,6 +34,51 @@ pub struct Supervisor {
     events: mpsc::Sender<Event>,
     buses: BTreeMap<String, Running>,
     router: Router,
+    /// Where the bus tasks run (see [`PollRuntime`]); the current runtime unless told.
+    drivers: tokio::runtime::Handle,
+}
+
+/// The drivers' own runtime, on a thread of its own: a poll whose time has come does not wait
+/// behind the uplink's packing or the queue's commits on the main workers, so each device's
+/// period holds (the soak benchmark measures it). Dropping it stops the thread; the bus tasks
+/// are stopped before that.
+pub struct PollRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl PollRuntime {
+    pub fn start() -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("fieldgate-poll".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+                rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            })?;
+        Ok(PollRuntime {
+            handle,
+            stop: Some(stop),
+        })
+    }
+
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
+    }
+}
+
+impl Drop for PollRuntime {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
 }
 
 #[cfg(feature = "ble")]
@@ -168,7 +213,14 @@ impl Supervisor {
             events,
             buses: BTreeMap::new(),
             router,
+            drivers: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// Run the bus tasks on `drivers` (a [`PollRuntime`]'s) instead of the current runtime.
+    pub fn on(mut self, drivers: tokio::runtime::Handle) -> Self {
+        self.drivers = drivers;
+        self
     }
 
     /// Hand the router the route of every child polled now: the children of the running
@@ -247,7 +299,7 @@ impl Supervisor {
     fn start(&mut self, spec: (Bus, Vec<Device>)) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (commands, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let handle = tokio::spawn(supervise(
+        let handle = self.drivers.spawn(supervise(
             spec.0.clone(),
             spec.1.clone(),
             self.events.clone(),
@@ -396,6 +448,35 @@ mod tests {
     //! The supervisor as the one source of routes: only changed buses restart, every change
     //! hands the router exactly the children that are polled now.
     use super::*;
+
+    #[tokio::test]
+    async fn bus_tasks_run_on_the_poll_thread_until_it_is_dropped() {
+        let rt = PollRuntime::start().unwrap_or_else(|e| panic!("{e}"));
+        let on = rt
+            .handle()
+            .spawn(async { std::thread::current().name().map(str::to_string) })
+            .await
+            .ok()
+            .flatten();
+        assert_eq!(on.as_deref(), Some("fieldgate-poll"));
+        let h = rt.handle();
+        drop(rt);
+        // The thread ends: its runtime refuses new work soon after.
+        let gone = async {
+            loop {
+                if h.spawn(async {}).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), gone)
+                .await
+                .is_ok(),
+            "the poll thread stops when dropped"
+        );
+    }
     use std::path::Path;
 
     fn cfg(extra: &str) -> Config {
