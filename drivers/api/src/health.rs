@@ -12,6 +12,50 @@ use std::collections::BTreeMap;
 
 use crate::{now_ms, DeviceStatus, DriverError, Event, Report, Value};
 
+/// Running totals of what a bus skipped (noise, bad frames, malformed lines) on their way to
+/// `fieldgate status`: sent when they changed, at most about once a second, never waiting on
+/// the daemon (a missed update is followed by the next).
+#[derive(Debug, Default)]
+pub struct SkipCounters {
+    /// The total last sent, and when.
+    sent: (u64, Option<std::time::Instant>),
+}
+
+impl SkipCounters {
+    /// When the changed `total` may next be sent; `None` while it has not changed.
+    pub fn due(&self, total: u64) -> Option<std::time::Instant> {
+        if total == self.sent.0 {
+            return None;
+        }
+        Some(self.sent.1.map_or_else(std::time::Instant::now, |t| {
+            t + std::time::Duration::from_secs(1)
+        }))
+    }
+
+    /// Send `counters` (whose sum is `total`) if they are due.
+    pub fn send(
+        &mut self,
+        events: &mpsc::Sender<Event>,
+        bus: &str,
+        total: u64,
+        counters: impl FnOnce() -> BTreeMap<String, u64>,
+    ) {
+        if self
+            .due(total)
+            .is_none_or(|d| std::time::Instant::now() < d)
+        {
+            return;
+        }
+        let sent = events.try_send(Event::Counters {
+            bus: bus.to_string(),
+            counters: counters(),
+        });
+        if sent.is_ok() {
+            self.sent = (total, Some(std::time::Instant::now()));
+        }
+    }
+}
+
 /// Hand one sample of `child` to the daemon: one report per service (services without a
 /// property are skipped), all stamped `ts_ms`. Every driver sends its readings through here.
 pub async fn send_reports(
@@ -134,6 +178,20 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn skip_counters_go_when_changed_at_most_once_a_second() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut c = SkipCounters::default();
+        let one = || BTreeMap::from([("bad".to_string(), 1)]);
+        assert_eq!(c.due(0), None, "nothing changed");
+        c.send(&tx, "b", 1, one);
+        assert!(matches!(rx.try_recv(), Ok(Event::Counters { .. })));
+        c.send(&tx, "b", 2, one);
+        assert!(rx.try_recv().is_err(), "not again within a second");
+        assert!(c.due(2).is_some_and(|d| d > std::time::Instant::now()));
+        assert_eq!(c.due(1), None, "the total sent is not due again");
+    }
 
     #[tokio::test]
     async fn reports_go_one_per_service_and_empty_ones_not_at_all() {

@@ -15,7 +15,7 @@ mod schedule;
 pub mod testing;
 
 pub use episode::Episode;
-pub use health::{send_reports, send_status, Health};
+pub use health::{send_reports, send_status, Health, SkipCounters};
 pub use params::{DeclaredCommand, ParamError, ParamKind, ParamSpec, Pattern};
 pub use schedule::Schedule;
 

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
     escape_controls, now_ms, send_reports, send_status, Command, CommandOutcome, CommandRequest,
-    DeviceStatus, Driver, DriverContext, DriverError, DriverFuture, ErrorCode, Event, Health,
+    DeviceStatus, Driver, DriverContext, DriverError, DriverFuture, ErrorCode, Health,
+    SkipCounters,
 };
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -97,7 +98,7 @@ struct Task {
     /// Distinct `service.property` names seen per child, capped at `max_properties`.
     names: HashMap<String, Names>,
     /// Bad lines `fieldgate status` was last told of, and when.
-    counters_sent: (u64, Option<Instant>),
+    counters_sent: SkipCounters,
 }
 
 impl Task {
@@ -117,7 +118,7 @@ impl Task {
             last_bad_log: None,
             out_budget: LogBudget::default(),
             names: HashMap::new(),
-            counters_sent: (0, None),
+            counters_sent: SkipCounters::default(),
         }
     }
 
@@ -356,27 +357,14 @@ impl Task {
 
     /// When the changed bad-line total may next go to `fieldgate status` (about once a second).
     fn counters_due(&self) -> Option<Instant> {
-        if self.bad_lines == self.counters_sent.0 {
-            return None;
-        }
-        Some(
-            self.counters_sent
-                .1
-                .map_or_else(Instant::now, |t| t + Duration::from_secs(1)),
-        )
+        self.counters_sent.due(self.bad_lines)
     }
 
     fn send_counters(&mut self, ctx: &DriverContext) {
-        if self.counters_due().is_none_or(|d| Instant::now() < d) {
-            return;
-        }
-        let sent = ctx.events.try_send(Event::Counters {
-            bus: self.bus.name.clone(),
-            counters: BTreeMap::from([("bad_lines".to_string(), self.bad_lines)]),
+        let n = self.bad_lines;
+        self.counters_sent.send(&ctx.events, &self.bus.name, n, || {
+            BTreeMap::from([("bad_lines".to_string(), n)])
         });
-        if sent.is_ok() {
-            self.counters_sent = (self.bad_lines, Some(Instant::now()));
-        }
     }
 
     /// Count a bad line; log the first at once and then the totals at most once a minute.

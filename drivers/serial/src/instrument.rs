@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
     now_ms, send_reports, send_status, Command, CommandOutcome, CommandRequest, DeclaredCommand,
-    Driver, DriverContext, DriverError, DriverFuture, ErrorCode, Event, Health, Schedule, Value,
+    Driver, DriverContext, DriverError, DriverFuture, ErrorCode, Health, Schedule, SkipCounters,
+    Value,
 };
 use regex::Regex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -222,7 +223,7 @@ struct Task {
     open_error: Option<String>,
     counters: Counters,
     /// What `fieldgate status` was last told, and when.
-    counters_sent: (u64, Option<Instant>),
+    counters_sent: SkipCounters,
 }
 
 impl Task {
@@ -249,7 +250,7 @@ impl Task {
             next_open: now,
             open_error: None,
             counters: Counters::default(),
-            counters_sent: (0, None),
+            counters_sent: SkipCounters::default(),
         }
     }
 
@@ -377,35 +378,22 @@ impl Task {
 
     /// When the changed totals may next go to `fieldgate status` (about once a second).
     fn counters_due(&self) -> Option<Instant> {
-        if self.counters.total() == self.counters_sent.0 {
-            return None;
-        }
-        Some(
-            self.counters_sent
-                .1
-                .map_or_else(Instant::now, |t| t + Duration::from_secs(1)),
-        )
+        self.counters_sent.due(self.counters.total())
     }
 
     /// Tell the daemon the totals (never blocking: a missed update is followed by the next).
     fn send_counters(&mut self, ctx: &DriverContext) {
-        if self.counters_due().is_none_or(|d| Instant::now() < d) {
-            return;
-        }
         let c = &self.counters;
-        let counters = BTreeMap::from([
-            ("garbage_bytes".to_string(), c.garbage_bytes),
-            ("overlong_frames".to_string(), c.overlong),
-            ("bad_frames".to_string(), c.bad_frames),
-            ("unclaimed_frames".to_string(), c.unclaimed),
-        ]);
-        let sent = ctx.events.try_send(Event::Counters {
-            bus: self.bus.name.clone(),
-            counters,
-        });
-        if sent.is_ok() {
-            self.counters_sent = (self.counters.total(), Some(Instant::now()));
-        }
+        let counters = || {
+            BTreeMap::from([
+                ("garbage_bytes".to_string(), c.garbage_bytes),
+                ("overlong_frames".to_string(), c.overlong),
+                ("bad_frames".to_string(), c.bad_frames),
+                ("unclaimed_frames".to_string(), c.unclaimed),
+            ])
+        };
+        self.counters_sent
+            .send(&ctx.events, &self.bus.name, c.total(), counters);
     }
 
     /// One line per minute at most, with the running totals.
