@@ -180,12 +180,7 @@ impl ReportBatch {
             out.extend_from_slice(br#"{"device_id":"#);
             out.extend_from_slice(d);
             out.extend_from_slice(br#","services":["#);
-            for (j, s) in services.iter().enumerate() {
-                if j > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(s);
-            }
+            out.extend_from_slice(&services.join(&b','));
             out.extend_from_slice(b"]}");
         }
         out.extend_from_slice(b"]}");

@@ -312,12 +312,7 @@ impl super::Dialect for ThingsBoard {
             }
             fieldgate_driver::write_json_str(&mut out, dev);
             out.extend_from_slice(b":[");
-            for (j, e) in entries.iter().enumerate() {
-                if j > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(e);
-            }
+            out.extend_from_slice(&entries.join(&b','));
             out.push(b']');
         }
         out.push(b'}');
