@@ -146,6 +146,9 @@ fn run(poll_ms: u64, secs: u64) {
         broker_pid.and_then(cpu_s).unwrap_or(0.0),
         Instant::now(),
     );
+    // The harness's own status call (a JSON tree of all 10,000 latest values) is given back
+    // by the daemon right after it answers; the first sample follows that.
+    std::thread::sleep(Duration::from_secs(2));
     let mut samples = Vec::new();
     // Anonymous memory (the heap, stacks) apart from file-backed pages (the binary's code).
     let mut anon = Vec::new();

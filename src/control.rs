@@ -127,6 +127,7 @@ impl StatusSource {
             "version": env!("CARGO_PKG_VERSION"),
             "gateway": cfg.gateway.name,
             "uptime_s": self.started.elapsed().as_secs(),
+            "rss_kib": crate::memory::rss_kib(),
             "uplink": {
                 "connected": m.uplink_connected.load(Ordering::Relaxed),
                 "host": cfg.platform.host,
@@ -272,6 +273,8 @@ async fn answer(stream: tokio::net::UnixStream, source: StatusSource) {
         Err(_) => return,
     };
     let _ = wr.write_all(format!("{answer}\n").as_bytes()).await;
+    drop(answer);
+    crate::memory::give_back_soon();
 }
 
 /// Remove the socket file at a clean stop.
@@ -320,10 +323,11 @@ pub fn render(j: &Json) -> String {
     let mut out = Vec::new();
     let up = &j["uplink"];
     out.push(format!(
-        "fieldgate {} · gateway {} · up {}s",
+        "fieldgate {} · gateway {} · up {}s · rss {:.1} MB",
         j["version"].as_str().unwrap_or("?"),
         j["gateway"].as_str().unwrap_or("?"),
-        j["uptime_s"]
+        j["uptime_s"],
+        j["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
     ));
     let state = if up["connected"] == true {
         "connected"

@@ -149,6 +149,7 @@ pub async fn serve(
         registry.clone(),
         store.clone(),
     ));
+    let trimmer = tokio::spawn(crate::memory::keep_trimmed(crate::memory::TRIM_EVERY));
     let runtime_dir = cfg.gateway.runtime_dir.clone();
     let (status_cfg, status_cfg_rx) = tokio::sync::watch::channel(Arc::new(cfg.clone()));
     let control = tokio::spawn(control::serve(
@@ -304,6 +305,7 @@ pub async fn serve(
     }
     service::stopping();
     watchdog.abort();
+    trimmer.abort();
     control.abort();
     control::cleanup(&runtime_dir);
     info!("stopping");
@@ -441,7 +443,11 @@ async fn operation(
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": ctx.started.elapsed().as_secs(),
         })),
-        "status" => Ok(crate::remote::cap_status(ctx.status.snapshot().await)),
+        "status" => {
+            let capped = crate::remote::cap_status(ctx.status.snapshot().await);
+            crate::memory::give_back_soon();
+            Ok(capped)
+        }
         "logs" => crate::remote::logs(&asked.paras),
         "config_get" => Ok(json!({
             "path": ctx.config_path.map(|p| p.display().to_string()),

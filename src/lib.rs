@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod demo;
 pub mod instance;
 pub mod logring;
+pub mod memory;
 pub mod metrics;
 pub mod probe;
 pub mod queue;

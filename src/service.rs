@@ -73,14 +73,7 @@ pub fn init_logging(default_level: &str, target: LogTarget) {
 /// /proc; zeros where it cannot be read. /proc reports CPU in USER_HZ, 100 per second on
 /// Linux whatever the kernel's own tick.
 pub fn process_usage() -> (u64, u64) {
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0);
+    let rss = crate::memory::rss_kib();
     // Fields after the command name (which may hold spaces): state is the 3rd field, utime
     // and stime the 14th and 15th.
     let cpu = std::fs::read_to_string("/proc/self/stat")

@@ -205,9 +205,17 @@ fn status_works_while_the_uplink_is_down() {
     assert_eq!(j["children"][0]["last_values"]["data.v"], 4321);
     assert!(j["queue"]["oldest_age_s"].as_u64().is_some(), "{j}");
     assert_eq!(j["queue"]["dropped"]["corrupt"], 0);
+    // The daemon's own resident memory, as the kernel counts it (a live process has some).
+    assert!(j["rss_kib"].as_u64().is_some_and(|k| k > 1024), "{j}");
 
     let (code, text, _) = status(false);
     assert_eq!(code, Some(0));
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.contains(" · rss ") && l.ends_with(" MB")),
+        "{text}"
+    );
     assert!(text.contains("uplink    DOWN"), "{text}");
     assert!(text.contains("children  1/1 online"), "{text}");
     assert!(
