@@ -7,6 +7,7 @@
 //! answers each [`CommandRequest`] it receives with a [`CommandOutcome`] before the request's
 //! deadline. Nothing in here knows about MQTT, SQLite or any platform.
 
+mod deadline;
 mod episode;
 mod health;
 pub mod params;
@@ -14,6 +15,7 @@ mod schedule;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use deadline::Deadline;
 pub use episode::Episode;
 pub use health::{send_reports, send_status, Health, SkipCounters};
 pub use params::{DeclaredCommand, ParamError, ParamKind, ParamSpec, Pattern};

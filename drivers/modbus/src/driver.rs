@@ -229,6 +229,8 @@ impl BusTask {
             // Nothing to poll: still answer commands until told to stop.
             return self.idle(ctx).await;
         }
+        // Polls wake at their due instant, not on tokio's next millisecond tick.
+        let mut deadline = fieldgate_driver::Deadline::new();
         loop {
             let (idx, due) = self
                 .devices
@@ -245,7 +247,7 @@ impl BusTask {
                     }
                 }
                 Some(req) = ctx.commands.recv() => self.command(req).await,
-                _ = tokio::time::sleep_until(due.into()) => {
+                _ = deadline.sleep_until(due) => {
                     self.poll(idx, &ctx).await?;
                 }
             }

@@ -257,6 +257,8 @@ impl Task {
     async fn run(mut self, mut ctx: DriverContext) -> Result<(), DriverError> {
         info!(bus = %self.bus.name, port = %self.bus.port.path, devices = self.devices.len(), "serial instrument bus started");
         let mut buf = [0u8; 512];
+        // Requests go out at their due instant, not on tokio's next millisecond tick.
+        let mut deadline = fieldgate_driver::Deadline::new();
         loop {
             self.send_counters(&ctx);
             if self.port.is_none() && Instant::now() >= self.next_open {
@@ -306,7 +308,7 @@ impl Task {
                     Ok(_) => self.lost("port closed", &ctx).await?,
                     Err(e) => self.lost(&format!("read: {e}"), &ctx).await?,
                 },
-                _ = tokio::time::sleep_until(wake.into()) => {
+                _ = deadline.sleep_until(wake) => {
                     if self.port.is_some() {
                         if Instant::now() >= poll_due {
                             self.poll(poll_idx, &ctx).await?;
