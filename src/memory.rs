@@ -76,27 +76,29 @@ mod tests {
     use super::*;
 
     /// Memory freed in the middle of the heap stays resident until it is given back: 16 MiB in
-    /// 16 KiB blocks (below malloc's mmap threshold, so they come from an arena), a small block
-    /// after them so that freeing them cannot shrink the arena from its top, then all freed.
+    /// 16 KiB blocks (below malloc's mmap threshold, so they come from an arena), each followed
+    /// by a small block that stays, so that freed blocks can neither merge nor shrink the arena
+    /// from its top; then the big blocks are freed.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn freed_pages_in_the_middle_of_the_heap_are_given_back() {
         const BLOCK: usize = 16 * 1024;
         const BLOCKS: usize = 1024;
-        let mut blocks: Vec<Vec<u8>> = (0..BLOCKS).map(|i| vec![i as u8 | 1; BLOCK]).collect();
-        let pin = Box::new([7u8; 64]);
+        let (mut blocks, keepers): (Vec<Vec<u8>>, Vec<Box<[u8; 64]>>) = (0..BLOCKS)
+            .map(|i| (vec![i as u8 | 1; BLOCK], Box::new([7u8; 64])))
+            .unzip();
         let touched = rss_kib();
         blocks.clear();
-        blocks.shrink_to_fit();
         let freed = rss_kib();
         assert!(give_back(), "malloc_trim released nothing");
         let given = rss_kib();
-        // Without the trim the freed blocks stay resident (freed ≈ touched); with it, most of
-        // the 16 MiB leaves. Other tests running beside this one allocate too, hence the margin.
+        // Without the trim the freed blocks stay resident (freed ≈ touched); with it, their
+        // whole pages (12 of every 16 KiB) leave. Other tests running beside this one allocate
+        // too, hence the margin.
         assert!(
-            freed.saturating_sub(given) >= 8 * 1024,
+            freed.saturating_sub(given) >= 6 * 1024,
             "RSS {touched} KiB with the blocks, {freed} KiB after free, {given} KiB after trim"
         );
-        assert_eq!(pin[0], 7);
+        assert!(keepers.iter().all(|k| k[0] == 7));
     }
 }

@@ -291,8 +291,8 @@ async fn commit(
     stage: &mut Stage,
     wake: &Notify,
 ) {
-    let rows: Vec<NewRow> = batch.records.iter().map(|(r, _)| r.encode()).collect();
-    let bases = stage.take_bases();
+    let rows: Arc<[NewRow]> = batch.records.iter().map(|(r, _)| r.encode()).collect();
+    let bases: Arc<[crate::report::Base]> = stage.take_bases().into();
     let n = rows.len() as u64;
     let mut delay = Duration::from_millis(100);
     let mut attempts = 0;

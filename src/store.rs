@@ -10,6 +10,7 @@
 //! the fix (exit 73 for access, 74 for other I/O).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -92,9 +93,10 @@ pub struct Depth {
 }
 
 enum Req {
+    /// Shared with the caller, who keeps them for a retry without copying every body.
     Append(
-        Vec<NewRow>,
-        Vec<Base>,
+        Arc<[NewRow]>,
+        Arc<[Base]>,
         oneshot::Sender<Result<Appended, StoreError>>,
     ),
     Bases(oneshot::Sender<Result<Vec<Base>, StoreError>>),
@@ -329,17 +331,20 @@ impl Store {
     /// Append rows in one transaction, then apply the bounds; returns the last sequence number
     /// assigned and what the bounds dropped.
     pub async fn append(&self, rows: Vec<NewRow>) -> Result<Appended, StoreError> {
-        self.call(|tx| Req::Append(rows, Vec::new(), tx)).await
+        self.call(|tx| Req::Append(rows.into(), Arc::from([]), tx))
+            .await
     }
 
     /// `append`, and in the same transaction the report stage's comparison bases that go
     /// with these records (so a base is never ahead of or behind what was queued).
+    /// Both are shared, not copied: a caller that retries sends the same ones again.
     pub async fn append_with(
         &self,
-        rows: Vec<NewRow>,
-        bases: Vec<Base>,
+        rows: impl Into<Arc<[NewRow]>>,
+        bases: impl Into<Arc<[Base]>>,
     ) -> Result<Appended, StoreError> {
-        self.call(|tx| Req::Append(rows, bases, tx)).await
+        self.call(|tx| Req::Append(rows.into(), bases.into(), tx))
+            .await
     }
 
     /// The report stage's comparison bases kept by the last run.

@@ -454,8 +454,10 @@ impl BusTask {
         let started = now_ms();
         let unit = self.devices[idx].spec.unit;
         let turnaround = self.devices[idx].spec.turnaround;
-        let blocks = self.devices[idx].blocks.clone();
-        let mut values: Vec<(usize, Value)> = Vec::new();
+        // Lent out for the poll (no copy per poll) and put back before anything can return.
+        let blocks = std::mem::take(&mut self.devices[idx].blocks);
+        let mut values: Vec<(usize, Value)> =
+            Vec::with_capacity(self.devices[idx].spec.points.len());
         let mut failure = None;
         for b in &blocks {
             match self.read(unit, turnaround, b).await {
@@ -466,6 +468,7 @@ impl BusTask {
                 }
             }
         }
+        self.devices[idx].blocks = blocks;
 
         let bus = self.bus.name.clone();
         let max_backoff = self.bus.max_backoff;

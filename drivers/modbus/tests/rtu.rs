@@ -325,6 +325,8 @@ async fn wire_compatible_with_pymodbus() {
             Duration::from_secs(3),
         )
         .await;
+    // Time for the next polls (every 100 ms) to read the written value back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let ev = r.finish().await;
     let _ = server.kill();
     let _ = server.wait();
