@@ -13,6 +13,11 @@
 //! Run: `cargo bench --bench soak` (FG_SOAK_S=1800 for the 30-minute target; FG_SOAK_RATES
 //! = "1000,100" for the poll periods in ms; FG_BIN=path/to/fieldgate to run another build, e.g.
 //! an older commit's, as a baseline). Asserts nothing about time or size.
+//!
+//! The binary cargo builds for a bench carries the driver crates' test helpers (dev-dependency
+//! features are unified), about 0.4 MB more code than the packaged one, and its file-backed
+//! pages count in RSS: `cargo build --release && cp target/release/fieldgate /tmp/fg` before
+//! the bench (which rebuilds target/release/fieldgate), then FG_BIN=/tmp/fg measures what ships.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -258,6 +263,11 @@ fn jitter(secs: u64) {
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
+    }
+    if std::env::var_os("FG_BIN").is_none() {
+        println!(
+            "note: measuring the bench's own build of the binary (with the test helpers, ~0.4 MB more code than the packaged one); FG_BIN=<a release build> measures what ships"
+        );
     }
     let jitter_s = env("FG_SOAK_JITTER_S", 60);
     if jitter_s > 0 {
