@@ -5,18 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use fieldgate::memory::rss_kib;
 use fieldgate::store::{Limits, NewRow, Store};
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn disk(path: &std::path::Path) -> u64 {
     ["", "-wal", "-shm"]

@@ -89,14 +89,16 @@ mod linux {
 
     /// The grid's origin: one `Instant` and the same moment on CLOCK_MONOTONIC (the clock
     /// `Instant` reads on Linux), read back to back, so an `Instant` maps to an absolute expiry.
-    fn origin() -> Option<(Instant, TimeSpec)> {
+    fn origin() -> std::io::Result<(Instant, TimeSpec)> {
         static ORIGIN: OnceLock<Option<(Instant, TimeSpec)>> = OnceLock::new();
-        *ORIGIN.get_or_init(|| {
-            let at = Instant::now();
-            clock_gettime(Clock::CLOCK_MONOTONIC)
-                .ok()
-                .map(|ts| (at, ts))
-        })
+        ORIGIN
+            .get_or_init(|| {
+                let at = Instant::now();
+                clock_gettime(Clock::CLOCK_MONOTONIC)
+                    .ok()
+                    .map(|ts| (at, ts))
+            })
+            .ok_or_else(|| std::io::Error::other("CLOCK_MONOTONIC cannot be read"))
     }
 
     /// A non-blocking CLOCK_MONOTONIC timerfd.
@@ -112,7 +114,6 @@ mod linux {
     impl Fd {
         pub fn new() -> Option<AsyncFd<Fd>> {
             let made = origin()
-                .ok_or_else(|| std::io::Error::other("CLOCK_MONOTONIC cannot be read"))
                 .and_then(|_| {
                     TimerFd::new(
                         ClockId::CLOCK_MONOTONIC,
@@ -137,8 +138,7 @@ mod linux {
     }
 
     pub async fn sleep_until(fd: &AsyncFd<Fd>, at: Instant) -> std::io::Result<()> {
-        let (o_at, o_ts) =
-            origin().ok_or_else(|| std::io::Error::other("CLOCK_MONOTONIC cannot be read"))?;
+        let (o_at, o_ts) = origin()?;
         let expiry = o_ts + TimeSpec::from_duration(super::on_grid(o_at, at));
         // Arming resets any expiry not yet read, so a wake-up left over from a sleep that lost
         // a select! cannot end this one early. An absolute expiry already past fires at once.

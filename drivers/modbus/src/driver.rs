@@ -229,7 +229,7 @@ impl BusTask {
             // Nothing to poll: still answer commands until told to stop.
             return self.idle(ctx).await;
         }
-        // Polls wake at their due instant, not on tokio's next millisecond tick.
+        // Polls wake on the fixed 1 ms grid (see Deadline), not on tokio's millisecond ticks.
         let mut deadline = fieldgate_driver::Deadline::new();
         loop {
             let (idx, due) = self

@@ -257,7 +257,7 @@ impl Task {
     async fn run(mut self, mut ctx: DriverContext) -> Result<(), DriverError> {
         info!(bus = %self.bus.name, port = %self.bus.port.path, devices = self.devices.len(), "serial instrument bus started");
         let mut buf = [0u8; 512];
-        // Requests go out at their due instant, not on tokio's next millisecond tick.
+        // Requests go out on the fixed 1 ms grid (see Deadline), not on tokio's millisecond ticks.
         let mut deadline = fieldgate_driver::Deadline::new();
         loop {
             self.send_counters(&ctx);
