@@ -66,7 +66,7 @@ impl Site {
                     .map(|k| {
                         let noise = 1.0 + 0.001 * self.rng.unit();
                         let v = (self.level[m][k] * drift * noise * 100.0).round() / 100.0;
-                        (format!("p{k:02}"), Value::Float(v))
+                        (format!("p{k:02}").into(), Value::Float(v))
                     })
                     .collect();
                 Report {

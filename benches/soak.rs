@@ -14,6 +14,12 @@
 //! = "1000,100" for the poll periods in ms; FG_BIN=path/to/fieldgate to run another build, e.g.
 //! an older commit's, as a baseline). Asserts nothing about time or size.
 //!
+//! CPU seconds on a shared 2-core VM move by ±15 % (more between runs), too much to compare
+//! two builds by. FG_SOAK_COUNT_S=60 instead counts the instructions the daemon executes per
+//! delivered point under valgrind's callgrind at 10,000 points/s (only that; the same figure
+//! every run to within about 3 %), and FG_BIN picks the build to count (FG_SOAK_COUNT_KEEP=dir
+//! keeps callgrind's dumps there, for `callgrind_annotate`).
+//!
 //! The binary cargo builds for a bench carries the driver crates' test helpers (dev-dependency
 //! features are unified), about 0.4 MB more code than the packaged one, and its file-backed
 //! pages count in RSS: `cargo build --release && cp target/release/fieldgate /tmp/fg` before
@@ -131,6 +137,88 @@ fn slope_mb_per_hour(samples: &[(f64, f64)]) -> f64 {
     } else {
         num / den * 3600.0 / 1024.0
     }
+}
+
+/// The instructions callgrind counted: the largest `totals:` line of the dumps in `dir` (the
+/// one asked for at the end; the file named at start is only written on exit).
+fn counted(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cg.out"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("totals:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .max()
+}
+
+fn callgrind_control(args: &[&str]) {
+    let ok = std::process::Command::new("callgrind_control")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "callgrind_control {args:?} failed");
+}
+
+/// Instructions per delivered point: the daemon runs under callgrind (instrumentation off through
+/// start-up and the warm-up), counts for `secs`, and the count is divided by the points
+/// delivered meanwhile. Deterministic where CPU seconds on a shared VM are not; under
+/// callgrind the daemon runs ~50× slower, so run it at 10,000 points/s, not 100,000.
+fn count(poll_ms: u64, secs: u64) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start(dir.path());
+    let sim = ModbusSim::new(SimState::default());
+    let cfg = config(dir.path(), broker.port, sim.port, poll_ms, DEVICES, BUSES);
+    let out = format!("--callgrind-out-file={}/cg.out", dir.path().display());
+    let gw = Gateway::start_under(
+        &cfg,
+        &[],
+        &["valgrind", "--tool=callgrind", "--instr-atstart=no", &out],
+    );
+    let pid = gw.child.id().to_string();
+    wait_until(Duration::from_secs(120), "first deliveries", || {
+        delivered(&cfg) > 0
+    });
+    std::thread::sleep(Duration::from_secs(10));
+    callgrind_control(&["-i", "on", &pid]);
+    let (d0, t0) = (delivered(&cfg), Instant::now());
+    std::thread::sleep(Duration::from_secs(secs));
+    callgrind_control(&["-i", "off", &pid]);
+    let points = (delivered(&cfg) - d0) as f64 * POINTS as f64;
+    let wall = t0.elapsed().as_secs_f64();
+    callgrind_control(&["-d", &pid]);
+    // FG_SOAK_COUNT_KEEP=dir: the dumps are kept there, for callgrind_annotate.
+    if let Some(keep) = std::env::var_os("FG_SOAK_COUNT_KEEP") {
+        for e in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with("cg.out") {
+                let _ = std::fs::copy(e.path(), Path::new(&keep).join(e.file_name()));
+            }
+        }
+    }
+    let ir = counted(dir.path());
+    if ir.is_none() {
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        println!("no callgrind totals in {files:?}");
+    }
+    let ir = ir.unwrap_or(0) as f64;
+    println!(
+        "{DEVICES} devices × {POINTS} points every {poll_ms} ms under callgrind, {wall:.0} s: {:.0} points/s delivered, {:.0} instructions per delivered point ({:.2} G in all)",
+        points / wall,
+        if points > 0.0 { ir / points } else { 0.0 },
+        ir / 1e9,
+    );
+    drop(gw);
 }
 
 fn run(poll_ms: u64, secs: u64) {
@@ -269,11 +357,17 @@ fn main() {
             "note: measuring the bench's own build of the binary (with the test helpers, ~0.4 MB more code than the packaged one); FG_BIN=<a release build> measures what ships"
         );
     }
+    let count_s = env("FG_SOAK_COUNT_S", 0);
+    if count_s > 0 {
+        count(1000, count_s);
+        return;
+    }
     let jitter_s = env("FG_SOAK_JITTER_S", 60);
     if jitter_s > 0 {
         jitter(jitter_s);
     }
     let secs = env("FG_SOAK_S", 120);
+
     let rates = std::env::var("FG_SOAK_RATES").unwrap_or_else(|_| "1000,100".into());
     for poll in rates
         .split(',')

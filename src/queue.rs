@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 pub mod reader;
 mod wire;
+pub use wire::Names;
 
 pub use wire::BodyError;
 
@@ -65,11 +66,17 @@ impl Record {
     }
 
     pub fn decode(row: &Row) -> Result<Record, BodyError> {
+        Record::decode_with(row, &mut Names::default())
+    }
+
+    /// `decode`, sharing property names with the records decoded before it (the reader's
+    /// cache: no allocation per name while the names repeat).
+    pub fn decode_with(row: &Row, names: &mut Names) -> Result<Record, BodyError> {
         let Some((&v, rest)) = row.body.split_first() else {
             return Err(BodyError::Empty);
         };
         match (v, row.kind) {
-            (wire::V2, KIND_REPORT) => wire::decode_report(rest).map(Record::Report),
+            (wire::V2, KIND_REPORT) => wire::decode_report(rest, names).map(Record::Report),
             (wire::V2, KIND_STATUS) => wire::decode_status(rest).map(Record::Status),
             (BODY_V1, KIND_REPORT) => serde_json::from_slice(rest)
                 .map(Record::Report)
@@ -385,6 +392,7 @@ async fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fieldgate_driver::Name;
     use std::collections::BTreeMap;
 
     #[test]
@@ -469,5 +477,54 @@ mod tests {
             v2_len * 2 < json_len,
             "v2 is compact: {v2_len} bytes vs {json_len} as JSON"
         );
+    }
+
+    #[test]
+    fn decoded_names_are_shared_while_they_repeat_and_right_when_they_do_not() {
+        use fieldgate_driver::Value;
+        let rep = |names: &[&str]| {
+            Record::Report(Report {
+                child: "m".into(),
+                service: "s".into(),
+                properties: names
+                    .iter()
+                    .map(|n| (Name::from(*n), Value::UInt(1)))
+                    .collect(),
+                ts_ms: 1,
+            })
+        };
+        let props = |r: &Record| match r {
+            Record::Report(r) => r.properties.keys().cloned().collect::<Vec<_>>(),
+            Record::Status(_) => Vec::new(),
+        };
+        let mut names = Names::default();
+        let a = rep(&["p1", "p2", "p3"]);
+        let first = Record::decode_with(&row_of(&a), &mut names);
+        let again = Record::decode_with(&row_of(&a), &mut names);
+        assert_eq!(first.as_ref(), Ok(&a));
+        assert_eq!(again.as_ref(), Ok(&a));
+        let (first, again) = (
+            props(&first.unwrap_or(a.clone())),
+            props(&again.unwrap_or(a)),
+        );
+        assert!(
+            first.iter().zip(&again).all(|(x, y)| Arc::ptr_eq(x, y)),
+            "the second record's names are the first one's"
+        );
+        // Other names at the same positions (another profile): decoded as they are.
+        let b = rep(&["p1", "q2", "q3", "q4"]);
+        let got = Record::decode_with(&row_of(&b), &mut names);
+        assert_eq!(got.as_ref(), Ok(&b));
+        let got = props(&got.unwrap_or(b));
+        assert!(Arc::ptr_eq(&got[0], &first[0]), "an unchanged name is kept");
+        assert!(!Arc::ptr_eq(&got[1], &first[1]));
+        // A record with more names than are kept still decodes whole.
+        let many: Vec<String> = (0..Names::MAX + 10).map(|i| format!("n{i:05}")).collect();
+        let many = rep(&many.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            Record::decode_with(&row_of(&many), &mut names),
+            Ok(many.clone())
+        );
+        assert_eq!(Record::decode_with(&row_of(&many), &mut names), Ok(many));
     }
 }

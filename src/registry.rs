@@ -8,8 +8,9 @@
 //! reconnect; the queue's ingest updates statuses and last values as they are committed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use fieldgate_driver::{Report, Value};
+use fieldgate_driver::{Name, Report, Value};
 
 /// A child as the config describes it.
 /// Latest values kept per child for `fieldgate status`: a bound on its size whatever a device
@@ -58,7 +59,7 @@ pub struct Child {
     pub last_report_ms: Option<u64>,
     /// The last value of every property, by (service, property).
     /// (Service → property → value: updated in place per reading, no key built.)
-    pub last_values: BTreeMap<String, BTreeMap<String, Value>>,
+    pub last_values: BTreeMap<String, BTreeMap<Name, Value>>,
     /// Values polled and values reported (queued) since start: the report stage's ratio.
     pub report_counts: crate::report::Counts,
 }
@@ -332,8 +333,12 @@ impl Registry {
             // names) instead of searching each one; names not seen before are added after.
             let mut fresh = Vec::new();
             let mut slots = svc.iter_mut().peekable();
+            // A driver hands out the same names every time: equal by pointer, mostly.
             for (k, v) in &r.properties {
-                while slots.next_if(|(s, _)| s.as_str() < k.as_str()).is_some() {}
+                while slots
+                    .next_if(|(s, _)| !Arc::ptr_eq(s, k) && **s < *k)
+                    .is_some()
+                {}
                 match slots.next_if(|(s, _)| *s == k) {
                     Some((_, slot)) => slot.clone_from(v),
                     None => fresh.push((k, v)),
@@ -380,7 +385,7 @@ mod tests {
             service: "s".into(),
             properties: props
                 .iter()
-                .map(|(k, v)| (k.to_string(), fieldgate_driver::Value::Int(*v)))
+                .map(|(k, v)| (Name::from(*k), fieldgate_driver::Value::Int(*v)))
                 .collect(),
             ts_ms: 1,
         }
@@ -395,7 +400,7 @@ mod tests {
         let got: Vec<(String, i64)> = r.children["a"].last_values["s"]
             .iter()
             .filter_map(|(k, v)| match v {
-                fieldgate_driver::Value::Int(i) => Some((k.clone(), *i)),
+                fieldgate_driver::Value::Int(i) => Some((k.to_string(), *i)),
                 _ => None,
             })
             .collect();

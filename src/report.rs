@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldgate_driver::{Report, Value};
+use fieldgate_driver::{Name, Report, Value};
 
 /// When a polled value is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -210,7 +210,7 @@ pub enum Keep {
     /// Nothing.
     Nothing,
     /// These properties only.
-    Some(BTreeMap<String, Value>),
+    Some(BTreeMap<Name, Value>),
 }
 
 /// Per child: taken vs reported values (the suppression ratio in `fieldgate status`).
@@ -250,7 +250,7 @@ impl Acc {
         self.last = Some(v.clone());
     }
 
-    fn emit(&self, property: &str, out: &mut BTreeMap<String, Value>) {
+    fn emit(&self, property: &str, out: &mut BTreeMap<Name, Value>) {
         for a in &self.aggs {
             let v = match a {
                 Agg::Avg if self.numeric > 0 => Value::Float(self.sum / self.numeric as f64),
@@ -269,7 +269,7 @@ impl Acc {
                 Agg::Count => Value::UInt(self.count),
                 Agg::Avg => continue,
             };
-            out.insert(format!("{property}_{}", a.name()), v);
+            out.insert(Name::from(format!("{property}_{}", a.name())), v);
         }
     }
 }
@@ -287,7 +287,7 @@ struct ChildState {
     passes_all: bool,
     /// Last status seen in this run (None: none yet).
     online: Option<bool>,
-    bases: HashMap<String, HashMap<String, (Value, u64, u64)>>,
+    bases: HashMap<String, HashMap<Name, (Value, u64, u64)>>,
     /// Open windows by (service, window length in ms); a child has one or two.
     windows: Vec<((String, u64), Window)>,
     counts: Counts,
@@ -359,7 +359,7 @@ impl Stage {
                 .bases
                 .entry(b.service)
                 .or_default()
-                .insert(b.property, (b.value, b.ts_ms, b.rule));
+                .insert(Name::from(b.property), (b.value, b.ts_ms, b.rule));
         }
     }
 
@@ -452,7 +452,7 @@ impl Stage {
                     let base = st
                         .bases
                         .get(&r.service)
-                        .and_then(|m| m.get(property))
+                        .and_then(|m| m.get(&**property))
                         .filter(|(_, _, f)| *f == fp);
                     let yes = if non_finite(v) {
                         false
@@ -479,7 +479,7 @@ impl Stage {
                         self.dirty.push(Base {
                             child: r.child.clone(),
                             service: r.service.clone(),
-                            property: property.clone(),
+                            property: property.to_string(),
                             value: v.clone(),
                             ts_ms: r.ts_ms,
                             rule: fp,
@@ -643,7 +643,7 @@ mod tests {
             service: S.into(),
             properties: props
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
+                .map(|(k, v)| (Name::from(*k), v.clone()))
                 .collect(),
             ts_ms: ts,
         }
@@ -924,7 +924,7 @@ mod tests {
         let b = rep(&[("fast", Value::Int(1)), ("slow", Value::Int(1))], 1);
         assert_eq!(
             st.report(&b, &mut closed),
-            Keep::Some(BTreeMap::from([("fast".to_string(), Value::Int(1))]))
+            Keep::Some(BTreeMap::from([(Name::from("fast"), Value::Int(1))]))
         );
         assert_eq!(
             st.counts("m"),
@@ -964,11 +964,11 @@ mod tests {
         assert_eq!(
             w.properties,
             BTreeMap::from([
-                ("power_avg".to_string(), Value::Float(2.0)),
-                ("power_min".to_string(), Value::Float(1.0)),
-                ("power_max".to_string(), Value::Float(3.0)),
-                ("power_last".to_string(), Value::Float(2.0)),
-                ("power_count".to_string(), Value::UInt(3)),
+                (Name::from("power_avg"), Value::Float(2.0)),
+                (Name::from("power_min"), Value::Float(1.0)),
+                (Name::from("power_max"), Value::Float(3.0)),
+                (Name::from("power_last"), Value::Float(2.0)),
+                (Name::from("power_count"), Value::UInt(3)),
             ])
         );
         // OFFLINE cuts the open window at its last reading.

@@ -307,7 +307,7 @@ proptest! {
     #[test]
     fn stored_records_round_trip(child in "\\PC{0,30}", service in "\\PC{0,20}", ts in any::<u64>(), props in prop::collection::btree_map("\\PC{0,12}", value(), 0..8)) {
         use fieldgate::queue::Record;
-        let r = Record::Report(fieldgate_driver::Report { child, service, properties: props, ts_ms: ts });
+        let r = Record::Report(fieldgate_driver::Report { child, service, properties: props.into_iter().map(|(k, v)| (k.into(), v)).collect(), ts_ms: ts });
         let n = r.encode();
         let row = fieldgate::store::Row { seq: 1, kind: n.kind, child: n.child, body: n.body };
         prop_assert_eq!(Record::decode(&row), Ok(r));

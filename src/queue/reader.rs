@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use tracing::warn;
 
 use crate::metrics::Metrics;
-use crate::queue::Record;
+use crate::queue::{Names, Record};
 use crate::registry::Registry;
 use crate::store::{Row, Store, StoreError};
 use tokio::sync::oneshot;
@@ -36,6 +36,8 @@ pub struct Reader {
     ahead: Option<Ahead>,
     /// Deletes queued at the store and not yet confirmed.
     deleting: Vec<oneshot::Receiver<Result<(), StoreError>>>,
+    /// Property names shared between the records it decodes.
+    names: Names,
 }
 
 /// A take already asked of the store.
@@ -60,6 +62,7 @@ impl Reader {
             acked: Vec::new(),
             ahead: None,
             deleting: Vec::new(),
+            names: Names::default(),
         }
     }
 
@@ -103,10 +106,18 @@ impl Reader {
         let mut records = Vec::with_capacity(got.len());
         let mut gone = Vec::new();
         let mut waiting = Vec::new();
+        // Decoded before the registry is locked: the ingest takes the same lock per batch.
+        let decoded: Vec<_> = got
+            .into_iter()
+            .map(|row| {
+                let rec = Record::decode_with(&row, &mut self.names);
+                (row, rec)
+            })
+            .collect();
         {
             let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
-            for row in got {
-                match Record::decode(&row) {
+            for (row, rec) in decoded {
+                match rec {
                     Err(e) => {
                         warn!(seq = row.seq, error = %e, "dropping unreadable queue record (counted as `corrupt`)");
                         self.metrics.dropped_corrupt.fetch_add(1, Ordering::Relaxed);

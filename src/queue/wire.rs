@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use fieldgate_driver::{DeviceStatus, Report, Value};
+use fieldgate_driver::{DeviceStatus, Name, Report, Value};
 
 pub const V2: u8 = 2;
 
@@ -136,14 +136,18 @@ impl<'a> Reader<'a> {
         Err(BodyError::VarintTooLong)
     }
 
-    fn string(&mut self) -> Result<String, BodyError> {
+    fn str(&mut self) -> Result<&'a str, BodyError> {
         let n = usize::try_from(self.varint()?).map_err(|_| BodyError::LengthOverflow)?;
         if n > self.b.len() {
             return Err(BodyError::StringPastEnd);
         }
         let (s, rest) = self.b.split_at(n);
         self.b = rest;
-        String::from_utf8(s.to_vec()).map_err(|_| BodyError::NotUtf8)
+        std::str::from_utf8(s).map_err(|_| BodyError::NotUtf8)
+    }
+
+    fn string(&mut self) -> Result<String, BodyError> {
+        self.str().map(str::to_string)
     }
 
     fn value(&mut self) -> Result<Value, BodyError> {
@@ -179,8 +183,36 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decode a v2 report body (after the version byte).
-pub fn decode_report(b: &[u8]) -> Result<Report, BodyError> {
+/// The property names of recent records, by position: records of one profile repeat the
+/// same names in the same order, so a decoded name that matches the one last seen at its
+/// position is shared instead of allocated again. Bounded: positions past `MAX` are not kept.
+#[derive(Debug, Default)]
+pub struct Names(Vec<Name>);
+
+impl Names {
+    pub const MAX: usize = 4096;
+
+    fn get(&mut self, at: usize, s: &str) -> Name {
+        match self.0.get_mut(at) {
+            Some(n) if **n == *s => n.clone(),
+            Some(n) => {
+                *n = Name::from(s);
+                n.clone()
+            }
+            None => {
+                let n = Name::from(s);
+                if at == self.0.len() && at < Self::MAX {
+                    self.0.push(n.clone());
+                }
+                n
+            }
+        }
+    }
+}
+
+/// Decode a v2 report body (after the version byte), sharing names with the records decoded
+/// before it.
+pub fn decode_report(b: &[u8], names: &mut Names) -> Result<Report, BodyError> {
     let mut r = Reader { b };
     let child = r.string()?;
     let service = r.string()?;
@@ -192,8 +224,8 @@ pub fn decode_report(b: &[u8]) -> Result<Report, BodyError> {
     }
     // Written from a map, so sorted: collected and built in one pass, not searched per key.
     let mut list = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
-    for _ in 0..n {
-        let k = r.string()?;
+    for i in 0..n {
+        let k = names.get(usize::try_from(i).unwrap_or(usize::MAX), r.str()?);
         let v = r.value()?;
         list.push((k, v));
     }

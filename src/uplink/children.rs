@@ -42,7 +42,7 @@ impl Children {
                     .flat_map(|(svc, props)| {
                         props
                             .iter()
-                            .map(move |(prop, v)| (svc.clone(), prop.clone(), v.clone()))
+                            .map(move |(prop, v)| (svc.clone(), prop.to_string(), v.clone()))
                     })
                     .collect(),
                 latest_ts_ms: c.last_report_ms,

@@ -166,7 +166,7 @@ mod tests {
     use super::*;
     use crate::uplink::dialect::allthingstalk::AllThingsTalk;
     use crate::uplink::dialect::iotda::IotDa;
-    use fieldgate_driver::Value;
+    use fieldgate_driver::{Name, Value};
     use std::collections::BTreeMap;
 
     fn report(seq: u64, props: &[(&str, Value)]) -> Sendable {
@@ -178,7 +178,7 @@ mod tests {
                 service: "s".into(),
                 properties: props
                     .iter()
-                    .map(|(k, v)| ((*k).to_string(), v.clone()))
+                    .map(|(k, v)| (Name::from(*k), v.clone()))
                     .collect::<BTreeMap<_, _>>(),
                 ts_ms: 1,
             }),

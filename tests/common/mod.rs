@@ -648,11 +648,25 @@ impl Gateway {
     }
 
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_under(config, env, &[])
+    }
+
+    /// Start the daemon as the last argument of `tool` (e.g. valgrind and its options), or on
+    /// its own when `tool` is empty.
+    pub fn start_under(config: &Path, env: &[(&str, &str)], tool: &[&str]) -> Self {
         // FG_BIN: another build of the daemon (a benchmark's baseline from an older commit).
         let bin = std::env::var_os("FG_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fieldgate")));
-        let mut child = Command::new(bin)
+        let mut cmd = match tool.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(["run", "-c"])
             .arg(config)
             .env(

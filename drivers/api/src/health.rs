@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use std::collections::BTreeMap;
 
-use crate::{now_ms, DeviceStatus, DriverError, Event, Report, Value};
+use crate::{now_ms, DeviceStatus, DriverError, Event, Name, Report, Value};
 
 /// Running totals of what a bus skipped (noise, bad frames, malformed lines) on their way to
 /// `fieldgate status`: sent when they changed, at most about once a second, never waiting on
@@ -61,7 +61,7 @@ impl SkipCounters {
 pub async fn send_reports(
     events: &mpsc::Sender<Event>,
     child: &str,
-    by_service: impl IntoIterator<Item = (String, BTreeMap<String, Value>)>,
+    by_service: impl IntoIterator<Item = (String, BTreeMap<Name, Value>)>,
     ts_ms: u64,
 ) -> Result<(), DriverError> {
     for (service, properties) in by_service {
@@ -79,6 +79,20 @@ pub async fn send_reports(
             .map_err(|_| DriverError::ChannelClosed)?;
     }
     Ok(())
+}
+
+/// Names made for one reading (drivers whose names come with each reading, not from a fixed
+/// point list).
+pub fn named(
+    by_service: BTreeMap<String, BTreeMap<String, Value>>,
+) -> impl Iterator<Item = (String, BTreeMap<Name, Value>)> {
+    by_service.into_iter().map(|(service, properties)| {
+        let properties = properties
+            .into_iter()
+            .map(|(k, v)| (Name::from(k), v))
+            .collect();
+        (service, properties)
+    })
 }
 
 /// Publish a status transition (if there is one) with its one log line; `failures` is the
@@ -196,7 +210,7 @@ mod tests {
     #[tokio::test]
     async fn reports_go_one_per_service_and_empty_ones_not_at_all() {
         let (tx, mut rx) = mpsc::channel(8);
-        let v = |i| BTreeMap::from([("p".to_string(), Value::Int(i))]);
+        let v = |i| BTreeMap::from([(Name::from("p"), Value::Int(i))]);
         let sample = [
             ("a".to_string(), v(1)),
             ("empty".to_string(), BTreeMap::new()),

@@ -17,7 +17,7 @@ pub mod testing;
 
 pub use deadline::Deadline;
 pub use episode::Episode;
-pub use health::{send_reports, send_status, Health, SkipCounters};
+pub use health::{named, send_reports, send_status, Health, SkipCounters};
 pub use params::{DeclaredCommand, ParamError, ParamKind, ParamSpec, Pattern};
 pub use schedule::Schedule;
 
@@ -77,6 +77,10 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// A property's name in a report. Shared, not copied: a driver makes each of its names once
+/// and every reading hands out the same one (a reference count, not an allocation per point).
+pub type Name = std::sync::Arc<str>;
+
 /// One sample of one service of one child: the unit the queue stores and the uplink sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -85,7 +89,7 @@ pub struct Report {
     /// The platform service (group of properties) this sample belongs to.
     pub service: String,
     /// Property name → value, in a stable order.
-    pub properties: BTreeMap<String, Value>,
+    pub properties: BTreeMap<Name, Value>,
     /// When the sample was taken, milliseconds since the Unix epoch (UTC).
     pub ts_ms: u64,
 }

@@ -114,7 +114,12 @@ pub fn reports<'a>(ev: &'a [Event], child: &str) -> Vec<&'a Report> {
 pub fn values(ev: &[Event], child: &str) -> Vec<BTreeMap<String, Value>> {
     reports(ev, child)
         .into_iter()
-        .map(|r| r.properties.clone())
+        .map(|r| {
+            r.properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect()
+        })
         .collect()
 }
 

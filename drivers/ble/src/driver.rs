@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use bluer::{Adapter, AdapterEvent, Address, DiscoveryFilter, DiscoveryTransport, Uuid};
 use fieldgate_driver::{
-    now_ms, send_reports, send_status, Command, CommandOutcome, CommandRequest, DeviceStatus,
-    Driver, DriverContext, DriverError, DriverFuture, Episode, ErrorCode, Event, Health, Value,
+    named, now_ms, send_reports, send_status, Command, CommandOutcome, CommandRequest,
+    DeviceStatus, Driver, DriverContext, DriverError, DriverFuture, Episode, ErrorCode, Event,
+    Health, Value,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
@@ -129,7 +130,7 @@ async fn flush(a: &mut Advert, ctx: &DriverContext) -> Result<(), DriverError> {
     send_reports(
         &ctx.events,
         &a.spec.node_id,
-        [(a.spec.service.clone(), props)],
+        named(BTreeMap::from([(a.spec.service.clone(), props)])),
         now_ms(),
     )
     .await
@@ -343,7 +344,7 @@ async fn gatt_device(
         let node = spec.node_id.clone();
         async move {
             // The daemon gone: the session ends with the shutdown that follows.
-            let _ = send_reports(&events, &node, props, now_ms()).await;
+            let _ = send_reports(&events, &node, named(props), now_ms()).await;
         }
     };
     let status = |st: Option<DeviceStatus>| {

@@ -15,9 +15,9 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
-    escape_controls, now_ms, send_reports, send_status, Command, CommandOutcome, CommandRequest,
-    DeviceStatus, Driver, DriverContext, DriverError, DriverFuture, ErrorCode, Health,
-    SkipCounters,
+    escape_controls, named, now_ms, send_reports, send_status, Command, CommandOutcome,
+    CommandRequest, DeviceStatus, Driver, DriverContext, DriverError, DriverFuture, ErrorCode,
+    Health, SkipCounters,
 };
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -303,7 +303,8 @@ impl Task {
                 // A timestamp from the program is used when it is plausible (not in the future).
                 let now = now_ms();
                 let ts_ms = ts_ms.filter(|t| *t <= now + 60_000).unwrap_or(now);
-                send_reports(&ctx.events, &child, [(service, properties)], ts_ms).await?;
+                let one = BTreeMap::from([(service, properties)]);
+                send_reports(&ctx.events, &child, named(one), ts_ms).await?;
             }
             Ok(FromDriver::Status {
                 child,

@@ -22,25 +22,35 @@ pub enum CodecError {
     OutOfRange(String),
 }
 
-fn ordered_bytes(regs: &[u16], byte_order: Order, word_order: Order) -> Vec<u8> {
-    let mut words: Vec<u16> = regs.to_vec();
-    if word_order == Order::Little {
-        words.reverse();
-    }
-    let mut out = Vec::with_capacity(words.len() * 2);
-    for w in words {
+/// `regs` as bytes in the point's byte and word order, written to `out` (two bytes per
+/// register; `out` is exactly that long).
+fn ordered_into(regs: &[u16], byte_order: Order, word_order: Order, out: &mut [u8]) {
+    let n = regs.len();
+    for (i, w) in regs.iter().enumerate() {
+        let at = match word_order {
+            Order::Big => i,
+            Order::Little => n - 1 - i,
+        };
         let [hi, lo] = w.to_be_bytes();
-        match byte_order {
-            Order::Big => out.extend_from_slice(&[hi, lo]),
-            Order::Little => out.extend_from_slice(&[lo, hi]),
-        }
+        let pair = match byte_order {
+            Order::Big => [hi, lo],
+            Order::Little => [lo, hi],
+        };
+        out[2 * at..2 * at + 2].copy_from_slice(&pair);
     }
+}
+
+fn ordered_bytes(regs: &[u16], byte_order: Order, word_order: Order) -> Vec<u8> {
+    let mut out = vec![0u8; regs.len() * 2];
+    ordered_into(regs, byte_order, word_order, &mut out);
     out
 }
 
 fn be<const N: usize>(b: &[u8]) -> [u8; N] {
     let mut a = [0u8; N];
-    a.copy_from_slice(&b[..N]);
+    if let Some(src) = b.get(..N) {
+        a.copy_from_slice(src);
+    }
     a
 }
 
@@ -54,7 +64,16 @@ pub fn decode_registers(p: &PointSpec, regs: &[u16]) -> Result<Value, CodecError
         });
     }
     let regs = &regs[..need];
-    let b = ordered_bytes(regs, p.byte_order, p.word_order);
+    // Numbers are at most four registers: their bytes stay on the stack (this runs for every
+    // polled point).
+    let mut buf = [0u8; 8];
+    let b: &[u8] = match buf.get_mut(..need * 2) {
+        Some(b) if !matches!(p.dtype, DataType::String { .. }) => {
+            ordered_into(regs, p.byte_order, p.word_order, b);
+            b
+        }
+        _ => &[],
+    };
     let raw = match p.dtype {
         DataType::Bool => Value::Bool(regs[0] >> p.bit.unwrap_or(0) & 1 == 1),
         DataType::String { .. } => {
@@ -63,14 +82,14 @@ pub fn decode_registers(p: &PointSpec, regs: &[u16]) -> Result<Value, CodecError
             let s = std::str::from_utf8(&bytes).map_err(|_| CodecError::BadText)?;
             Value::Text(s.trim_end_matches(['\0', ' ']).to_string())
         }
-        DataType::U16 => Value::UInt(u16::from_be_bytes(be(&b)).into()),
-        DataType::I16 => Value::Int(i16::from_be_bytes(be(&b)).into()),
-        DataType::U32 => Value::UInt(u32::from_be_bytes(be(&b)).into()),
-        DataType::I32 => Value::Int(i32::from_be_bytes(be(&b)).into()),
-        DataType::U64 => Value::UInt(u64::from_be_bytes(be(&b))),
-        DataType::I64 => Value::Int(i64::from_be_bytes(be(&b))),
-        DataType::F32 => Value::Float(f32::from_be_bytes(be(&b)).into()),
-        DataType::F64 => Value::Float(f64::from_be_bytes(be(&b))),
+        DataType::U16 => Value::UInt(u16::from_be_bytes(be(b)).into()),
+        DataType::I16 => Value::Int(i16::from_be_bytes(be(b)).into()),
+        DataType::U32 => Value::UInt(u32::from_be_bytes(be(b)).into()),
+        DataType::I32 => Value::Int(i32::from_be_bytes(be(b)).into()),
+        DataType::U64 => Value::UInt(u64::from_be_bytes(be(b))),
+        DataType::I64 => Value::Int(i64::from_be_bytes(be(b))),
+        DataType::F32 => Value::Float(f32::from_be_bytes(be(b)).into()),
+        DataType::F64 => Value::Float(f64::from_be_bytes(be(b))),
     };
     scale(p, raw)
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
     now_ms, send_reports, Command, CommandOutcome, CommandRequest, Driver, DriverContext,
-    DriverError, DriverFuture, Episode, ErrorCode, Event, Health, Schedule, Value,
+    DriverError, DriverFuture, Episode, ErrorCode, Event, Health, Name, Schedule, Value,
 };
 use fieldgate_port::{Parity, PortSettings};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -149,6 +149,11 @@ struct DeviceState {
     blocks: Vec<ReadBlock>,
     schedule: Schedule,
     health: Health,
+    /// Each point's property name, made once (a report shares it, not copies it).
+    names: Vec<Name>,
+    /// The device's services, sorted and each once, and each point's index among them.
+    services: Vec<String>,
+    service_of: Vec<usize>,
     /// Points whose last decode failed, to log each once per episode.
     bad_points: BTreeSet<usize>,
     /// Poll overruns, logged by episode (at once, then at most once a minute with the count).
@@ -194,8 +199,26 @@ impl BusTask {
             .map(|(i, spec)| {
                 // Spread first polls over the first period so devices do not all fire at once.
                 let first = start + spec.poll / n * i as u32;
+                let services: Vec<String> = spec
+                    .points
+                    .iter()
+                    .map(|p| p.service.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
                 DeviceState {
                     blocks: plan(&spec.points, spec.max_gap),
+                    names: spec
+                        .points
+                        .iter()
+                        .map(|p| Name::from(p.property.as_str()))
+                        .collect(),
+                    service_of: spec
+                        .points
+                        .iter()
+                        .map(|p| services.binary_search(&p.service).unwrap_or(0))
+                        .collect(),
+                    services,
                     schedule: Schedule::new(spec.poll, first),
                     health: Health::new(spec.node_id.clone(), bus.offline_after),
                     bad_points: BTreeSet::new(),
@@ -491,19 +514,23 @@ impl BusTask {
         }
         if failure.is_none() {
             // Collected, then each map built in one pass (sorted once, not searched per
-            // point); a name given twice keeps the later value, as inserting would.
-            let mut by_service: BTreeMap<&str, Vec<(String, Value)>> = BTreeMap::new();
+            // point); a name given twice keeps the later value, as inserting would. Names are
+            // shared with the device's own list: no allocation per point.
+            let mut by_service: Vec<Vec<(Name, Value)>> = vec![Vec::new(); dev.services.len()];
             for (i, v) in values {
-                let p = &dev.spec.points[i];
-                by_service
-                    .entry(p.service.as_str())
-                    .or_default()
-                    .push((p.property.clone(), v));
+                if let (Some(&s), Some(name)) = (dev.service_of.get(i), dev.names.get(i)) {
+                    if let Some(list) = by_service.get_mut(s) {
+                        list.push((name.clone(), v));
+                    }
+                }
             }
-            let by_service: Vec<(String, BTreeMap<String, Value>)> = by_service
-                .into_iter()
-                .map(|(service, properties)| (service.to_string(), BTreeMap::from_iter(properties)))
-                .collect();
+            let by_service = dev
+                .services
+                .iter()
+                .zip(by_service)
+                .filter(|(_, list)| !list.is_empty())
+                .map(|(service, list)| (service.clone(), BTreeMap::from_iter(list)))
+                .collect::<Vec<_>>();
             send_reports(&ctx.events, &dev.spec.node_id, by_service, started).await?;
         }
 

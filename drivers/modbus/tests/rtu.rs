@@ -134,7 +134,7 @@ fn assert_truthful(ev: &[Event], child: &str, unit: u16, addresses: &BTreeMap<&s
     let rs = reports(ev, child);
     for r in &rs {
         for (prop, v) in &r.properties {
-            let want = addresses[prop.as_str()] + 1000 * unit;
+            let want = addresses[&**prop] + 1000 * unit;
             assert_eq!(
                 v,
                 &Value::UInt(u64::from(want)),

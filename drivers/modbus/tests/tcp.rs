@@ -149,7 +149,12 @@ fn statuses(ev: &[Event], child: &str) -> Vec<(bool, String)> {
 fn reports(ev: &[Event], child: &str) -> Vec<BTreeMap<String, Value>> {
     ev.iter()
         .filter_map(|e| match e {
-            Event::Report(r) if r.child == child => Some(r.properties.clone()),
+            Event::Report(r) if r.child == child => Some(
+                r.properties
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            ),
             _ => None,
         })
         .collect()
@@ -264,5 +269,18 @@ async fn status_comes_before_the_first_report_and_every_poll_reports() {
     assert!(
         (4..=12).contains(&n),
         "{n} reports in 520 ms at a 50 ms period"
+    );
+    // Every report names its property with the device's one name, not a copy per poll.
+    let names: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Report(r) => r.properties.keys().next().cloned(),
+            _ => None,
+        })
+        .collect();
+    assert!(names.len() >= 2);
+    assert!(
+        names.iter().all(|k| std::sync::Arc::ptr_eq(k, &names[0])),
+        "property names are shared between reports"
     );
 }

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
-    now_ms, send_reports, send_status, Command, CommandOutcome, CommandRequest, DeclaredCommand,
-    Driver, DriverContext, DriverError, DriverFuture, ErrorCode, Health, Schedule, SkipCounters,
-    Value,
+    named, now_ms, send_reports, send_status, Command, CommandOutcome, CommandRequest,
+    DeclaredCommand, Driver, DriverContext, DriverError, DriverFuture, ErrorCode, Health, Schedule,
+    SkipCounters, Value,
 };
 use regex::Regex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -480,7 +480,7 @@ impl Task {
         send_reports(
             &ctx.events,
             &self.devices[idx].spec.node_id,
-            values,
+            named(values),
             now_ms(),
         )
         .await
@@ -597,7 +597,7 @@ impl Task {
             send_reports(
                 &ctx.events,
                 &self.devices[idx].spec.node_id,
-                values,
+                named(values),
                 started,
             )
             .await?;

@@ -254,8 +254,8 @@ mod tests {
                 child: "m1".into(),
                 service: "energy".into(),
                 properties: BTreeMap::from([
-                    ("power".to_string(), Value::Float(1.5)),
-                    ("on".to_string(), Value::Bool(true)),
+                    ("power".into(), Value::Float(1.5)),
+                    ("on".into(), Value::Bool(true)),
                 ]),
                 ts_ms: 1_700_000_000_123,
             }),

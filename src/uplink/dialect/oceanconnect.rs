@@ -166,7 +166,7 @@ impl super::Dialect for OceanConnect {
                     &r.service,
                     r.properties
                         .iter()
-                        .map(|(k, v)| (k.clone(), v.to_json()))
+                        .map(|(k, v)| (k.to_string(), v.to_json()))
                         .collect(),
                     r.ts_ms,
                 ),
@@ -296,7 +296,7 @@ mod tests {
             Record::Report(Report {
                 child: "meter-1".into(),
                 service: "Battery".into(),
-                properties: BTreeMap::from([("batteryLevel".to_string(), Value::UInt(75))]),
+                properties: BTreeMap::from([("batteryLevel".into(), Value::UInt(75))]),
                 ts_ms: 1_462_277_740_000,
             }),
         )];

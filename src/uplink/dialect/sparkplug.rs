@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use fieldgate_driver::Value;
+use fieldgate_driver::{Name, Value};
 use prost::Message;
 use serde_json::Value as Json;
 
@@ -157,7 +157,7 @@ pub struct Sparkplug {
     seq: u8,
     /// Last value of every metric of every child, with its reading's time (platform id →
     /// name → (value, ms)).
-    known: HashMap<String, BTreeMap<String, (Value, u64)>>,
+    known: HashMap<String, BTreeMap<Name, (Value, u64)>>,
     /// Children born (DBIRTH) in this session.
     born: HashSet<String>,
     /// Per child: the time of the newest reading its DBIRTH carried. Queued readings older
@@ -368,7 +368,7 @@ impl Sparkplug {
     /// DBIRTH with every known metric, each with its own reading's time; none while nothing
     /// is known (a child is born with its first values).
     fn dbirth(&mut self, device: &str, now_ms: u64) -> Option<Out> {
-        let known: Vec<(String, Value, u64)> = self
+        let known: Vec<(Name, Value, u64)> = self
             .known
             .get(device)
             .filter(|m| !m.is_empty())?
@@ -414,8 +414,8 @@ impl Sparkplug {
             let ts = c.latest_ts_ms.unwrap_or(now_ms);
             let known = self.known.entry(dev.clone()).or_default();
             for (_, prop, v) in &c.latest {
-                if known.get(prop).is_none_or(|(_, t)| *t <= ts) {
-                    known.insert(prop.clone(), (v.clone(), ts));
+                if known.get(prop.as_str()).is_none_or(|(_, t)| *t <= ts) {
+                    known.insert(Name::from(prop.as_str()), (v.clone(), ts));
                 }
             }
             out.extend(self.dbirth(dev, now_ms));

@@ -45,7 +45,7 @@ fn report(dev: &str, props: &[(&str, Value)]) -> (u64, String, Record) {
             service: "s".into(),
             properties: props
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
+                .map(|(k, v)| ((*k).into(), v.clone()))
                 .collect(),
             ts_ms: 1_700_000_000_000,
         }),

@@ -119,7 +119,7 @@ fn report(child: &str, ts: u64, props: &[(&str, Value)]) -> Record {
         service: "s".into(),
         properties: props
             .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
+            .map(|(k, v)| ((*k).into(), v.clone()))
             .collect(),
         ts_ms: ts,
     })
@@ -543,6 +543,7 @@ mod direct_writer {
                 .into_iter()
                 .enumerate()
                 .map(|(i, (dev, ts, service, properties))| {
+                    let properties = properties.into_iter().map(|(k, v)| (k.into(), v)).collect();
                     (i as u64, dev, Record::Report(Report { child: "c".into(), service, properties, ts_ms: ts }))
                 })
                 .collect();
