@@ -526,5 +526,13 @@ mod tests {
             Ok(many.clone())
         );
         assert_eq!(Record::decode_with(&row_of(&many), &mut names), Ok(many));
+        // A name that is not UTF-8 is refused, whatever was kept at its position.
+        let mut bad = row_of(&rep(&["p1", "zz"]));
+        let at = bad.body.windows(2).position(|w| w == b"zz").unwrap_or(0);
+        bad.body[at] = 0xff;
+        assert_eq!(
+            Record::decode_with(&bad, &mut names),
+            Err(BodyError::NotUtf8)
+        );
     }
 }

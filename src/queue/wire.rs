@@ -136,18 +136,22 @@ impl<'a> Reader<'a> {
         Err(BodyError::VarintTooLong)
     }
 
-    fn str(&mut self) -> Result<&'a str, BodyError> {
+    /// A string's bytes, not yet checked to be UTF-8.
+    fn bytes(&mut self) -> Result<&'a [u8], BodyError> {
         let n = usize::try_from(self.varint()?).map_err(|_| BodyError::LengthOverflow)?;
         if n > self.b.len() {
             return Err(BodyError::StringPastEnd);
         }
         let (s, rest) = self.b.split_at(n);
         self.b = rest;
-        std::str::from_utf8(s).map_err(|_| BodyError::NotUtf8)
+        Ok(s)
     }
 
     fn string(&mut self) -> Result<String, BodyError> {
-        self.str().map(str::to_string)
+        let b = self.bytes()?;
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| BodyError::NotUtf8)
     }
 
     fn value(&mut self) -> Result<Value, BodyError> {
@@ -192,21 +196,19 @@ pub struct Names(Vec<Name>);
 impl Names {
     pub const MAX: usize = 4096;
 
-    fn get(&mut self, at: usize, s: &str) -> Name {
-        match self.0.get_mut(at) {
-            Some(n) if **n == *s => n.clone(),
-            Some(n) => {
-                *n = Name::from(s);
-                n.clone()
-            }
-            None => {
-                let n = Name::from(s);
-                if at == self.0.len() && at < Self::MAX {
-                    self.0.push(n.clone());
-                }
-                n
-            }
+    /// The name `b` spells; bytes equal to a kept name's are UTF-8 already, so only a name
+    /// not seen at `at` before is checked.
+    fn get(&mut self, at: usize, b: &[u8]) -> Result<Name, BodyError> {
+        if let Some(n) = self.0.get(at).filter(|n| n.as_bytes() == b) {
+            return Ok(n.clone());
         }
+        let n = Name::from(std::str::from_utf8(b).map_err(|_| BodyError::NotUtf8)?);
+        if let Some(slot) = self.0.get_mut(at) {
+            *slot = n.clone();
+        } else if at == self.0.len() && at < Self::MAX {
+            self.0.push(n.clone());
+        }
+        Ok(n)
     }
 }
 
@@ -225,7 +227,7 @@ pub fn decode_report(b: &[u8], names: &mut Names) -> Result<Report, BodyError> {
     // Written from a map, so sorted: collected and built in one pass, not searched per key.
     let mut list = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
     for i in 0..n {
-        let k = names.get(usize::try_from(i).unwrap_or(usize::MAX), r.str()?);
+        let k = names.get(usize::try_from(i).unwrap_or(usize::MAX), r.bytes()?)?;
         let v = r.value()?;
         list.push((k, v));
     }

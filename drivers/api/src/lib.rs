@@ -61,8 +61,8 @@ impl Value {
         // Writing to a Vec cannot fail.
         let _ = match self {
             Value::Bool(b) => out.write_all(if *b { b"true" } else { b"false" }),
-            Value::Int(i) => write!(out, "{i}"),
-            Value::UInt(u) => write!(out, "{u}"),
+            Value::Int(i) => out.write_all(itoa::Buffer::new().format(*i).as_bytes()),
+            Value::UInt(u) => out.write_all(itoa::Buffer::new().format(*u).as_bytes()),
             Value::Float(f) if f.is_finite() => {
                 serde_json::to_writer(&mut *out, f).map_err(std::io::Error::other)
             }
@@ -72,9 +72,17 @@ impl Value {
     }
 }
 
-/// Append `s` as a JSON string (quoted, escaped).
+/// Append `s` as a JSON string (quoted, escaped as serde_json escapes: control characters,
+/// `"` and `\`). A name needs no escape, mostly: then it is copied as it is.
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    let _ = serde_json::to_writer(&mut *out, s);
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 /// A property's name in a report. Shared, not copied: a driver makes each of its names once
@@ -284,7 +292,10 @@ mod tests {
             Value::Bool(true),
             Value::Bool(false),
             Value::Int(i64::MIN),
+            Value::Int(i64::MAX),
+            Value::Int(0),
             Value::UInt(u64::MAX),
+            Value::UInt(0),
             Value::Float(-230.5),
             Value::Float(1e300),
             Value::Float(0.1),
@@ -299,6 +310,30 @@ mod tests {
                 String::from_utf8_lossy(&out),
                 v.to_json().to_string(),
                 "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn written_strings_are_what_serde_json_prints() {
+        for s in [
+            "",
+            "p01",
+            "a b",
+            "q\"",
+            "back\\slash",
+            "\u{1}",
+            "\u{1f}",
+            "\u{7f}",
+            "ü✓",
+            "\n",
+        ] {
+            let mut out = Vec::new();
+            write_json_str(&mut out, s);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                serde_json::to_string(s).unwrap_or_default(),
+                "{s:?}"
             );
         }
     }

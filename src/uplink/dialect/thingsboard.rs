@@ -94,10 +94,10 @@ impl ThingsBoard {
     /// `{"ts":…,"values":{…}}` for one reading, written directly: the same text serde_json
     /// prints for it (keys sorted, non-finite floats as null), without building it first.
     fn entry(&self, r: &fieldgate_driver::Report) -> Vec<u8> {
-        use std::io::Write;
         let mut out = Vec::with_capacity(32 + r.properties.len() * 24);
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, "{{\"ts\":{},\"values\":{{", r.ts_ms);
+        out.extend_from_slice(b"{\"ts\":");
+        out.extend_from_slice(itoa::Buffer::new().format(r.ts_ms).as_bytes());
+        out.extend_from_slice(b",\"values\":{");
         // `service.property` keys share their prefix: they sort like the properties.
         for (i, (k, v)) in r.properties.iter().enumerate() {
             if i > 0 {
