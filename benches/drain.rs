@@ -9,7 +9,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -62,7 +61,7 @@ fn main() {
                     Record::Report(Report {
                         child: format!("d{}", k % CHILDREN),
                         service: "data".into(),
-                        properties: BTreeMap::from([
+                        properties: fieldgate_driver::Properties::from([
                             ("counter".into(), Value::UInt(k)),
                             ("voltage".into(), Value::Float(230.5)),
                         ]),

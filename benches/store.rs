@@ -43,7 +43,7 @@ fn main() {
     let body = fieldgate::queue::Record::Report(fieldgate_driver::Report {
         child: "meter-17".into(),
         service: "energy".into(),
-        properties: std::collections::BTreeMap::from([
+        properties: fieldgate_driver::Properties::from([
             ("voltage".into(), fieldgate_driver::Value::Float(230.5)),
             ("current".into(), fieldgate_driver::Value::Float(5.12)),
             ("energy".into(), fieldgate_driver::Value::UInt(123_456)),

@@ -393,14 +393,16 @@ async fn commit(
 mod tests {
     use super::*;
     use fieldgate_driver::Name;
-    use std::collections::BTreeMap;
 
     #[test]
     fn records_round_trip_and_bad_bodies_are_errors() {
         let r = Record::Report(Report {
             child: "m1".into(),
             service: "s".into(),
-            properties: BTreeMap::from([("v".into(), fieldgate_driver::Value::Float(1.5))]),
+            properties: fieldgate_driver::Properties::from([(
+                "v".into(),
+                fieldgate_driver::Value::Float(1.5),
+            )]),
             ts_ms: 7,
         });
         let row = r.encode();
@@ -437,7 +439,7 @@ mod tests {
         let r = Record::Report(Report {
             child: "meter-ü".into(),
             service: "energy".into(),
-            properties: BTreeMap::from([
+            properties: fieldgate_driver::Properties::from([
                 ("b".into(), Value::Bool(true)),
                 ("f".into(), Value::Bool(false)),
                 ("i".into(), Value::Int(i64::MIN)),

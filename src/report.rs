@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldgate_driver::{Name, Report, Value};
+use fieldgate_driver::{Name, Properties, Report, Value};
 
 /// When a polled value is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -210,7 +210,7 @@ pub enum Keep {
     /// Nothing.
     Nothing,
     /// These properties only.
-    Some(BTreeMap<Name, Value>),
+    Some(Properties),
 }
 
 /// Per child: taken vs reported values (the suppression ratio in `fieldgate status`).
@@ -250,7 +250,7 @@ impl Acc {
         self.last = Some(v.clone());
     }
 
-    fn emit(&self, property: &str, out: &mut BTreeMap<Name, Value>) {
+    fn emit(&self, property: &str, out: &mut Properties) {
         for a in &self.aggs {
             let v = match a {
                 Agg::Avg if self.numeric > 0 => Value::Float(self.sum / self.numeric as f64),
@@ -436,7 +436,7 @@ impl Stage {
             return Keep::All;
         }
         let rules = st.rules.clone();
-        let mut kept = BTreeMap::new();
+        let mut kept = Properties::new();
         let mut all = true;
         for (property, v) in &r.properties {
             let rule = rules.rule(&r.service, property);
@@ -598,7 +598,7 @@ fn flush(child: &str, st: &mut ChildState, before: Option<u64>, out: &mut Vec<Re
 
 /// One window's record: stamped at its end, or at its last reading when cut short.
 fn window_report(child: &str, service: &str, w: Window, cut: bool) -> Report {
-    let mut properties = BTreeMap::new();
+    let mut properties = Properties::new();
     for (p, acc) in &w.props {
         acc.emit(p, &mut properties);
     }
@@ -924,7 +924,7 @@ mod tests {
         let b = rep(&[("fast", Value::Int(1)), ("slow", Value::Int(1))], 1);
         assert_eq!(
             st.report(&b, &mut closed),
-            Keep::Some(BTreeMap::from([(Name::from("fast"), Value::Int(1))]))
+            Keep::Some(Properties::from([(Name::from("fast"), Value::Int(1))]))
         );
         assert_eq!(
             st.counts("m"),
@@ -963,7 +963,7 @@ mod tests {
         assert_eq!(w.ts_ms, 20_000, "stamped at the window's end");
         assert_eq!(
             w.properties,
-            BTreeMap::from([
+            Properties::from([
                 (Name::from("power_avg"), Value::Float(2.0)),
                 (Name::from("power_min"), Value::Float(1.0)),
                 (Name::from("power_max"), Value::Float(3.0)),

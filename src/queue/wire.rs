@@ -5,9 +5,7 @@
 //! every length against what is left and rejects trailing bytes, so a damaged or foreign body
 //! is an error (counted as `corrupt`), never a panic or a wrong value.
 
-use std::collections::BTreeMap;
-
-use fieldgate_driver::{DeviceStatus, Name, Report, Value};
+use fieldgate_driver::{DeviceStatus, Name, Properties, Report, Value};
 
 pub const V2: u8 = 2;
 
@@ -224,14 +222,14 @@ pub fn decode_report(b: &[u8], names: &mut Names) -> Result<Report, BodyError> {
     if n > r.b.len() as u64 {
         return Err(BodyError::CountPastEnd);
     }
-    // Written from a map, so sorted: collected and built in one pass, not searched per key.
+    // Written from sorted properties: taken as they are (checked, not searched per key).
     let mut list = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
     for i in 0..n {
         let k = names.get(usize::try_from(i).unwrap_or(usize::MAX), r.bytes()?)?;
         let v = r.value()?;
         list.push((k, v));
     }
-    let properties = BTreeMap::from_iter(list);
+    let properties = Properties::from_sorted(list);
     r.done()?;
     Ok(Report {
         child,

@@ -167,7 +167,6 @@ mod tests {
     use crate::uplink::dialect::allthingstalk::AllThingsTalk;
     use crate::uplink::dialect::iotda::IotDa;
     use fieldgate_driver::{Name, Value};
-    use std::collections::BTreeMap;
 
     fn report(seq: u64, props: &[(&str, Value)]) -> Sendable {
         (
@@ -179,7 +178,7 @@ mod tests {
                 properties: props
                     .iter()
                     .map(|(k, v)| (Name::from(*k), v.clone()))
-                    .collect::<BTreeMap<_, _>>(),
+                    .collect(),
                 ts_ms: 1,
             }),
         )

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use std::collections::BTreeMap;
 
-use crate::{now_ms, DeviceStatus, DriverError, Event, Name, Report, Value};
+use crate::{now_ms, DeviceStatus, DriverError, Event, Name, Properties, Report, Value};
 
 /// Running totals of what a bus skipped (noise, bad frames, malformed lines) on their way to
 /// `fieldgate status`: sent when they changed, at most about once a second, never waiting on
@@ -61,7 +61,7 @@ impl SkipCounters {
 pub async fn send_reports(
     events: &mpsc::Sender<Event>,
     child: &str,
-    by_service: impl IntoIterator<Item = (String, BTreeMap<Name, Value>)>,
+    by_service: impl IntoIterator<Item = (String, Properties)>,
     ts_ms: u64,
 ) -> Result<(), DriverError> {
     for (service, properties) in by_service {
@@ -85,7 +85,7 @@ pub async fn send_reports(
 /// point list).
 pub fn named(
     by_service: BTreeMap<String, BTreeMap<String, Value>>,
-) -> impl Iterator<Item = (String, BTreeMap<Name, Value>)> {
+) -> impl Iterator<Item = (String, Properties)> {
     by_service.into_iter().map(|(service, properties)| {
         let properties = properties
             .into_iter()
@@ -210,10 +210,10 @@ mod tests {
     #[tokio::test]
     async fn reports_go_one_per_service_and_empty_ones_not_at_all() {
         let (tx, mut rx) = mpsc::channel(8);
-        let v = |i| BTreeMap::from([(Name::from("p"), Value::Int(i))]);
+        let v = |i| Properties::from([(Name::from("p"), Value::Int(i))]);
         let sample = [
             ("a".to_string(), v(1)),
-            ("empty".to_string(), BTreeMap::new()),
+            ("empty".to_string(), Properties::new()),
             ("b".to_string(), v(2)),
         ];
         assert!(send_reports(&tx, "m1", sample, 42).await.is_ok());

@@ -11,6 +11,7 @@ mod deadline;
 mod episode;
 mod health;
 pub mod params;
+mod properties;
 mod schedule;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -19,6 +20,7 @@ pub use deadline::Deadline;
 pub use episode::Episode;
 pub use health::{named, send_reports, send_status, Health, SkipCounters};
 pub use params::{DeclaredCommand, ParamError, ParamKind, ParamSpec, Pattern};
+pub use properties::Properties;
 pub use schedule::Schedule;
 
 use std::collections::BTreeMap;
@@ -97,7 +99,7 @@ pub struct Report {
     /// The platform service (group of properties) this sample belongs to.
     pub service: String,
     /// Property name → value, in a stable order.
-    pub properties: BTreeMap<Name, Value>,
+    pub properties: Properties,
     /// When the sample was taken, milliseconds since the Unix epoch (UTC).
     pub ts_ms: u64,
 }

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use fieldgate_driver::{
     now_ms, send_reports, Command, CommandOutcome, CommandRequest, Driver, DriverContext,
-    DriverError, DriverFuture, Episode, ErrorCode, Event, Health, Name, Schedule, Value,
+    DriverError, DriverFuture, Episode, ErrorCode, Event, Health, Name, Properties, Schedule,
+    Value,
 };
 use fieldgate_port::{Parity, PortSettings};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -154,6 +155,8 @@ struct DeviceState {
     /// The device's services, sorted and each once, and each point's index among them.
     services: Vec<String>,
     service_of: Vec<usize>,
+    /// Each point's place in name order.
+    rank: Vec<usize>,
     /// Points whose last decode failed, to log each once per episode.
     bad_points: BTreeSet<usize>,
     /// Poll overruns, logged by episode (at once, then at most once a minute with the count).
@@ -218,6 +221,17 @@ impl BusTask {
                         .iter()
                         .map(|p| services.binary_search(&p.service).unwrap_or(0))
                         .collect(),
+                    rank: {
+                        let mut by_name: Vec<usize> = (0..spec.points.len()).collect();
+                        by_name.sort_by(|a, b| {
+                            spec.points[*a].property.cmp(&spec.points[*b].property)
+                        });
+                        let mut rank = vec![0; by_name.len()];
+                        for (r, i) in by_name.into_iter().enumerate() {
+                            rank[i] = r;
+                        }
+                        rank
+                    },
                     services,
                     schedule: Schedule::new(spec.poll, first),
                     health: Health::new(spec.node_id.clone(), bus.offline_after),
@@ -513,9 +527,12 @@ impl BusTask {
                 .map_err(|_| DriverError::ChannelClosed)?;
         }
         if failure.is_none() {
-            // Collected, then each map built in one pass (sorted once, not searched per
-            // point); a name given twice keeps the later value, as inserting would. Names are
+            // Put in name order (by each point's rank, worked out once: no name compared per
+            // poll; the usual profile is in name order already and this is one pass), then
+            // split by service: each service's list is sorted and taken as it is. Names are
             // shared with the device's own list: no allocation per point.
+            let mut values = values;
+            values.sort_unstable_by_key(|(i, _)| dev.rank.get(*i).copied().unwrap_or(usize::MAX));
             let mut by_service: Vec<Vec<(Name, Value)>> = vec![Vec::new(); dev.services.len()];
             for (i, v) in values {
                 if let (Some(&s), Some(name)) = (dev.service_of.get(i), dev.names.get(i)) {
@@ -529,7 +546,7 @@ impl BusTask {
                 .iter()
                 .zip(by_service)
                 .filter(|(_, list)| !list.is_empty())
-                .map(|(service, list)| (service.clone(), BTreeMap::from_iter(list)))
+                .map(|(service, list)| (service.clone(), Properties::from_sorted(list)))
                 .collect::<Vec<_>>();
             send_reports(&ctx.events, &dev.spec.node_id, by_service, started).await?;
         }

@@ -253,7 +253,7 @@ mod tests {
             Record::Report(Report {
                 child: "m1".into(),
                 service: "energy".into(),
-                properties: BTreeMap::from([
+                properties: fieldgate_driver::Properties::from([
                     ("power".into(), Value::Float(1.5)),
                     ("on".into(), Value::Bool(true)),
                 ]),

@@ -296,7 +296,10 @@ mod tests {
             Record::Report(Report {
                 child: "meter-1".into(),
                 service: "Battery".into(),
-                properties: BTreeMap::from([("batteryLevel".into(), Value::UInt(75))]),
+                properties: fieldgate_driver::Properties::from([(
+                    "batteryLevel".into(),
+                    Value::UInt(75),
+                )]),
                 ts_ms: 1_462_277_740_000,
             }),
         )];

@@ -31,7 +31,10 @@ fn report_batch_matches_the_documented_shape() {
     let r = Report {
         child: "node1".into(),
         service: "analog".into(),
-        properties: BTreeMap::from([("PhV_phsA".into(), Value::Text("1".into()))]),
+        properties: fieldgate_driver::Properties::from([(
+            "PhV_phsA".into(),
+            Value::Text("1".into()),
+        )]),
         ts_ms: T0,
     };
     let mut b = ReportBatch::default();
@@ -47,7 +50,7 @@ fn report_batch_limits() {
     let r = |c: &str| Report {
         child: c.into(),
         service: "s".into(),
-        properties: BTreeMap::from([("v".into(), Value::Int(1))]),
+        properties: fieldgate_driver::Properties::from([("v".into(), Value::Int(1))]),
         ts_ms: T0,
     };
     let mut b = ReportBatch::default();
@@ -275,7 +278,10 @@ fn report_batch_is_valid_json_with_awkward_ids_and_values() {
     let r = Report {
         child: "c".into(),
         service: "s\"vc".into(),
-        properties: BTreeMap::from([("k\n".into(), Value::Text("a\\b\"".into()))]),
+        properties: fieldgate_driver::Properties::from([(
+            "k\n".into(),
+            Value::Text("a\\b\"".into()),
+        )]),
         ts_ms: T0,
     };
     let mut b = ReportBatch::default();
