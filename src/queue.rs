@@ -92,6 +92,10 @@ impl Record {
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 2048;
+/// Most points (properties of readings; a status counts one) held for one commit: a batch of
+/// wide readings is committed early rather than held in memory for the whole window (2048
+/// readings of 100 points would be 10 MB).
+const MAX_BATCH_POINTS: usize = 16_384;
 /// How often open aggregation windows are looked at.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -105,11 +109,18 @@ struct Batch {
     records: Vec<(Record, bool)>,
     /// Polled readings not queued whole (filtered by the report stage).
     polled: Vec<Report>,
+    /// Points taken since the last commit.
+    points: usize,
 }
 
 impl Batch {
     fn len(&self) -> usize {
         self.records.len() + self.polled.len()
+    }
+
+    /// Enough for one commit: by records, or by points.
+    fn full(&self) -> bool {
+        self.len() >= MAX_BATCH || self.points >= MAX_BATCH_POINTS
     }
 
     fn is_empty(&self) -> bool {
@@ -164,7 +175,7 @@ pub async fn ingest(
             continue;
         }
         let deadline = tokio::time::Instant::now() + commit_interval;
-        while batch.len() < MAX_BATCH {
+        while !batch.full() {
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ev) => take(ev, &mut batch, &mut stage, &metrics),
@@ -220,6 +231,7 @@ async fn set_rules(stage: &mut Stage, store: &Store, rules: &RuleSet, batch: &mu
 fn take(ev: Event, batch: &mut Batch, stage: &mut Stage, metrics: &Metrics) {
     match ev {
         Event::Report(r) => {
+            batch.points = batch.points.saturating_add(r.properties.len());
             let mut closed = Vec::new();
             let keep = stage.report(&r, &mut closed);
             for w in closed {
@@ -243,6 +255,7 @@ fn take(ev: Event, batch: &mut Batch, stage: &mut Stage, metrics: &Metrics) {
             }
         }
         Event::Status(s) => {
+            batch.points = batch.points.saturating_add(1);
             // A window cut by OFFLINE goes before the status.
             for w in stage.status(&s.child, s.online) {
                 batch.records.push((Record::Report(w), false));
@@ -384,6 +397,7 @@ async fn commit(
     let queued = !batch.records.is_empty();
     batch.records.clear();
     batch.polled.clear();
+    batch.points = 0;
     if queued {
         wake.notify_one();
     }
@@ -393,6 +407,66 @@ async fn commit(
 mod tests {
     use super::*;
     use fieldgate_driver::Name;
+
+    #[tokio::test]
+    async fn wide_readings_are_committed_before_the_window_ends() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&dir.path().join("q.db"), Default::default(), false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (tx, rx) = mpsc::channel(64);
+        let (_rules_tx, rules) = watch::channel(Arc::new(RuleSet::new()));
+        let (stop_tx, stop) = watch::channel(false);
+        // A 10 s window: only the points bound can commit within the test.
+        let task = tokio::spawn(ingest(
+            rx,
+            store.clone(),
+            Arc::new(Mutex::new(Registry::new(&[]))),
+            Duration::from_secs(10),
+            Arc::new(Notify::new()),
+            Arc::new(Metrics::default()),
+            rules,
+            stop,
+        ));
+        let wide = |n: u64| {
+            Event::Report(Report {
+                child: "m".into(),
+                service: "s".into(),
+                properties: (0..1000)
+                    .map(|p| {
+                        (
+                            Name::from(format!("p{p:04}")),
+                            fieldgate_driver::Value::UInt(n),
+                        )
+                    })
+                    .collect(),
+                ts_ms: fieldgate_driver::now_ms() + n,
+            })
+        };
+        // 17 readings of 1,000 points pass the 16,384-point bound; 17 records would not fill
+        // a batch of 2,048.
+        for n in 0..17 {
+            assert!(tx.send(wide(n)).await.is_ok());
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut queued = 0;
+        while tokio::time::Instant::now() < deadline {
+            queued = store.depth().await.map(|d| d.records).unwrap_or(0);
+            if queued > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            (16..=17).contains(&queued),
+            "committed early, by points: {queued} records"
+        );
+        let _ = stop_tx.send(true);
+        assert!(tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_ok());
+        // Stopping commits the rest.
+        assert_eq!(store.depth().await.map(|d| d.records).ok(), Some(17));
+    }
 
     #[test]
     fn records_round_trip_and_bad_bodies_are_errors() {
