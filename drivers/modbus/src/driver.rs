@@ -150,17 +150,85 @@ struct DeviceState {
     blocks: Vec<ReadBlock>,
     schedule: Schedule,
     health: Health,
-    /// Each point's property name, made once (a report shares it, not copies it).
-    names: Vec<Name>,
-    /// The device's services, sorted and each once, and each point's index among them.
-    services: Vec<String>,
-    service_of: Vec<usize>,
-    /// Each point's place in name order.
-    rank: Vec<usize>,
+    /// How a poll's values become reports (worked out once per device).
+    layout: Layout,
     /// Points whose last decode failed, to log each once per episode.
     bad_points: BTreeSet<usize>,
     /// Poll overruns, logged by episode (at once, then at most once a minute with the count).
     overruns: Episode,
+}
+
+/// How one device's polled values become its reports: each point's name, made once (a report
+/// shares it, not copies it), its service, and its place in name order, so a poll's values are
+/// put in order without comparing a name and each service's properties are taken as they are.
+struct Layout {
+    names: Vec<Name>,
+    /// The device's services, sorted, each once.
+    services: Vec<String>,
+    /// Each point's index in `services`.
+    service_of: Vec<usize>,
+    /// Each point's place in name order.
+    rank: Vec<usize>,
+    /// Points per service.
+    sizes: Vec<usize>,
+}
+
+impl Layout {
+    fn new(points: &[PointSpec]) -> Self {
+        let services: Vec<String> = points
+            .iter()
+            .map(|p| p.service.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let service_of: Vec<usize> = points
+            .iter()
+            .map(|p| services.binary_search(&p.service).unwrap_or(0))
+            .collect();
+        let mut sizes = vec![0; services.len()];
+        for &s in &service_of {
+            if let Some(n) = sizes.get_mut(s) {
+                *n += 1;
+            }
+        }
+        let mut by_name: Vec<usize> = (0..points.len()).collect();
+        by_name.sort_by(|a, b| points[*a].property.cmp(&points[*b].property));
+        let mut rank = vec![0; points.len()];
+        for (r, i) in by_name.into_iter().enumerate() {
+            rank[i] = r;
+        }
+        Layout {
+            names: points
+                .iter()
+                .map(|p| Name::from(p.property.as_str()))
+                .collect(),
+            services,
+            service_of,
+            rank,
+            sizes,
+        }
+    }
+
+    /// One poll's values (point index, value), in any order, as reports by service: put in
+    /// name order (one pass for the usual profile, already in that order), then split.
+    fn reports(&self, mut values: Vec<(usize, Value)>) -> Vec<(String, Properties)> {
+        values.sort_unstable_by_key(|(i, _)| self.rank.get(*i).copied().unwrap_or(usize::MAX));
+        let mut by_service: Vec<Vec<(Name, Value)>> =
+            self.sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
+        for (i, v) in values {
+            if let (Some(&s), Some(name)) = (self.service_of.get(i), self.names.get(i)) {
+                if let Some(list) = by_service.get_mut(s) {
+                    list.push((name.clone(), v));
+                }
+            }
+        }
+        self.services
+            .iter()
+            .zip(by_service)
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(service, list)| (service.clone(), Properties::from_sorted(list)))
+            .collect()
+    }
 }
 
 struct BusTask {
@@ -202,37 +270,9 @@ impl BusTask {
             .map(|(i, spec)| {
                 // Spread first polls over the first period so devices do not all fire at once.
                 let first = start + spec.poll / n * i as u32;
-                let services: Vec<String> = spec
-                    .points
-                    .iter()
-                    .map(|p| p.service.clone())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
                 DeviceState {
                     blocks: plan(&spec.points, spec.max_gap),
-                    names: spec
-                        .points
-                        .iter()
-                        .map(|p| Name::from(p.property.as_str()))
-                        .collect(),
-                    service_of: spec
-                        .points
-                        .iter()
-                        .map(|p| services.binary_search(&p.service).unwrap_or(0))
-                        .collect(),
-                    rank: {
-                        let mut by_name: Vec<usize> = (0..spec.points.len()).collect();
-                        by_name.sort_by(|a, b| {
-                            spec.points[*a].property.cmp(&spec.points[*b].property)
-                        });
-                        let mut rank = vec![0; by_name.len()];
-                        for (r, i) in by_name.into_iter().enumerate() {
-                            rank[i] = r;
-                        }
-                        rank
-                    },
-                    services,
+                    layout: Layout::new(&spec.points),
                     schedule: Schedule::new(spec.poll, first),
                     health: Health::new(spec.node_id.clone(), bus.offline_after),
                     bad_points: BTreeSet::new(),
@@ -527,27 +567,7 @@ impl BusTask {
                 .map_err(|_| DriverError::ChannelClosed)?;
         }
         if failure.is_none() {
-            // Put in name order (by each point's rank, worked out once: no name compared per
-            // poll; the usual profile is in name order already and this is one pass), then
-            // split by service: each service's list is sorted and taken as it is. Names are
-            // shared with the device's own list: no allocation per point.
-            let mut values = values;
-            values.sort_unstable_by_key(|(i, _)| dev.rank.get(*i).copied().unwrap_or(usize::MAX));
-            let mut by_service: Vec<Vec<(Name, Value)>> = vec![Vec::new(); dev.services.len()];
-            for (i, v) in values {
-                if let (Some(&s), Some(name)) = (dev.service_of.get(i), dev.names.get(i)) {
-                    if let Some(list) = by_service.get_mut(s) {
-                        list.push((name.clone(), v));
-                    }
-                }
-            }
-            let by_service = dev
-                .services
-                .iter()
-                .zip(by_service)
-                .filter(|(_, list)| !list.is_empty())
-                .map(|(service, list)| (service.clone(), Properties::from_sorted(list)))
-                .collect::<Vec<_>>();
+            let by_service = dev.layout.reports(values);
             send_reports(&ctx.events, &dev.spec.node_id, by_service, started).await?;
         }
 
@@ -965,4 +985,74 @@ fn jitter(d: Duration) -> Duration {
         .unwrap_or(0);
     let factor = 0.8 + 0.4 * (f64::from(nanos % 1000) / 1000.0);
     d.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::point::{parse_location, DataType, Order};
+
+    fn point(service: &str, prop: &str, address: u16) -> PointSpec {
+        let (table, address) =
+            parse_location(&format!("holding:{address}")).unwrap_or_else(|e| panic!("{e}"));
+        PointSpec {
+            service: service.into(),
+            property: prop.into(),
+            table,
+            address,
+            dtype: DataType::U16,
+            bit: None,
+            byte_order: Order::Big,
+            word_order: Order::Big,
+            scale: None,
+            offset: None,
+            writable: false,
+            min: None,
+            max: None,
+        }
+    }
+
+    #[test]
+    fn a_poll_becomes_one_sorted_report_per_service_with_shared_names() {
+        // Points in address order, names not in name order, two services.
+        let points = [
+            point("b", "zeta", 0),
+            point("a", "mid", 1),
+            point("b", "alpha", 2),
+            point("a", "first", 3),
+        ];
+        let layout = Layout::new(&points);
+        // Values as a poll collects them: block order, a point that failed to decode missing.
+        let values = vec![
+            (0, Value::UInt(10)),
+            (1, Value::UInt(11)),
+            (3, Value::UInt(13)),
+        ];
+        let reports = layout.reports(values);
+        let got: Vec<(String, Vec<(String, Value)>)> = reports
+            .iter()
+            .map(|(s, p)| {
+                let props = p.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+                (s.clone(), props)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "a".to_string(),
+                    vec![
+                        ("first".to_string(), Value::UInt(13)),
+                        ("mid".to_string(), Value::UInt(11))
+                    ]
+                ),
+                ("b".to_string(), vec![("zeta".to_string(), Value::UInt(10))]),
+            ]
+        );
+        // The same names again on the next poll: shared, not made anew.
+        let again = layout.reports(vec![(0, Value::UInt(1))]);
+        let first = reports[1].1.keys().next().cloned();
+        let second = again[0].1.keys().next().cloned();
+        assert!(matches!((first, second), (Some(x), Some(y)) if Arc::ptr_eq(&x, &y)));
+    }
 }
