@@ -373,6 +373,8 @@ impl Stage {
             flush(child, st, None, &mut out);
         }
         self.children.retain(|c, _| rules.contains_key(c));
+        // Children that left give their room back (a hash map keeps its largest size).
+        self.children.shrink_to(rules.len());
         for (child, r) in rules {
             let st = self.children.entry(child).or_default();
             st.passes_all = r.passes_all();
@@ -635,6 +637,31 @@ mod tests {
         };
         st.set_rules(HashMap::from([("m".to_string(), Arc::new(rules))]));
         st
+    }
+
+    #[test]
+    fn children_that_leave_give_their_room_back() {
+        let rules = |n: usize| -> HashMap<String, Arc<ChildRules>> {
+            (0..n)
+                .map(|i| {
+                    let r = ChildRules {
+                        default: rule(Strategy::OnChange),
+                        by_property: HashMap::new(),
+                    };
+                    (format!("m{i}"), Arc::new(r))
+                })
+                .collect()
+        };
+        let mut st = Stage::new();
+        st.set_rules(rules(1000));
+        assert!(st.children.capacity() >= 1000);
+        st.set_rules(rules(10));
+        assert_eq!(st.children.len(), 10);
+        assert!(
+            st.children.capacity() < 100,
+            "capacity {} for 10 children",
+            st.children.capacity()
+        );
     }
 
     fn rep(props: &[(&str, Value)], ts: u64) -> Report {

@@ -588,6 +588,10 @@ impl super::Dialect for Sparkplug {
                 out.push(self.message("DDEATH", Some(d), Vec::new(), now_ms));
             }
         }
+        // Children that left give their room back (a hash map keeps its largest size).
+        self.known.shrink_to_fit();
+        self.born_at.shrink_to_fit();
+        self.born.shrink_to_fit();
         out
     }
 
