@@ -990,26 +990,10 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::point::{parse_location, DataType, Order};
+    use crate::point::DataType;
 
     fn point(service: &str, prop: &str, address: u16) -> PointSpec {
-        let (table, address) =
-            parse_location(&format!("holding:{address}")).unwrap_or_else(|e| panic!("{e}"));
-        PointSpec {
-            service: service.into(),
-            property: prop.into(),
-            table,
-            address,
-            dtype: DataType::U16,
-            bit: None,
-            byte_order: Order::Big,
-            word_order: Order::Big,
-            scale: None,
-            offset: None,
-            writable: false,
-            min: None,
-            max: None,
-        }
+        PointSpec::new(service, prop, Table::Holding, address, DataType::U16)
     }
 
     #[test]
