@@ -144,6 +144,8 @@ impl StatusSource {
                 "oldest_age_s": oldest_age_s,
                 "delivered": m.delivered.load(Ordering::Relaxed),
                 "falling_behind": m.falling_behind.load(Ordering::Relaxed),
+                "drivers_waited": m.drivers_waited.load(Ordering::Relaxed),
+                "slowest_commit_ms": m.commit_max_ms.load(Ordering::Relaxed),
                 "dropped": {
                     "full": m.dropped_full.load(Ordering::Relaxed),
                     "expired": m.dropped_expired.load(Ordering::Relaxed),
@@ -348,7 +350,7 @@ pub fn render(j: &Json) -> String {
     ));
     let q = &j["queue"];
     out.push(format!(
-        "queue     {} records, {} bytes, oldest {} · delivered {} · dropped: full {}, expired {}, store_error {}, corrupt {}, orphan {}, unsendable {}{}",
+        "queue     {} records, {} bytes, oldest {} · delivered {} · dropped: full {}, expired {}, store_error {}, corrupt {}, orphan {}, unsendable {}{}{}",
         q["records"],
         q["bytes"],
         q["oldest_age_s"]
@@ -365,6 +367,13 @@ pub fn render(j: &Json) -> String {
             " · FALLING BEHIND (delivery slower than collection)"
         } else {
             ""
+        },
+        match q["drivers_waited"].as_u64() {
+            Some(n) if n > 0 => format!(
+                " · drivers waited for the store {n} times (slowest commit {} ms)",
+                q["slowest_commit_ms"]
+            ),
+            _ => String::new(),
         }
     ));
     for b in j["buses"].as_array().into_iter().flatten() {
@@ -471,5 +480,26 @@ mod tests {
             "no forged line: {text}"
         );
         assert_eq!(escape_controls("plain ü"), "plain ü");
+    }
+
+    #[test]
+    fn drivers_held_back_by_the_store_are_said_only_when_they_were() {
+        let with = |waited: u64| {
+            let j = json!({
+                "version": "0", "gateway": "gw", "uptime_s": 1,
+                "uplink": {"connected": true, "host": "h", "port": 1, "device_id": "d",
+                           "last_error": "", "connects": 1},
+                "queue": {"records": 0, "bytes": 0, "delivered": 0, "dropped": {},
+                          "drivers_waited": waited, "slowest_commit_ms": 1234},
+                "buses": [], "children": [],
+            });
+            render(&j)
+        };
+        assert!(!with(0).contains("waited"), "{}", with(0));
+        assert!(
+            with(7).contains("drivers waited for the store 7 times (slowest commit 1234 ms)"),
+            "{}",
+            with(7)
+        );
     }
 }

@@ -25,8 +25,11 @@ use crate::supervisor::{PollRuntime, Supervisor};
 use crate::uplink::{Uplink, UplinkEvent};
 use crate::{control, queue, service};
 
-/// Events waiting between drivers and the store at most (back-pressure beyond this).
+/// Events waiting between drivers and the store at most (back-pressure beyond this)…
 const EVENT_QUEUE: usize = 4096;
+/// … and the points they hold together (a reading's properties; about 50 bytes each): 4,096
+/// readings of 100 points would be 20 MB.
+const EVENT_POINTS: u32 = 16_384;
 /// What a graceful stop may take beyond the slowest bus's stop: the uplink's close (the last
 /// PUBACKs, the OFFLINE statuses) and the store's last commit.
 const STOP_MARGIN: Duration = Duration::from_secs(3);
@@ -111,7 +114,7 @@ pub async fn serve(
         }
     }
 
-    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (events_tx, events_rx) = fieldgate_driver::events(EVENT_QUEUE, EVENT_POINTS);
     // The ingest stops when every driver has dropped its sender, so it commits their last words.
     let (_never_tx, never_rx) = watch::channel(false);
     let (rules_tx, rules_rx) = watch::channel(Arc::new(rule_set(&cfg)));

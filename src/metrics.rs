@@ -51,6 +51,11 @@ pub struct Metrics {
     pub connect_attempts: AtomicU64,
     /// The queue has been growing while connected: delivery is slower than collection.
     pub falling_behind: AtomicBool,
+    /// Times a driver waited for room in the channel to the store (the store was behind):
+    /// held back, nothing dropped.
+    pub drivers_waited: AtomicU64,
+    /// The slowest group commit since start, in milliseconds.
+    pub commit_max_ms: AtomicU64,
     /// What each bus skipped (noise, bad frames, malformed lines), as the driver last said.
     pub bus_counters:
         Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>>,

@@ -12,10 +12,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fieldgate_driver::{DeviceStatus, Event, Report};
+use fieldgate_driver::{DeviceStatus, Event, EventsRx, Report};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
 pub mod reader;
@@ -132,7 +132,7 @@ impl Batch {
 /// wake the uplink. `rules` changes with every reload.
 #[allow(clippy::too_many_arguments)]
 pub async fn ingest(
-    mut events: mpsc::Receiver<Event>,
+    mut events: EventsRx,
     store: Store,
     registry: Arc<Mutex<Registry>>,
     commit_interval: Duration,
@@ -142,6 +142,7 @@ pub async fn ingest(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut episodes = Episodes::default();
+    let mut slow = fieldgate_driver::Episode::new(SLOW_COMMIT_QUIET);
     let mut batch = Batch::default();
     let mut stage = Stage::new();
     match store.bases().await {
@@ -184,6 +185,7 @@ pub async fn ingest(
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
+        let began = std::time::Instant::now();
         commit(
             &store,
             &registry,
@@ -194,15 +196,17 @@ pub async fn ingest(
             &wake,
         )
         .await;
+        note_commit(began.elapsed(), &events, &metrics, &mut slow);
     }
     // Shutdown: take what is still in the channel, close the open windows, commit, stop.
-    while let Ok(ev) = events.try_recv() {
+    while let Some(ev) = events.try_recv() {
         take(ev, &mut batch, &mut stage, &metrics);
     }
     for r in stage.finish() {
         batch.records.push((Record::Report(r), false));
     }
     if !batch.is_empty() {
+        let began = std::time::Instant::now();
         commit(
             &store,
             &registry,
@@ -213,6 +217,37 @@ pub async fn ingest(
             &wake,
         )
         .await;
+        note_commit(began.elapsed(), &events, &metrics, &mut slow);
+    }
+}
+
+/// A commit that takes this long is logged: drivers may be waiting on it meanwhile.
+const SLOW_COMMIT: Duration = Duration::from_secs(1);
+/// Slow commits are logged at most once per this interval, with their count.
+const SLOW_COMMIT_QUIET: Duration = Duration::from_secs(60);
+
+/// Keep the figures of the way in for `status` (the slowest commit, how often drivers waited
+/// for room); say so when the store is slow.
+fn note_commit(
+    took: Duration,
+    events: &EventsRx,
+    metrics: &Metrics,
+    slow: &mut fieldgate_driver::Episode,
+) {
+    let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+    metrics.commit_max_ms.fetch_max(ms, Ordering::Relaxed);
+    metrics
+        .drivers_waited
+        .store(events.waits(), Ordering::Relaxed);
+    if took >= SLOW_COMMIT {
+        if let Some(count) = slow.hit(1, std::time::Instant::now()) {
+            warn!(
+                took_ms = ms,
+                slow_commits = count,
+                waiting_points = events.points(),
+                "the store is slow to commit: drivers wait for room meanwhile (held back, not dropped)"
+            );
+        }
     }
 }
 
@@ -408,12 +443,76 @@ mod tests {
     use super::*;
     use fieldgate_driver::Name;
 
+    fn wide(n: u64, points: u32) -> Event {
+        Event::Report(Report {
+            child: "m".into(),
+            service: "s".into(),
+            properties: (0..points)
+                .map(|p| {
+                    (
+                        Name::from(format!("p{p:04}")),
+                        fieldgate_driver::Value::UInt(n),
+                    )
+                })
+                .collect(),
+            ts_ms: fieldgate_driver::now_ms() + n,
+        })
+    }
+
+    #[tokio::test]
+    async fn drivers_wait_for_room_by_points_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&dir.path().join("q.db"), Default::default(), false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Room for 64 messages but 2,000 points: two readings of 1,000 fill it.
+        let (tx, rx) = fieldgate_driver::events(64, 2000);
+        for n in 0..2 {
+            assert!(tx.send(wide(n, 1000)).await.is_ok());
+        }
+        let third = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(wide(2, 1000)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !third.is_finished(),
+            "held back while the store is not taking"
+        );
+        let metrics = Arc::new(Metrics::default());
+        let (_rules_tx, rules) = watch::channel(Arc::new(RuleSet::new()));
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(ingest(
+            rx,
+            store.clone(),
+            Arc::new(Mutex::new(Registry::new(&[]))),
+            Duration::from_millis(20),
+            Arc::new(Notify::new()),
+            metrics.clone(),
+            rules,
+            stop,
+        ));
+        assert!(tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .is_ok_and(|r| r.is_ok_and(|s| s.is_ok())));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while store.depth().await.map(|d| d.records).unwrap_or(0) < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "all three queued");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = stop_tx.send(true);
+        assert!(tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_ok());
+        assert_eq!(metrics.drivers_waited.load(Ordering::Relaxed), 1);
+        assert_eq!(store.depth().await.map(|d| d.records).ok(), Some(3));
+    }
+
     #[tokio::test]
     async fn wide_readings_are_committed_before_the_window_ends() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = Store::open(&dir.path().join("q.db"), Default::default(), false)
             .unwrap_or_else(|e| panic!("{e}"));
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = fieldgate_driver::events(64, 1 << 20);
         let (_rules_tx, rules) = watch::channel(Arc::new(RuleSet::new()));
         let (stop_tx, stop) = watch::channel(false);
         // A 10 s window: only the points bound can commit within the test.
@@ -427,25 +526,10 @@ mod tests {
             rules,
             stop,
         ));
-        let wide = |n: u64| {
-            Event::Report(Report {
-                child: "m".into(),
-                service: "s".into(),
-                properties: (0..1000)
-                    .map(|p| {
-                        (
-                            Name::from(format!("p{p:04}")),
-                            fieldgate_driver::Value::UInt(n),
-                        )
-                    })
-                    .collect(),
-                ts_ms: fieldgate_driver::now_ms() + n,
-            })
-        };
         // 17 readings of 1,000 points pass the 16,384-point bound; 17 records would not fill
         // a batch of 2,048.
         for n in 0..17 {
-            assert!(tx.send(wide(n)).await.is_ok());
+            assert!(tx.send(wide(n, 1000)).await.is_ok());
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let mut queued = 0;

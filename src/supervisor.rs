@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use fieldgate_driver::{CommandOutcome, CommandRequest, Driver, DriverContext, ErrorCode, Event};
+use fieldgate_driver::{CommandOutcome, CommandRequest, Driver, DriverContext, ErrorCode, Events};
 use fieldgate_exec::{ExecDevice, ExecDriver};
 use fieldgate_modbus::{BusSpec, DeviceSpec, ModbusDriver, Transport};
 use fieldgate_serial::{AsciiBus, AsciiDevice, SerialAsciiDriver};
@@ -31,7 +31,7 @@ struct Running {
 }
 
 pub struct Supervisor {
-    events: mpsc::Sender<Event>,
+    events: Events,
     buses: BTreeMap<String, Running>,
     router: Router,
     /// Where the bus tasks run (see [`PollRuntime`]); the current runtime unless told.
@@ -208,7 +208,7 @@ fn build(bus: &Bus, devices_cfg: &[Device]) -> Box<dyn Driver> {
 }
 
 impl Supervisor {
-    pub fn new(events: mpsc::Sender<Event>, router: Router) -> Self {
+    pub fn new(events: Events, router: Router) -> Self {
         Supervisor {
             events,
             buses: BTreeMap::new(),
@@ -379,7 +379,7 @@ async fn stop(r: Running) {
 async fn supervise(
     bus: Bus,
     devices: Vec<Device>,
-    events: mpsc::Sender<Event>,
+    events: Events,
     mut outer: mpsc::Receiver<CommandRequest>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -521,7 +521,7 @@ profile = "p"
 
     #[tokio::test]
     async fn only_changed_buses_restart_and_routes_follow_every_change() {
-        let (tx, _rx) = mpsc::channel(64);
+        let (tx, _rx) = fieldgate_driver::events(64, 1024);
         let router = Router::new(
             Duration::from_secs(1),
             std::sync::Arc::new(crate::metrics::Metrics::default()),

@@ -5,12 +5,11 @@
 //! status event (and a log line in the driver), so a device that stays dead does not flood
 //! the queue or the journal.
 
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use std::collections::BTreeMap;
 
-use crate::{now_ms, DeviceStatus, DriverError, Event, Name, Properties, Report, Value};
+use crate::{now_ms, DeviceStatus, DriverError, Event, Events, Name, Properties, Report, Value};
 
 /// Running totals of what a bus skipped (noise, bad frames, malformed lines) on their way to
 /// `fieldgate status`: sent when they changed, at most about once a second, never waiting on
@@ -35,7 +34,7 @@ impl SkipCounters {
     /// Send `counters` (whose sum is `total`) if they are due.
     pub fn send(
         &mut self,
-        events: &mpsc::Sender<Event>,
+        events: &Events,
         bus: &str,
         total: u64,
         counters: impl FnOnce() -> BTreeMap<String, u64>,
@@ -59,7 +58,7 @@ impl SkipCounters {
 /// Hand one sample of `child` to the daemon: one report per service (services without a
 /// property are skipped), all stamped `ts_ms`. Every driver sends its readings through here.
 pub async fn send_reports(
-    events: &mpsc::Sender<Event>,
+    events: &Events,
     child: &str,
     by_service: impl IntoIterator<Item = (String, Properties)>,
     ts_ms: u64,
@@ -75,8 +74,7 @@ pub async fn send_reports(
                 properties,
                 ts_ms,
             }))
-            .await
-            .map_err(|_| DriverError::ChannelClosed)?;
+            .await?;
     }
     Ok(())
 }
@@ -98,7 +96,7 @@ pub fn named(
 /// Publish a status transition (if there is one) with its one log line; `failures` is the
 /// streak behind an OFFLINE, where the driver counts one.
 pub async fn send_status(
-    events: &mpsc::Sender<Event>,
+    events: &Events,
     bus: &str,
     st: Option<DeviceStatus>,
     failures: Option<u32>,
@@ -109,10 +107,7 @@ pub async fn send_status(
     } else {
         warn!(bus = %bus, device = %st.child, reason = %st.reason, failures = ?failures, "device OFFLINE");
     }
-    events
-        .send(Event::Status(st))
-        .await
-        .map_err(|_| DriverError::ChannelClosed)
+    events.send(Event::Status(st)).await
 }
 
 #[derive(Debug, Clone)]
@@ -195,21 +190,21 @@ mod tests {
 
     #[tokio::test]
     async fn skip_counters_go_when_changed_at_most_once_a_second() {
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = crate::events(8, 1024);
         let mut c = SkipCounters::default();
         let one = || BTreeMap::from([("bad".to_string(), 1)]);
         assert_eq!(c.due(0), None, "nothing changed");
         c.send(&tx, "b", 1, one);
-        assert!(matches!(rx.try_recv(), Ok(Event::Counters { .. })));
+        assert!(matches!(rx.try_recv(), Some(Event::Counters { .. })));
         c.send(&tx, "b", 2, one);
-        assert!(rx.try_recv().is_err(), "not again within a second");
+        assert!(rx.try_recv().is_none(), "not again within a second");
         assert!(c.due(2).is_some_and(|d| d > std::time::Instant::now()));
         assert_eq!(c.due(1), None, "the total sent is not due again");
     }
 
     #[tokio::test]
     async fn reports_go_one_per_service_and_empty_ones_not_at_all() {
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = crate::events(8, 1024);
         let v = |i| Properties::from([(Name::from("p"), Value::Int(i))]);
         let sample = [
             ("a".to_string(), v(1)),
@@ -218,7 +213,7 @@ mod tests {
         ];
         assert!(send_reports(&tx, "m1", sample, 42).await.is_ok());
         let mut got = Vec::new();
-        while let Ok(Event::Report(r)) = rx.try_recv() {
+        while let Some(Event::Report(r)) = rx.try_recv() {
             got.push((r.child, r.service, r.ts_ms));
         }
         assert_eq!(

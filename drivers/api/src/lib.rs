@@ -3,12 +3,14 @@
 //! A driver owns one *bus* (a TCP endpoint, a serial port, a BLE adapter, a child process) and
 //! every child device on it. The daemon builds it from configuration and runs it as one task
 //! with a [`DriverContext`]: the driver pushes [`Event`]s (readings and status changes) into a
-//! bounded channel — so a slow store applies back-pressure instead of growing memory — and
+//! channel bounded by messages and by points ([`Events`]) — so a slow store applies
+//! back-pressure instead of growing memory — and
 //! answers each [`CommandRequest`] it receives with a [`CommandOutcome`] before the request's
 //! deadline. Nothing in here knows about MQTT, SQLite or any platform.
 
 mod deadline;
 mod episode;
+mod events;
 mod health;
 pub mod params;
 mod properties;
@@ -18,6 +20,7 @@ pub mod testing;
 
 pub use deadline::Deadline;
 pub use episode::Episode;
+pub use events::{events, Events, EventsRx, TrySendError};
 pub use health::{named, send_reports, send_status, Health, SkipCounters};
 pub use params::{DeclaredCommand, ParamError, ParamKind, ParamSpec, Pattern};
 pub use properties::Properties;
@@ -196,8 +199,9 @@ pub struct CommandRequest {
 /// Everything a running driver gets from the daemon.
 #[derive(Debug)]
 pub struct DriverContext {
-    /// Where readings and status changes go. Bounded: `send().await` waits when the store lags.
-    pub events: mpsc::Sender<Event>,
+    /// Where readings and status changes go. Bounded by messages and by points:
+    /// `send().await` waits when the store lags.
+    pub events: Events,
     /// Commands for this bus's children.
     pub commands: mpsc::Receiver<CommandRequest>,
     /// Becomes `true` when the driver must stop (shutdown or reload).

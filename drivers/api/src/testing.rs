@@ -10,13 +10,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::{
-    Command, CommandOutcome, CommandRequest, Driver, DriverContext, DriverError, Event, Report,
-    Value,
+    Command, CommandOutcome, CommandRequest, Driver, DriverContext, DriverError, Event, EventsRx,
+    Report, Value,
 };
 
 /// A driver running in a task, with everything it sent so far.
 pub struct Harness {
-    events: mpsc::Receiver<Event>,
+    events: EventsRx,
     /// Events taken by [`Harness::until`] and [`Harness::settle`].
     pub seen: Vec<Event>,
     pub commands: mpsc::Sender<CommandRequest>,
@@ -26,7 +26,7 @@ pub struct Harness {
 
 /// Start `driver` in a task.
 pub fn start(driver: impl Driver + 'static) -> Harness {
-    let (tx, events) = mpsc::channel(4096);
+    let (tx, events) = crate::events(4096, 1 << 20);
     let (commands, cmd_rx) = mpsc::channel(4);
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(Box::new(driver).run(DriverContext {
@@ -93,7 +93,7 @@ impl Harness {
         let _ = self.stop.send(true);
         let r = tokio::time::timeout(Duration::from_secs(5), self.task).await;
         assert!(matches!(r, Ok(Ok(Ok(())))), "driver stops cleanly: {r:?}");
-        while let Ok(e) = self.events.try_recv() {
+        while let Some(e) = self.events.try_recv() {
             self.seen.push(e);
         }
         self.seen

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bluer::{Adapter, AdapterEvent, Address, DiscoveryFilter, DiscoveryTransport, Uuid};
 use fieldgate_driver::{
     named, now_ms, send_reports, send_status, Command, CommandOutcome, CommandRequest,
-    DeviceStatus, Driver, DriverContext, DriverError, DriverFuture, Episode, ErrorCode, Event,
+    DeviceStatus, Driver, DriverContext, DriverError, DriverFuture, Episode, ErrorCode, Events,
     Health, Value,
 };
 use futures_util::StreamExt;
@@ -324,7 +324,7 @@ async fn gatt_device(
     adapter: Adapter,
     spec: BleDevice,
     radio: Arc<Semaphore>,
-    events: mpsc::Sender<Event>,
+    events: Events,
     mut commands: mpsc::Receiver<CommandRequest>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {

@@ -561,10 +561,7 @@ impl BusTask {
             } else {
                 warn!(bus = %bus, device = %st.child, unit, reason = %st.reason, failures = dev.health.streak(), "device OFFLINE");
             }
-            ctx.events
-                .send(Event::Status(st))
-                .await
-                .map_err(|_| DriverError::ChannelClosed)?;
+            ctx.events.send(Event::Status(st)).await?;
         }
         if failure.is_none() {
             let by_service = dev.layout.reports(values);

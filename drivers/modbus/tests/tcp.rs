@@ -115,7 +115,7 @@ fn bus(port: u16) -> BusSpec {
 
 /// Run a driver for `d`, collecting its events.
 async fn collect(driver: ModbusDriver, d: Duration) -> Vec<Event> {
-    let (tx, mut rx) = mpsc::channel(1024);
+    let (tx, mut rx) = fieldgate_driver::events(1024, 1 << 20);
     let (_cmd_tx, cmd_rx) = mpsc::channel(1);
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(Box::new(driver).run(DriverContext {
@@ -131,7 +131,7 @@ async fn collect(driver: ModbusDriver, d: Duration) -> Vec<Event> {
         "driver stops cleanly on shutdown: {r:?}"
     );
     let mut out = Vec::new();
-    while let Ok(e) = rx.try_recv() {
+    while let Some(e) = rx.try_recv() {
         out.push(e);
     }
     out
