@@ -291,12 +291,17 @@ fn run(poll_ms: u64, secs: u64) {
         cpu / wall * 100.0,
         q["queue"]["records"],
     );
+    let max_at = samples.iter().find(|s| s.1 >= max).map_or(0.0, |s| s.0);
     println!(
-        "  of which anonymous (heap, stacks): start {:.1} MB, max {:.1} MB, end {:.1} MB; largest step that stays {:.1} MB",
+        "  of which anonymous (heap, stacks): start {:.1} MB, max {:.1} MB, end {:.1} MB; largest step that stays {:.1} MB; RSS max first at {max_at:.0} s",
         mb(anon.first().copied().unwrap_or(0.0)),
         mb(anon_max),
         mb(anon.last().copied().unwrap_or(0.0)),
         mb(stays.max(0.0)),
+    );
+    println!(
+        "  drivers waited for room on the way to the store {} times; slowest commit {} ms",
+        q["queue"]["drivers_waited"], q["queue"]["slowest_commit_ms"],
     );
     drop(gw);
 }

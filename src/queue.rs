@@ -459,25 +459,13 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn drivers_wait_for_room_by_points_and_nothing_is_lost() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_store_holds_drivers_back_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::open(&dir.path().join("q.db"), Default::default(), false)
-            .unwrap_or_else(|e| panic!("{e}"));
-        // Room for 64 messages but 2,000 points: two readings of 1,000 fill it.
+        let path = dir.path().join("q.db");
+        let store = Store::open(&path, Default::default(), false).unwrap_or_else(|e| panic!("{e}"));
+        // Room for 64 messages but 2,000 points.
         let (tx, rx) = fieldgate_driver::events(64, 2000);
-        for n in 0..2 {
-            assert!(tx.send(wide(n, 1000)).await.is_ok());
-        }
-        let third = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.send(wide(2, 1000)).await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            !third.is_finished(),
-            "held back while the store is not taking"
-        );
         let metrics = Arc::new(Metrics::default());
         let (_rules_tx, rules) = watch::channel(Arc::new(RuleSet::new()));
         let (stop_tx, stop) = watch::channel(false);
@@ -491,20 +479,60 @@ mod tests {
             rules,
             stop,
         ));
-        assert!(tokio::time::timeout(Duration::from_secs(5), third)
-            .await
-            .is_ok_and(|r| r.is_ok_and(|s| s.is_ok())));
+        // The ingest is under way once a first status is queued (its start reads and writes
+        // the store too). Then a neighbour holds the database's write lock for 1.5 s: the next
+        // commit waits.
+        let online = Event::Status(DeviceStatus {
+            child: "m".into(),
+            online: true,
+            reason: String::new(),
+            ts_ms: fieldgate_driver::now_ms(),
+        });
+        assert!(tx.send(online).await.is_ok());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while store.depth().await.map(|d| d.records).unwrap_or(0) < 3 {
-            assert!(tokio::time::Instant::now() < deadline, "all three queued");
+        while store.depth().await.map(|d| d.records).unwrap_or(0) < 1 {
+            assert!(tokio::time::Instant::now() < deadline, "the status queued");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let neighbour = std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            c.execute_batch("BEGIN IMMEDIATE")
+                .unwrap_or_else(|e| panic!("{e}"));
+            let _ = locked_tx.send(());
+            std::thread::sleep(Duration::from_millis(1500));
+            c.execute_batch("COMMIT").unwrap_or_else(|e| panic!("{e}"));
+        });
+        let _ = locked.recv();
+        // The first reading goes into the stalled commit; two more fill the channel's
+        // points, and the fourth waits until the store takes again.
+        let sent = std::time::Instant::now();
+        for n in 0..4 {
+            assert!(tx.send(wide(n, 1000)).await.is_ok());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            sent.elapsed() >= Duration::from_millis(1000),
+            "the fourth reading waited for the store: {:?}",
+            sent.elapsed()
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while store.depth().await.map(|d| d.records).unwrap_or(0) < 5 {
+            assert!(tokio::time::Instant::now() < deadline, "all of them queued");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = stop_tx.send(true);
         assert!(tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .is_ok());
-        assert_eq!(metrics.drivers_waited.load(Ordering::Relaxed), 1);
-        assert_eq!(store.depth().await.map(|d| d.records).ok(), Some(3));
+        let _ = neighbour.join();
+        assert!(metrics.drivers_waited.load(Ordering::Relaxed) >= 1);
+        assert!(
+            metrics.commit_max_ms.load(Ordering::Relaxed) >= 1000,
+            "{}",
+            metrics.commit_max_ms.load(Ordering::Relaxed)
+        );
+        assert_eq!(store.depth().await.map(|d| d.records).ok(), Some(5));
     }
 
     #[tokio::test]
