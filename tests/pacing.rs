@@ -58,6 +58,9 @@ fn live_data_is_not_paced() {
     );
     let s = status(&cfg);
     assert_eq!(s["queue"]["falling_behind"], false, "{s}");
+    // A healthy store never held the drivers back; its slowest commit is shown.
+    assert_eq!(s["queue"]["drivers_waited"], 0, "{s}");
+    assert!(s["queue"]["slowest_commit_ms"].is_u64(), "{s}");
 }
 
 #[test]
