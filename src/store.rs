@@ -102,7 +102,7 @@ enum Req {
     Bases(oneshot::Sender<Result<Vec<Base>, StoreError>>),
     KeepBases(Vec<String>, oneshot::Sender<Result<(), StoreError>>),
     Scan(u64, usize, oneshot::Sender<Result<Vec<Row>, StoreError>>),
-    Take(u64, usize, oneshot::Sender<Result<Vec<Row>, StoreError>>),
+    Take(u64, Want, oneshot::Sender<Result<Vec<Row>, StoreError>>),
     Release(Option<Vec<u64>>, oneshot::Sender<Result<(), StoreError>>),
     Delete(Vec<u64>, oneshot::Sender<Result<(), StoreError>>),
     Depth(oneshot::Sender<Result<Depth, StoreError>>),
@@ -371,18 +371,18 @@ impl Store {
 
     /// Like `scan`, but passes over rows already taken and marks the ones it returns as taken:
     /// the queue's bounds never drop a taken row until it is deleted (acknowledged) or released.
-    pub async fn take(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
-        self.call(|tx| Req::Take(after, limit, tx)).await
+    pub async fn take(&self, after: u64, want: Want) -> Result<Vec<Row>, StoreError> {
+        self.call(|tx| Req::Take(after, want, tx)).await
     }
 
     /// Start a `take` without waiting for it (read-ahead); None when the store is busy.
     pub fn take_ahead(
         &self,
         after: u64,
-        limit: usize,
+        want: Want,
     ) -> Option<oneshot::Receiver<Result<Vec<Row>, StoreError>>> {
         let (tx, rx) = oneshot::channel();
-        self.tx.try_send(Req::Take(after, limit, tx)).ok()?;
+        self.tx.try_send(Req::Take(after, want, tx)).ok()?;
         Some(rx)
     }
 
@@ -498,8 +498,8 @@ fn serve(mut conn: Connection, mut q: Bounded, mut rx: mpsc::Receiver<Req>) {
             Req::Scan(after, limit, tx) => {
                 let _ = tx.send(scan(&conn, after, limit));
             }
-            Req::Take(after, limit, tx) => {
-                let _ = tx.send(take(&conn, &mut q, after, limit));
+            Req::Take(after, want, tx) => {
+                let _ = tx.send(take(&conn, &mut q, after, want));
             }
             Req::Release(seqs, tx) => {
                 match seqs {
@@ -596,20 +596,41 @@ fn scan(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Row>, StoreEr
 
 const TAKE: &str = "SELECT seq, kind, body FROM queue WHERE seq > ?1 ORDER BY seq LIMIT ?2";
 
-/// Up to `limit` unmarked rows after `after`, marked as they are returned (`child` is left
-/// empty: the body carries it).
+/// How much one `take` returns at most: `rows`, and bodies of `bytes` together (the row that
+/// reaches `bytes` is the last; the first row is returned whatever its size). The bytes bound
+/// keeps a read of wide readings (a backlog of 100-point readings) from holding ten times
+/// what a read of narrow ones holds once decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Want {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+impl Want {
+    /// Up to `rows` rows, whatever their size.
+    pub fn rows(rows: usize) -> Self {
+        Want {
+            rows,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// Unmarked rows after `after`, as many as `want` allows, marked as they are returned
+/// (`child` is left empty: the body carries it).
 fn take(
     conn: &Connection,
     q: &mut Bounded,
     after: u64,
-    limit: usize,
+    want: Want,
 ) -> Result<Vec<Row>, StoreError> {
-    let mut out = Vec::with_capacity(limit.min(4096));
+    let mut out = Vec::with_capacity(want.rows.min(4096));
+    let mut bytes = 0usize;
     let mut from = after;
     let mut stmt = conn.prepare_cached(TAKE)?;
-    while out.len() < limit {
-        let want = limit - out.len();
-        let mut rows = stmt.query(params![from as i64, want as i64])?;
+    'reads: while out.len() < want.rows {
+        let asked = want.rows - out.len();
+        let mut rows = stmt.query(params![from as i64, asked as i64])?;
         let mut read = 0;
         while let Some(r) = rows.next()? {
             read += 1;
@@ -621,14 +642,18 @@ fn take(
             let kind: u8 = r.get(1)?;
             let body: Vec<u8> = r.get(2)?;
             q.marked.insert(seq, (kind, body.len() as u64));
+            bytes = bytes.saturating_add(body.len());
             out.push(Row {
                 seq,
                 kind,
                 child: String::new(),
                 body,
             });
+            if bytes >= want.bytes {
+                break 'reads;
+            }
         }
-        if read < want {
+        if read < asked {
             break;
         }
     }
@@ -706,7 +731,7 @@ mod tests {
         // Different limits and starting points, as the reader asks.
         let mut seen = 0;
         for (after, limit) in [(0, 3), (3, 5), (8, 2), (10, 100)] {
-            seen += take(&conn, &mut q, after, limit)
+            seen += take(&conn, &mut q, after, Want::rows(limit))
                 .unwrap_or_else(|e| panic!("{e}"))
                 .len();
         }
@@ -716,6 +741,36 @@ mod tests {
             .map(|s| s.get_status(rusqlite::StatementStatus::RePrepare))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again, 0, "prepared again {again} times");
+    }
+
+    #[test]
+    fn a_take_stops_at_its_bytes_and_always_returns_a_row() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let conn = open_conn(&dir.path().join("q.db")).unwrap_or_else(|e| panic!("{e}"));
+        let mut q = Bounded::new(&conn, Limits::default()).unwrap_or_else(|e| panic!("{e}"));
+        // Bodies of 100, 10, 100, 1,000 and 10 bytes.
+        for len in [100usize, 10, 100, 1000, 10] {
+            conn.execute(
+                "INSERT INTO queue(kind, child, ts, body) VALUES(1, 'a', 0, ?1)",
+                [vec![7u8; len]],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut seqs = |after, rows, bytes| -> Vec<u64> {
+            take(&conn, &mut q, after, Want { rows, bytes })
+                .unwrap_or_else(|e| panic!("{e}"))
+                .iter()
+                .map(|r| r.seq)
+                .collect()
+        };
+        // 100 + 10 reach 110: the row that reaches the bound is the last.
+        assert_eq!(seqs(0, 10, 110), [1, 2]);
+        // A row larger than the whole bound still goes, alone.
+        assert_eq!(seqs(2, 10, 50), [3]);
+        assert_eq!(seqs(3, 10, 50), [4]);
+        // The rows bound holds as before; marked rows are passed over and count nothing.
+        assert_eq!(seqs(0, 1, usize::MAX), [5]);
+        assert!(seqs(0, 10, 1).is_empty());
     }
 
     fn row(child: &str, n: u8) -> NewRow {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use fieldgate::store::{Limits, NewRow, Store, KIND_TELEMETRY};
+use fieldgate::store::{Limits, NewRow, Store, Want, KIND_TELEMETRY};
 use proptest::prelude::*;
 
 const STATUS: u8 = 2;
@@ -20,8 +20,9 @@ enum Op {
     /// Rows as (is_status, child, body length).
     Append(Vec<(bool, u8, usize)>),
     Take(usize),
-    /// The uplink takes (marks) the oldest n unmarked rows.
-    Mark(usize),
+    /// The uplink takes (marks) the oldest n unmarked rows, stopping at the row whose body
+    /// brings what it took to the byte bound (at least one row).
+    Mark(usize, usize),
     /// A connection loss: every mark released.
     Release,
     /// Ack the rows at these positions of what is present (modulo its length).
@@ -34,7 +35,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => prop::collection::vec((prop::bool::weighted(0.2), 0u8..4, 1usize..120), 1..12).prop_map(Op::Append),
         2 => (1usize..20).prop_map(Op::Take),
-        2 => (1usize..20).prop_map(Op::Mark),
+        2 => (1usize..20, prop_oneof![Just(usize::MAX), 1usize..400]).prop_map(|(n, b)| Op::Mark(n, b)),
         1 => Just(Op::Release),
         2 => prop::collection::vec(any::<usize>(), 1..8).prop_map(Op::Ack),
         1 => Just(Op::Reopen),
@@ -151,17 +152,21 @@ fn run(ops: Vec<Op>, dir: &Path) -> Result<(), TestCaseError> {
                     step
                 );
             }
-            Op::Mark(n) => {
+            Op::Mark(n, bytes) => {
                 let got = rt
-                    .block_on(store.take(0, n))
+                    .block_on(store.take(0, Want { rows: n, bytes }))
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let want: Vec<u64> = model
-                    .rows
-                    .keys()
-                    .filter(|s| !model.marked.contains(s))
-                    .take(n)
-                    .copied()
-                    .collect();
+                let mut want: Vec<u64> = Vec::new();
+                let mut taken = 0usize;
+                for (s, (_, body)) in &model.rows {
+                    if want.len() >= n || taken >= bytes {
+                        break;
+                    }
+                    if !model.marked.contains(s) {
+                        want.push(*s);
+                        taken += body.len();
+                    }
+                }
                 model.marked.extend(want.iter().copied());
                 prop_assert_eq!(
                     got.iter().map(|r| r.seq).collect::<Vec<_>>(),

@@ -19,11 +19,15 @@ use tracing::warn;
 use crate::metrics::Metrics;
 use crate::queue::{Names, Record};
 use crate::registry::Registry;
-use crate::store::{Row, Store, StoreError};
+use crate::store::{Row, Store, StoreError, Want};
 use tokio::sync::oneshot;
 
 /// Acknowledged records deleted in one transaction at most (also flushed on every beat).
 pub const ACK_BATCH: usize = 4096;
+/// Stored bodies one read holds at most, whatever the rows asked for. A 100-point reading is
+/// about 700 bytes stored and 5 KB decoded: 2,048 of them (a backlog after a hiccup) would
+/// be 10 MB in memory at once, this bound about 2 MB.
+pub const READ_BYTES: usize = 256 * 1024;
 
 /// A record ready to send: sequence number, the child's platform id, the record.
 pub type Sendable = (u64, String, Record);
@@ -43,7 +47,7 @@ pub struct Reader {
 /// A take already asked of the store.
 struct Ahead {
     after: u64,
-    limit: usize,
+    want: Want,
     rows: oneshot::Receiver<Result<Vec<Row>, StoreError>>,
 }
 
@@ -71,17 +75,22 @@ impl Reader {
         self.cursor = 0;
     }
 
-    /// Take up to `rows` rows after the cursor. Records of children the platform has not
-    /// confirmed yet are passed over and left unmarked (read again after `rewind`).
+    /// Take up to `rows` rows after the cursor, [`READ_BYTES`] of stored bodies at most.
+    /// Records of children the platform has not confirmed yet are passed over and left
+    /// unmarked (read again after `rewind`).
     pub async fn next(
         &mut self,
         rows: usize,
         registry: &Mutex<Registry>,
     ) -> Result<Taken, StoreError> {
+        let want = Want {
+            rows,
+            bytes: READ_BYTES,
+        };
         let (got, asked) = match self.ahead.take() {
             Some(a) if a.after == self.cursor => {
                 let got = a.rows.await.map_err(|_| StoreError::Closed)??;
-                (got, a.limit)
+                (got, a.want)
             }
             stale => {
                 if let Some(a) = stale {
@@ -93,10 +102,11 @@ impl Reader {
                         }
                     }
                 }
-                (self.store.take(self.cursor, rows).await?, rows)
+                (self.store.take(self.cursor, want).await?, want)
             }
         };
-        let more = got.len() == asked;
+        let more = got.len() >= asked.rows
+            || got.iter().map(|r| r.body.len()).sum::<usize>() >= asked.bytes;
         let Some(last) = got.last().map(|r| r.seq) else {
             return Ok(Taken {
                 records: Vec::new(),
@@ -146,10 +156,10 @@ impl Reader {
         if more {
             self.ahead = self
                 .store
-                .take_ahead(self.cursor, rows)
+                .take_ahead(self.cursor, want)
                 .map(|rows_rx| Ahead {
                     after: self.cursor,
-                    limit: rows,
+                    want,
                     rows: rows_rx,
                 });
         }
@@ -241,5 +251,81 @@ impl Reader {
         self.cursor = 0;
         self.store.release(None).await?;
         flushed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Spec;
+    use fieldgate_driver::{Name, Report, Value};
+
+    #[tokio::test]
+    async fn a_backlog_of_wide_readings_is_read_in_bounded_pieces_and_whole() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&dir.path().join("q.db"), Default::default(), false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut registry = Registry::new(&[Spec {
+            node_id: "m".into(),
+            name: "m".into(),
+            product_id: "p".into(),
+            bus: "b".into(),
+            writable: Vec::new(),
+        }]);
+        registry.confirm("m", "dev-m");
+        let registry = Mutex::new(registry);
+        // 1,000 readings of 100 points: an outage's backlog.
+        let names: Vec<Name> = (0..100).map(|p| Name::from(format!("p{p:03}"))).collect();
+        let rows: Vec<_> = (0..1000u64)
+            .map(|n| {
+                Record::Report(Report {
+                    child: "m".into(),
+                    service: "s".into(),
+                    properties: names
+                        .iter()
+                        .map(|k| (k.clone(), Value::Float(n as f64 + 0.5)))
+                        .collect(),
+                    ts_ms: fieldgate_driver::now_ms() + n,
+                })
+                .encode()
+            })
+            .collect();
+        let stored: usize = rows.iter().map(|r| r.body.len()).sum();
+        assert!(stored > 2 * READ_BYTES, "{stored} bytes stored");
+        store.append(rows).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut reader = Reader::new(store.clone(), Arc::new(Metrics::default()));
+        let mut seen = Vec::new();
+        let mut reads = 0;
+        loop {
+            let taken = reader
+                .next(2048, &registry)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            if taken.records.is_empty() {
+                break;
+            }
+            reads += 1;
+            let bytes: usize = taken
+                .records
+                .iter()
+                .map(|(_, _, r)| r.encode().body.len())
+                .sum();
+            let one = taken.records[0].2.encode().body.len();
+            assert!(
+                bytes < READ_BYTES + one,
+                "read {reads}: {bytes} bytes of stored bodies"
+            );
+            seen.extend(taken.records.iter().map(|(seq, _, _)| *seq));
+            // Only the last read may say there is nothing more.
+            if !taken.more {
+                break;
+            }
+        }
+        assert!(reads >= 3, "{reads} reads");
+        assert_eq!(
+            seen,
+            (1..=1000).collect::<Vec<u64>>(),
+            "every record, in order"
+        );
     }
 }
