@@ -7,7 +7,8 @@
 //!   a barrier the client numbered after the QoS 0 message that carried it;
 //! - a QoS 0 message requested after the last barrier is never left without one: either
 //!   `needs_barrier` says so or `MAX_BARRIERS` are on their way;
-//! - the data window and the overall limit are never exceeded;
+//! - the data window and the overall limit are never exceeded, nor the window's bytes by more
+//!   than the last message requested;
 //! - nothing is sent twice in one session;
 //! - after a reconnect every unacknowledged record of a child is sent again before anything
 //!   newer of the same child.
@@ -21,13 +22,17 @@ use proptest::prelude::*;
 
 const WINDOW: usize = 4;
 const LIMIT: usize = 6;
+/// Payload bytes outstanding before data waits; a record is 1–40 bytes in a message.
+const WINDOW_BYTES: usize = 60;
+/// The largest message `Fill` makes (3 records of 40 bytes).
+const MAX_MESSAGE: usize = 120;
 const CHILDREN: u64 = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Read up to n records and publish them in messages of up to `per` records, at QoS 0
-    /// when the flag is set.
-    Fill(usize, usize, bool),
+    /// Read up to n records and publish them in messages of up to `per` records of `size`
+    /// bytes each, at QoS 0 when the flag is set.
+    Fill(usize, usize, bool, usize),
     /// The session sends a barrier if `needs_barrier` says so.
     Barrier,
     /// A session message (an answer, a status).
@@ -46,7 +51,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (1usize..12, 1usize..4, any::<bool>()).prop_map(|(n, p, q)| Op::Fill(n, p, q)),
+        4 => (1usize..12, 1usize..4, any::<bool>(), 1usize..=40).prop_map(|(n, p, q, b)| Op::Fill(n, p, q, b)),
         2 => Just(Op::Barrier),
         1 => Just(Op::Control),
         5 => Just(Op::Number),
@@ -63,6 +68,7 @@ struct Req {
     records: Vec<u64>,
     data: bool,
     qos0: bool,
+    bytes: usize,
 }
 
 struct World {
@@ -95,7 +101,7 @@ struct World {
 impl World {
     fn new(n: u64) -> Self {
         let mut w = World {
-            d: Delivery::new(WINDOW, LIMIT),
+            d: Delivery::new(WINDOW, LIMIT).with_window_bytes(WINDOW_BYTES),
             queue: BTreeMap::new(),
             next: 0,
             marked: BTreeSet::new(),
@@ -121,7 +127,7 @@ impl World {
         }
     }
 
-    fn fill(&mut self, n: usize, per: usize, qos0: bool) -> Result<(), TestCaseError> {
+    fn fill(&mut self, n: usize, per: usize, qos0: bool, size: usize) -> Result<(), TestCaseError> {
         let rows: Vec<u64> = self
             .queue
             .range(self.cursor + 1..)
@@ -153,15 +159,18 @@ impl World {
                 prop_assert!(self.sent.insert(*s), "record {} sent twice in a session", s);
                 self.marked.insert(*s);
             }
+            let bytes = batch.len() * size;
             self.d.requested(Msg {
                 records: batch.clone(),
                 data: true,
                 qos0,
+                bytes,
             });
             self.request(Req {
                 records: batch.clone(),
                 data: true,
                 qos0,
+                bytes,
             });
             self.cursor = self.cursor.max(*batch.last().unwrap_or(&0));
             i += batch.len();
@@ -266,6 +275,13 @@ impl World {
         let model_all = self.outstanding().count();
         prop_assert_eq!((data, all), (model_data, model_all));
         prop_assert!(data <= WINDOW && all <= LIMIT, "window {}/{}", data, all);
+        let model_bytes: usize = self.outstanding().filter(|r| r.data).map(|r| r.bytes).sum();
+        prop_assert_eq!(self.d.outstanding_bytes(), model_bytes);
+        prop_assert!(
+            model_bytes < WINDOW_BYTES + MAX_MESSAGE,
+            "{} bytes outstanding",
+            model_bytes
+        );
         let barriers = self.requested.iter().filter(|r| r.is_none()).count() + self.barriers.len();
         prop_assert_eq!(self.d.barriers(), barriers);
         prop_assert!(barriers <= MAX_BARRIERS);
@@ -284,7 +300,7 @@ fn run(n: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut w = World::new(n);
     for op in ops {
         match op {
-            Op::Fill(n, per, qos0) => w.fill(n, per, qos0)?,
+            Op::Fill(n, per, qos0, size) => w.fill(n, per, qos0, size)?,
             Op::Barrier => w.barrier(),
             Op::Control => {
                 if w.d.room() {
@@ -339,7 +355,7 @@ fn run(n: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
         if w.queue.is_empty() && w.outstanding().count() == 0 {
             break;
         }
-        w.fill(8, 3, round % 2 == 0)?;
+        w.fill(8, 3, round % 2 == 0, 40)?;
         w.barrier();
         while !w.requested.is_empty() {
             w.number()?;

@@ -32,6 +32,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const KEEPALIVE: Duration = Duration::from_secs(120);
 /// `[platform] inflight`: data messages published and not yet acknowledged. Default: 32.
 pub const INFLIGHT: u16 = 32;
+/// `[platform] inflight_bytes`: data payload published and not yet acknowledged; one message
+/// always goes. Default: 1 MiB (a 600 ms round trip still carries about 1.7 MB/s).
+pub const INFLIGHT_BYTES: u64 = 1 << 20;
 /// `[platform] qos` (Sparkplug B): the MQTT QoS of births, data and DDEATH — the
 /// specification's 0, each message proven by a later SUBACK before its readings leave the
 /// queue. Default: 0.

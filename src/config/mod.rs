@@ -204,6 +204,9 @@ pub struct Platform {
     /// The delivery window (config key `inflight`): data messages published and not yet
     /// acknowledged, at most. Not the MQTT client's own limit (window + room for answers).
     pub data_window: u16,
+    /// The delivery window in payload bytes (config key `inflight_bytes`): data messages are
+    /// published only while less than this is unacknowledged (one always goes).
+    pub data_window_bytes: usize,
     /// Largest MQTT packet fieldgate sends, in bytes.
     pub max_packet: usize,
     /// A platform request not answered by then gets a timeout answer.

@@ -109,6 +109,18 @@ impl Checker<'_> {
             Some(i) => Some(i.into_inner()),
             None => Some(defaults::INFLIGHT),
         };
+        let inflight_bytes = match p.inflight_bytes {
+            Some(b) if b.get_ref().0 < 4 << 10 || b.get_ref().0 > 1 << 30 => {
+                self.err(
+                    Some(b.span()),
+                    "platform.inflight_bytes",
+                    "inflight_bytes must be between 4KiB and 1GiB",
+                );
+                None
+            }
+            Some(b) => usize::try_from(b.into_inner().0).ok(),
+            None => usize::try_from(defaults::INFLIGHT_BYTES).ok(),
+        };
         let max_packet = match p.max_packet {
             Some(m) if *m.get_ref() < 4096 => {
                 self.err(
@@ -318,6 +330,7 @@ impl Checker<'_> {
             reconnect_max,
             connect_timeout: connect_timeout?,
             data_window: inflight?,
+            data_window_bytes: inflight_bytes?,
             max_packet: max_packet?,
             command_timeout: command_timeout?,
             replay_rate: p.replay_rate.unwrap_or(defaults::REPLAY_RATE),

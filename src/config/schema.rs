@@ -98,6 +98,9 @@ pub struct RawPlatform {
     /// Data messages published and not yet acknowledged, at most.
     #[serde(default)]
     pub inflight: Option<Spanned<u16>>,
+    /// Data payload bytes published and not yet acknowledged, at most.
+    #[serde(default)]
+    pub inflight_bytes: Option<Spanned<Size>>,
     /// The largest MQTT packet sent or accepted, in bytes.
     #[serde(default)]
     pub max_packet: Option<Spanned<u32>>,

@@ -177,6 +177,20 @@ fn corpus_each_mistake_gets_a_precise_message() {
     // (replace, with, expected path, expected words in the message, text on the reported line)
     let cases: &[(&str, &str, &str, &str, &str)] = &[
         (
+            "secret = \"s3cret\"",
+            "secret = \"s3cret\"\ninflight_bytes = \"1KiB\"",
+            "platform.inflight_bytes",
+            "between 4KiB and 1GiB",
+            "inflight_bytes = \"1KiB\"",
+        ),
+        (
+            "secret = \"s3cret\"",
+            "secret = \"s3cret\"\ninflight_bytes = \"2GiB\"",
+            "platform.inflight_bytes",
+            "between 4KiB and 1GiB",
+            "inflight_bytes = \"2GiB\"",
+        ),
+        (
             "scale = 0.1",
             "scale = nan",
             "profile.meter.point[0].address",
@@ -1128,6 +1142,10 @@ fn the_example_config_states_the_real_defaults() {
     assert_eq!(c.gateway.runtime_dir, Path::new(defaults::RUNTIME_DIR));
     assert_eq!(c.platform.keepalive, defaults::KEEPALIVE);
     assert_eq!(c.platform.data_window, defaults::INFLIGHT);
+    assert_eq!(
+        c.platform.data_window_bytes as u64,
+        defaults::INFLIGHT_BYTES
+    );
     assert_eq!(c.platform.max_packet, defaults::MAX_PACKET);
     assert_eq!(c.platform.command_timeout, defaults::COMMAND_TIMEOUT);
     assert_eq!(c.store.commit_interval, defaults::COMMIT_INTERVAL);

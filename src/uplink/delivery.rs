@@ -13,7 +13,10 @@
 //! The rules it keeps, model-tested in `tests/delivery_model.rs`:
 //! - a record is reported delivered only by the PUBACK of a message that carried it, or by the
 //!   SUBACK of a barrier numbered after the QoS 0 message that carried it;
-//! - at most `window` data messages and `limit` messages in all are outstanding, and at most
+//! - at most `window` data messages and `limit` messages in all are outstanding; data
+//!   messages are requested only while fewer than `window_bytes` of data payload are
+//!   outstanding (one is always allowed), so the payloads waiting for acknowledgement stay
+//!   below `window_bytes` plus one message however large `window × max_packet` is; at most
 //!   `MAX_BARRIERS` barriers besides the subscriptions made after CONNACK, so the MQTT
 //!   client's request channel (built with room to spare) never fills and a full local queue
 //!   never ends a session;
@@ -42,6 +45,8 @@ pub struct Msg {
     pub data: bool,
     /// Published at QoS 0: proven by the next barrier, not by a PUBACK.
     pub qos0: bool,
+    /// Payload bytes (counted against `window_bytes` for data messages).
+    pub bytes: usize,
 }
 
 /// What the client reported that the bookkeeping cannot explain. Logged; never fatal.
@@ -68,6 +73,7 @@ enum Pending {
 pub struct Delivery {
     window: usize,
     limit: usize,
+    window_bytes: usize,
     fifo: VecDeque<Pending>,
     /// QoS 1 publishes awaiting their PUBACK.
     by_pkid: HashMap<u16, Msg>,
@@ -81,6 +87,8 @@ pub struct Delivery {
     barriers_out: usize,
     data_out: usize,
     all_out: usize,
+    /// Payload bytes of the outstanding data messages.
+    data_bytes_out: usize,
 }
 
 impl Delivery {
@@ -90,6 +98,7 @@ impl Delivery {
         Delivery {
             window: window.max(1),
             limit: limit.max(window).max(1),
+            window_bytes: usize::MAX,
             fifo: VecDeque::new(),
             by_pkid: HashMap::new(),
             written: Vec::new(),
@@ -98,12 +107,27 @@ impl Delivery {
             barriers_out: 0,
             data_out: 0,
             all_out: 0,
+            data_bytes_out: 0,
         }
+    }
+
+    /// Data messages are requested only while fewer than `bytes` of data payload are
+    /// outstanding (one message is always allowed). Unbounded unless set.
+    pub fn with_window_bytes(mut self, bytes: usize) -> Self {
+        self.window_bytes = bytes.max(1);
+        self
     }
 
     /// May a data message be requested now?
     pub fn data_room(&self) -> bool {
-        self.data_out < self.window && self.all_out < self.limit
+        self.data_out < self.window
+            && self.all_out < self.limit
+            && (self.data_out == 0 || self.data_bytes_out < self.window_bytes)
+    }
+
+    /// Payload bytes of the outstanding data messages.
+    pub fn outstanding_bytes(&self) -> usize {
+        self.data_bytes_out
     }
 
     /// May any message (a reply, a status, an announcement) be requested now? Data leaves the
@@ -136,6 +160,7 @@ impl Delivery {
     pub fn requested(&mut self, msg: Msg) {
         if msg.data {
             self.data_out += 1;
+            self.data_bytes_out = self.data_bytes_out.saturating_add(msg.bytes);
         }
         if msg.qos0 {
             self.unbarriered += 1;
@@ -227,6 +252,7 @@ impl Delivery {
         for m in msgs {
             if m.data {
                 self.data_out = self.data_out.saturating_sub(1);
+                self.data_bytes_out = self.data_bytes_out.saturating_sub(m.bytes);
             }
             self.all_out = self.all_out.saturating_sub(1);
         }
@@ -244,6 +270,7 @@ impl Delivery {
         self.barriers_out = 0;
         self.data_out = 0;
         self.all_out = 0;
+        self.data_bytes_out = 0;
         n
     }
 }
@@ -258,6 +285,7 @@ mod tests {
             records: vec![1, 2],
             data: true,
             qos0: false,
+            bytes: 0,
         });
         d.requested(Msg::default());
         assert_eq!(d.outstanding(), (1, 2));
@@ -272,6 +300,37 @@ mod tests {
     }
 
     #[test]
+    fn data_waits_while_its_bytes_are_outstanding_but_one_message_always_goes() {
+        let data = |bytes| Msg {
+            records: vec![1],
+            data: true,
+            qos0: false,
+            bytes,
+        };
+        let mut d = Delivery::new(8, 16).with_window_bytes(1000);
+        // A message larger than the whole budget goes alone.
+        assert!(d.data_room());
+        d.requested(data(5000));
+        assert!(!d.data_room(), "5,000 bytes outstanding");
+        assert!(d.room(), "answers are not held by data bytes");
+        assert_eq!(d.numbered(1), Ok(()));
+        assert!(d.acked(1).is_some());
+        assert_eq!(d.outstanding_bytes(), 0);
+        // Small ones until the budget is reached: 400 + 400 + 400 (the one that crosses it).
+        for _ in 0..3 {
+            assert!(d.data_room());
+            d.requested(data(400));
+        }
+        assert!(!d.data_room());
+        assert_eq!(d.outstanding_bytes(), 1200);
+        assert_eq!(d.numbered(2), Ok(()));
+        assert!(d.acked(2).is_some());
+        assert!(d.data_room(), "800 outstanding: room again");
+        d.reset();
+        assert_eq!(d.outstanding_bytes(), 0);
+    }
+
+    #[test]
     fn data_leaves_room_for_answers() {
         let mut d = Delivery::new(2, 3);
         for _ in 0..2 {
@@ -280,6 +339,7 @@ mod tests {
                 records: vec![1],
                 data: true,
                 qos0: false,
+                bytes: 0,
             });
         }
         assert!(!d.data_room());
@@ -296,6 +356,7 @@ mod tests {
             records,
             data: true,
             qos0: true,
+            bytes: 0,
         }
     }
 
@@ -350,6 +411,7 @@ mod tests {
             records: vec![8],
             data: true,
             qos0: false,
+            bytes: 0,
         });
         assert_eq!(d.numbered(0), Err(Unexpected::Unrequested(0)), "order kept");
         assert_eq!(d.subscribe_numbered(1), Ok(()));

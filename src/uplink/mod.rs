@@ -439,7 +439,8 @@ impl Uplink {
         let (window, limit) = self.limits();
         let mut s = Session {
             connected: false,
-            delivery: Delivery::new(window, limit),
+            delivery: Delivery::new(window, limit)
+                .with_window_bytes(self.platform.data_window_bytes),
             replies: VecDeque::new(),
             control: VecDeque::new(),
             spill: VecDeque::new(),
@@ -721,8 +722,12 @@ impl Uplink {
         let recs = taken.records;
         let mut i = 0;
         let mut planned = 0usize;
+        // Packed no further than the window's bytes allow either (one message always).
+        let mut planned_bytes = s.delivery.outstanding_bytes();
         while i < recs.len() {
-            if data_out + planned >= window {
+            if data_out + planned >= window
+                || (data_out + planned > 0 && planned_bytes >= self.platform.data_window_bytes)
+            {
                 break;
             }
             let backlog = recs[i].0 <= s.backlog_end;
@@ -771,6 +776,7 @@ impl Uplink {
                 }
             }
             planned += f.messages.len();
+            planned_bytes = planned_bytes.saturating_add(size);
             let last = f.messages.len() - 1;
             let mut carried = Some(f.carried);
             for (k, o) in f.messages.into_iter().enumerate() {
@@ -779,12 +785,14 @@ impl Uplink {
                 } else {
                     Vec::new()
                 };
+                let bytes = o.payload.len();
                 s.spill.push_back((
                     o,
                     Msg {
                         records,
                         data: true,
                         qos0: self.dialect.qos0(),
+                        bytes,
                     },
                 ));
             }
@@ -1009,7 +1017,7 @@ impl Uplink {
         match behind.sample(d.records) {
             Some(true) => {
                 self.metrics.falling_behind.store(true, Ordering::Relaxed);
-                warn!(records = d.records, "the queue keeps growing while connected: delivery is slower than collection (raise inflight or replay rates, or poll less)");
+                warn!(records = d.records, "the queue keeps growing while connected: delivery is slower than collection (raise inflight, inflight_bytes or replay rates, or poll less)");
             }
             Some(false) => {
                 self.metrics.falling_behind.store(false, Ordering::Relaxed);
