@@ -344,22 +344,37 @@ fn sigkill_twenty_times_loses_nothing_committed() {
         }
         prev_kill = killed;
     }
-    let _final = Gateway::start(&cfg);
+    let last = Gateway::start(&cfg);
     let need: usize = required.values().map(BTreeSet::len).sum();
     assert!(
         need > 500,
         "the runs produced enough readings to mean something ({need})"
     );
-    wait_until(
-        Duration::from_secs(60),
-        "every committed reading delivered",
-        || {
-            let got = received(&p);
-            required.iter().all(|(u, want)| {
-                got.get(&format!("p_d{u}"))
-                    .is_some_and(|v| want.iter().all(|w| v.contains(w)))
+    let missing = || -> Vec<(u8, usize, Option<u64>)> {
+        let got = received(&p);
+        required
+            .iter()
+            .filter_map(|(u, want)| {
+                let v = got.get(&format!("p_d{u}"));
+                let lost: Vec<u64> = want
+                    .iter()
+                    .filter(|w| !v.is_some_and(|v| v.contains(w)))
+                    .copied()
+                    .collect();
+                (!lost.is_empty()).then(|| (*u, lost.len(), lost.first().copied()))
             })
-        },
+            .collect()
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while !missing().is_empty() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = missing();
+    assert!(
+        left.is_empty(),
+        "every committed reading delivered within 60 s; missing (unit, count, first): {left:?}\nqueue: {}\nlog:\n{}",
+        status(&cfg)["queue"],
+        last.log().join("\n")
     );
     let got = received(&p);
     let dups: usize = got
