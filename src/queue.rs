@@ -459,6 +459,35 @@ mod tests {
         })
     }
 
+    /// A running ingest: its task, its stop sender and its rules' sender (kept alive).
+    type Running = (
+        tokio::task::JoinHandle<()>,
+        watch::Sender<bool>,
+        watch::Sender<Arc<RuleSet>>,
+    );
+    /// The ingest on `store` with no report rules and a `window` commit interval; stop it by
+    /// sending `true` on the returned stop sender.
+    fn start_ingest(
+        rx: EventsRx,
+        store: &Store,
+        window: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Running {
+        let (rules_tx, rules) = watch::channel(Arc::new(RuleSet::new()));
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(ingest(
+            rx,
+            store.clone(),
+            Arc::new(Mutex::new(Registry::new(&[]))),
+            window,
+            Arc::new(Notify::new()),
+            metrics,
+            rules,
+            stop,
+        ));
+        (task, stop_tx, rules_tx)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stalled_store_holds_drivers_back_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -467,18 +496,8 @@ mod tests {
         // Room for 64 messages but 2,000 points.
         let (tx, rx) = fieldgate_driver::events(64, 2000);
         let metrics = Arc::new(Metrics::default());
-        let (_rules_tx, rules) = watch::channel(Arc::new(RuleSet::new()));
-        let (stop_tx, stop) = watch::channel(false);
-        let task = tokio::spawn(ingest(
-            rx,
-            store.clone(),
-            Arc::new(Mutex::new(Registry::new(&[]))),
-            Duration::from_millis(20),
-            Arc::new(Notify::new()),
-            metrics.clone(),
-            rules,
-            stop,
-        ));
+        let (task, stop_tx, _rules_tx) =
+            start_ingest(rx, &store, Duration::from_millis(20), metrics.clone());
         // The ingest is under way once a first status is queued (its start reads and writes
         // the store too). Then a neighbour holds the database's write lock for 1.5 s: the next
         // commit waits.
@@ -541,19 +560,13 @@ mod tests {
         let store = Store::open(&dir.path().join("q.db"), Default::default(), false)
             .unwrap_or_else(|e| panic!("{e}"));
         let (tx, rx) = fieldgate_driver::events(64, 1 << 20);
-        let (_rules_tx, rules) = watch::channel(Arc::new(RuleSet::new()));
-        let (stop_tx, stop) = watch::channel(false);
         // A 10 s window: only the points bound can commit within the test.
-        let task = tokio::spawn(ingest(
+        let (task, stop_tx, _rules_tx) = start_ingest(
             rx,
-            store.clone(),
-            Arc::new(Mutex::new(Registry::new(&[]))),
+            &store,
             Duration::from_secs(10),
-            Arc::new(Notify::new()),
             Arc::new(Metrics::default()),
-            rules,
-            stop,
-        ));
+        );
         // 17 readings of 1,000 points pass the 16,384-point bound; 17 records would not fill
         // a batch of 2,048.
         for n in 0..17 {
